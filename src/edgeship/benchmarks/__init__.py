@@ -1,0 +1,1 @@
+"""The runner shipped to devices, the statistics the host computes from its raw samples."""

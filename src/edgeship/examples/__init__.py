@@ -1,0 +1,1 @@
+"""Built-in models and data used by `edgeship demo` and by the tests."""

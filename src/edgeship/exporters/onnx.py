@@ -1,0 +1,31 @@
+"""ONNX: the dynamo exporter; int8 models become QDQ graphs (QuantizeLinear/DequantizeLinear)
+that ONNX Runtime fuses into its int8 kernels. Checked with onnx's checker."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeship.exporters.base import ExportedArtifact
+from edgeship.targets import Target
+
+
+def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
+    import onnx
+
+    path = workdir / f"{target.name}{target.suffix}"
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    program = torch.onnx.export(module, examples, dynamo=True, verbose=False)
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    external = sorted({entry.value for init in model.graph.initializer
+                       for entry in init.external_data if entry.key == "location"})
+    ops = Counter(node.op_type for node in model.graph.node)
+    files = (path, *(workdir / name for name in external))
+    return ExportedArtifact(path, files, {"onnx_ops": dict(sorted(ops.items())),
+                                          "external_data_files": external})

@@ -1,0 +1,1 @@
+"""Budgets: the limits a release must meet, checked against a report."""

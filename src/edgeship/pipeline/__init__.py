@@ -1,0 +1,1 @@
+"""The stages of the pipeline and the runner that times them."""

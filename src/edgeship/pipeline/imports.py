@@ -1,0 +1,45 @@
+"""Resolve the 'package.module:function' or 'path/file.py:function' strings a recipe names."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeship.errors import UserError
+
+
+def resolve_callable(spec: str, key: str, base_dir: Path) -> Callable:
+    module_part, sep, attr = spec.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise UserError(f"{key} {spec!r}: expected 'package.module:function' or "
+                        f"'path/to/file.py:function'")
+    if module_part.endswith(".py") or "/" in module_part:
+        module = _module_from_file(base_dir / module_part, key, spec)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except Exception as e:  # noqa: BLE001 - any import failure is the user's module's
+            raise UserError(f"{key} {spec!r}: cannot import {module_part!r}: "
+                            f"{type(e).__name__}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserError(f"{key} {spec!r}: module {module_part!r} has no callable {attr!r}")
+    return fn
+
+
+def _module_from_file(path: Path, key: str, spec: str):
+    if not path.is_file():
+        raise UserError(f"{key} {spec!r}: no such file {path}")
+    name = f"edgeship_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001
+        del sys.modules[name]
+        raise UserError(f"{key} {spec!r}: {path} failed to import: {type(e).__name__}: {e}") from None
+    return module

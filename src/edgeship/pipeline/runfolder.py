@@ -1,0 +1,56 @@
+"""The run folder: refuse to mix runs, never delete a file edgeship did not write."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from edgeship.errors import UserError
+from edgeship.fileio import write_atomic
+
+MARKER = ".edgeship-run.json"
+
+
+class RunFolder:
+    """Keeps a list of the files this run wrote, so that --force removes exactly those."""
+
+    def __init__(self, root: Path, *, force: bool) -> None:
+        self.root = root
+        self._claim(force)
+        self.files: list[str] = []
+        self._save()
+
+    def _claim(self, force: bool) -> None:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root}: exists and is not a folder")
+        marker = root / MARKER
+        if marker.exists():
+            if not force:
+                raise UserError(f"{root}: holds another edgeship run; use --force to replace it, "
+                                f"or choose another --out")
+            for name in json.loads(marker.read_text()).get("files", []):
+                (root / name).unlink(missing_ok=True)
+        elif root.exists() and any(root.iterdir()) and not force:
+            raise UserError(f"{root}: exists and is not empty; edgeship writes to a new or empty "
+                            f"folder (--force writes beside the files there and deletes none)")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{root}: cannot create the run folder: {e.strerror}") from None
+        if not os.access(root, os.W_OK):
+            raise UserError(f"{root}: the run folder is not writable")
+
+    def _save(self) -> None:
+        write_atomic(self.root / MARKER, json.dumps({"files": self.files}, indent=1))
+
+    def record(self, *paths: Path) -> None:
+        for p in paths:
+            name = str(p.relative_to(self.root))
+            if name not in self.files:
+                self.files.append(name)
+        self._save()
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))

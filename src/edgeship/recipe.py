@@ -1,0 +1,202 @@
+"""The recipe: one TOML file that says what to ship, where, and within which budgets.
+
+Validated in full before any stage runs. Every problem is reported at once, each on one line
+with its key path, so a user fixes the file in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edgeship.errors import UserError
+from edgeship.targets import TARGETS, known_targets
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt budget must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    shape: list[Annotated[int, Field(ge=1)]] = Field(
+        min_length=1, description="Shape including the batch dimension, e.g. [1, 1, 8, 8].")
+    dtype: Literal["float32", "int64", "int32"] = Field(
+        "float32", description="Element type of this input.")
+
+
+class FloatTraining(_Section):
+    epochs: int = Field(ge=1, description="Epochs of float training in the load stage.")
+    lr: PositiveFloat = Field(1e-2, description="Adam learning rate.")
+
+
+class ModelSection(_Section):
+    factory: str = Field(description="'package.module:function' or 'path/to/file.py:function' "
+                                     "returning an nn.Module; paths are relative to the recipe.")
+    kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    example_inputs: list[InputSpec] = Field(
+        min_length=1, description="One entry per forward() argument; artifacts take these shapes.")
+    train: FloatTraining | None = Field(
+        None, description="Train the float model in the load stage (for untrained factories).")
+
+
+class DataSection(_Section):
+    factory: str = Field(description="'package.module:function' returning edgeship.data.Splits "
+                                     "(or a mapping with train, calibration and test datasets).")
+    kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    batch_size: int = Field(64, ge=1, description="Batch size for training and calibration.")
+    metric: Literal["top1"] = Field("top1", description="Task metric on the test split.")
+
+
+class QATSection(_Section):
+    enabled: bool = Field(True, description="Fine-tune with fake quantization after calibration.")
+    epochs: int = Field(2, ge=1, description="QAT epochs over the train split.")
+    lr: PositiveFloat = Field(1e-3, description="SGD learning rate; small, the model is trained.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+
+
+class QuantizationSection(_Section):
+    calibration_batches: int = Field(
+        8, ge=1, description="Batches of the calibration split the observers see.")
+    qat: QATSection = Field(default_factory=QATSection)
+
+
+class BenchmarkSection(_Section):
+    """Overrides of the device profiles' benchmark defaults, for every device of this run."""
+
+    threads: int | None = Field(None, ge=1, description="Intra-op threads of the runtime.")
+    warmup_iterations: int | None = Field(None, ge=0, description="Untimed runs before timing.")
+    min_iterations: int | None = Field(None, ge=1, description="Timed runs, at least.")
+    min_seconds: float | None = Field(None, ge=0, description="Seconds of timed runs, at least.")
+    timeout_seconds: float | None = Field(None, gt=0, description="Kill a measurement after this.")
+
+
+class Budget(_Section):
+    """Limits one release must meet. Applies to the int8 targets unless `targets` names others."""
+
+    targets: list[str] | None = Field(None, description="Target names; default: every int8 target.")
+    devices: list[str] | None = Field(None, description="Device names; default: every device.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="Float accuracy minus artifact accuracy, in percentage "
+                                        "points (0.5 = half a point).")
+    max_size_mb: PositiveFloat | None = Field(None, description="Artifact size, 10^6 bytes, "
+                                                                "external data included.")
+    max_latency_p90_ms: PositiveFloat | None = Field(None, description="p90 latency per device.")
+    max_peak_rss_mb: PositiveFloat | None = Field(None, description="Peak RSS of the runner.")
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            if name not in TARGETS:
+                raise ValueError(f"unknown target {name!r}; known: {known_targets()}")
+        return names
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> Budget:
+        if not self.limits():
+            raise ValueError("a budget needs at least one limit: max_accuracy_drop, max_size_mb, "
+                             "max_latency_p90_ms or max_peak_rss_mb")
+        return self
+
+    def limits(self) -> dict[str, float]:
+        names = ("max_accuracy_drop", "max_size_mb", "max_latency_p90_ms", "max_peak_rss_mb")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class Recipe(_Section):
+    name: str = Field(min_length=1, description="Name of this release; shown in reports.")
+    seed: int = Field(0, description="Seed for training, QAT and data order.")
+    model: ModelSection
+    data: DataSection
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    targets: list[str] = Field(min_length=1, description="int8 (or fp32) targets to ship.")
+    fp32_twins: bool = Field(True, description="Also build each int8 target's fp32 twin.")
+    devices: list[str] = Field(default_factory=lambda: ["local"],
+                               description="Device profile names or paths to profile TOML files.")
+    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    budgets: list[Budget] = Field(default_factory=list)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_known_and_unique(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in TARGETS:
+                raise ValueError(f"unknown target {name!r}; known: {known_targets()}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"targets repeat a name: {names}")
+        return names
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the recipe (model files, device profiles) start from."""
+        return self._base_dir
+
+    def with_base_dir(self, base_dir: Path) -> Recipe:
+        self._base_dir = base_dir
+        return self
+
+    def sha256(self) -> str:
+        """Hash of the validated recipe as canonical JSON: comments and layout do not change it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def validation_problems(error: ValidationError) -> list[str]:
+    """One 'key.path: what is wrong' line per problem, in the recipe's own words."""
+    problems = []
+    for e in error.errors():
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif e["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{_key_path(e['loc'])}: {message}")
+    return problems
+
+
+def parse_recipe(data: dict, source: str, base_dir: Path) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserError("\n".join(f"{source}: {p}" for p in validation_problems(e))) from None
+    return recipe.with_base_dir(base_dir)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read recipe: {e.strerror}") from None
+    return parse_recipe_text(text, str(path), path.resolve().parent)
+
+
+def parse_recipe_text(text: str, source: str, base_dir: Path) -> Recipe:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{source}: not valid TOML: {e}") from None
+    return parse_recipe(data, source, base_dir)

@@ -1,0 +1,1 @@
+"""The report: its schema (the contract other tools read) and its writers."""

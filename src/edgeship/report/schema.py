@@ -1,0 +1,108 @@
+"""report.json's schema. Field names are a contract (shared/design.md): add, never rename.
+Units are in the key names; MB means 10^6 bytes."""
+
+from __future__ import annotations
+
+import builtins
+
+from pydantic import BaseModel, Field
+
+
+class Stage(BaseModel):
+    name: str
+    status: str  # ok, failed, skipped
+    seconds: float
+    detail: str = ""
+
+
+class FloatResult(BaseModel):
+    accuracy: float
+    train_loss: float | None = None
+
+
+class Parity(BaseModel):
+    """The artifact's outputs against the converted PyTorch model's on the same test inputs."""
+
+    reference: str  # what the artifact was compared with
+    top1_agreement: float
+    max_abs_error: float
+
+
+class Latency(BaseModel):
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    stdev: float
+
+
+class Benchmark(BaseModel):
+    device: str
+    status: str  # ok, failed, timeout, crashed, skipped
+    error: str = ""
+    latency_ms: Latency | None = None
+    iterations: int | None = None
+    seconds: float | None = None
+    valid: bool | None = None
+    invalid_reasons: list[str] = Field(default_factory=list)
+    load_ms: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    rss_delta_mb: float | None = None
+    threads: int | None = None
+    cpu_affinity: list[int] | None = None
+    runtime: dict = Field(default_factory=dict)
+
+
+class Artifact(BaseModel):
+    target: str
+    format: str
+    engine: str
+    precision: str
+    flow: str | None = None
+    status: str  # ok, failed
+    error: str = ""
+    path: str | None = None  # relative to the run folder
+    files: list[str] = Field(default_factory=list)
+    sha256: str | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    parity: Parity | None = None
+    details: dict = Field(default_factory=dict)
+    benchmarks: list[Benchmark] = Field(default_factory=list)
+
+
+class Violation(BaseModel):
+    budget: int  # index in the recipe's [[budgets]]
+    target: str
+    device: str | None = None
+    limit_name: str
+    limit: float
+    measured: float | None
+    message: str
+
+
+class Gate(BaseModel):
+    passed: bool
+    violations: list[Violation] = Field(default_factory=list)
+
+
+class Report(BaseModel):
+    edgeship_version: str
+    recipe_name: str
+    recipe_sha256: str
+    environment: dict
+    stages: list[Stage] = Field(default_factory=list)
+    float: FloatResult | None = None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    gate: Gate | None = None
+    devices: list[dict] = Field(default_factory=list)
+    exit_code: int = 0
+    wall_seconds: builtins.float | None = None  # `float` is a field name in this class
+
+    def artifact(self, target: str) -> Artifact:
+        for a in self.artifacts:
+            if a.target == target:
+                return a
+        raise KeyError(f"no artifact for target {target!r} in this report")

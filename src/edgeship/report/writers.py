@@ -1,0 +1,119 @@
+"""report.json, report.md and the console table, from one Report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeship.fileio import write_atomic
+from edgeship.report.schema import Artifact, Benchmark, Report
+from edgeship.targets import get_target
+
+
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _twin(report: Report, artifact: Artifact) -> Artifact | None:
+    twin_name = get_target(artifact.target).twin
+    if twin_name == artifact.target:
+        return None
+    return next((a for a in report.artifacts if a.target == twin_name), None)
+
+
+def size_ratio(report: Report, artifact: Artifact) -> float | None:
+    twin = _twin(report, artifact)
+    if twin is None or not twin.size_bytes or artifact.size_bytes is None:
+        return None
+    return artifact.size_bytes / twin.size_bytes
+
+
+def latency_ratio(report: Report, artifact: Artifact, bench: Benchmark) -> float | None:
+    twin = _twin(report, artifact)
+    twin_bench = next((b for b in twin.benchmarks if b.device == bench.device), None) if twin else None
+    if not (bench.latency_ms and twin_bench and twin_bench.latency_ms):
+        return None
+    return bench.latency_ms.p50 / twin_bench.latency_ms.p50
+
+
+def rows(report: Report) -> list[list[str]]:
+    """One row per artifact and device: the table both the console and report.md show."""
+    float_acc = report.float.accuracy if report.float else None
+    out = []
+    for a in report.artifacts:
+        drop = None if a.accuracy is None or float_acc is None else (float_acc - a.accuracy) * 100
+        ratio = size_ratio(report, a)
+        common = [
+            a.target, a.precision,
+            _fmt(a.size_bytes / 1e6 if a.size_bytes else None, ".3f"),
+            _fmt(ratio, ".2f", "x") if ratio else "",
+            _fmt(a.accuracy, ".4f"), _fmt(drop, "+.2f") if a.precision == "int8" else "",
+            _fmt(a.parity.top1_agreement, ".4f") if a.parity else "—",
+        ]
+        benches = a.benchmarks or [Benchmark(device="—", status=a.status, error=a.error)]
+        for b in benches:
+            lat = b.latency_ms
+            speed = latency_ratio(report, a, b)
+            status = a.status if a.status != "ok" else b.status
+            if status == "ok" and b.valid is False:
+                status = "not valid"
+            out.append(common + [
+                b.device, _fmt(lat.p50 if lat else None, ".3f"), _fmt(lat.p90 if lat else None, ".3f"),
+                _fmt(speed, ".2f", "x") if speed else "", _fmt(b.peak_rss_mb, ".0f"), status,
+            ])
+    return out
+
+
+HEADERS = ["target", "precision", "size MB", "vs fp32", "accuracy", "drop pts", "top1 agree",
+           "device", "p50 ms", "p90 ms", "p50 vs fp32", "peak RSS MB", "status"]
+
+
+def write_json(report: Report, path: Path) -> None:
+    write_atomic(path, report.model_dump_json(indent=2) + "\n")
+
+
+def markdown(report: Report) -> str:
+    lines = [f"# edgeship: {report.recipe_name}", ""]
+    gate = report.gate
+    if gate is not None:
+        verdict = "PASSED" if gate.passed else f"FAILED ({len(gate.violations)} budget violations)"
+        lines += [f"**Gate: {verdict}** · exit code {report.exit_code}", ""]
+        lines += [f"- ❌ {v.message}" for v in gate.violations]
+        lines += [""] if gate.violations else []
+    failed = [a for a in report.artifacts if a.status != "ok"]
+    lines += [f"- ⚠️ `{a.target}` failed: {a.error}" for a in failed] + ([""] if failed else [])
+    if report.float:
+        lines += [f"Float accuracy: **{report.float.accuracy:.4f}**", ""]
+    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    lines += ["", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s.name} | {s.status} | {s.seconds:.2f} |" for s in report.stages]
+    env = report.environment
+    lines += ["", f"torch {env.get('torch')} · executorch {env.get('executorch')} · "
+                  f"onnxruntime {env.get('onnxruntime')} · host {env.get('host', {}).get('cpu')}", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: Report, path: Path) -> None:
+    write_atomic(path, markdown(report))
+
+
+def print_console(report: Report, console: Console) -> None:
+    table = Table(title=f"edgeship · {report.recipe_name}", title_justify="left")
+    for h in HEADERS:
+        table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
+    for r in rows(report):
+        table.add_row(*r)
+    console.print(table)
+    if report.float:
+        console.print(f"float accuracy {report.float.accuracy:.4f}")
+    for a in report.artifacts:
+        if a.status != "ok":
+            console.print(f"[yellow]{a.target} failed:[/] {a.error}", highlight=False)
+    if report.gate is not None:
+        for v in report.gate.violations:
+            console.print(f"[red]budget violated:[/] {v.message}", highlight=False)
+        word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
+        console.print(f"gate {word} · exit code {report.exit_code}")
