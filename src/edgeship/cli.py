@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edgeship.errors import EdgeshipError, ExitCode
+from edgeship.errors import EdgeshipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship a float PyTorch model as gated int8 artifacts.")
@@ -41,6 +41,7 @@ def _run(recipe, out: Path, force: bool, quiet: bool) -> None:
     from edgeship.progress import Progress
     from edgeship.report.writers import print_console
 
+    quiet_third_party()
     report = run_recipe(recipe, out, force=force, progress=Progress(stderr, enabled=not quiet))
     print_console(report, stdout)
     stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'}", highlight=False)
@@ -65,7 +66,7 @@ def demo(out: OutOption = Path("edgeship-demo"), force: ForceOption = False,
     """Run the full pipeline on the built-in example: a digits CNN to every int8 target."""
     if print_recipe:
         sys.stdout.write(demo_recipe_text())
-        raise typer.Exit(ExitCode.PASSED)
+        return
     from edgeship.recipe import parse_recipe_text
 
     _run(parse_recipe_text(demo_recipe_text(), f"<built-in {DEMO_RECIPE}>", Path.cwd()), out, force, quiet)
@@ -98,27 +99,19 @@ def quiet_third_party() -> None:
     for message in (".*reduce_range will be deprecated.*", ".*quantized tensor creation functions.*",
                     "Exporting a model while it is in training mode.*"):
         warnings.filterwarnings("ignore", message=message)
+    import torch  # noqa: F401 - torch configures its loggers on import: quiet them after that
+
     for name in ("torch", "torchao", "executorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
-    quiet_third_party()
     try:
-        app(standalone_mode=False)
+        app()  # click's own usage errors exit 2; typer.Exit carries the run's exit code
     except EdgeshipError as e:
-        for line in str(e).splitlines():
-            stderr.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True)
+        for line in str(e).splitlines():  # plain text: no markup, no wrapping, one line each
+            sys.stderr.write(f"error: {line}\n")
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors are bad input: exit 2
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(ExitCode.BAD_INPUT)
-        raise
 
 
 if __name__ == "__main__":

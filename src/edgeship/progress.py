@@ -17,12 +17,16 @@ class Progress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     @contextmanager
     def task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
         """Yields `advance`; shows a bar while the work runs."""
         if not self.enabled:
+            yield lambda: None
+            return
+        if not self.console.is_terminal:  # a CI log: a line, not a redrawn bar
+            self.log(f"  {label} ({total} steps)")
             yield lambda: None
             return
         bar = RichProgress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeship.fileio import write_atomic
@@ -105,15 +106,15 @@ def print_console(report: Report, console: Console) -> None:
     for h in HEADERS:
         table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
     for r in rows(report):
-        table.add_row(*r)
+        table.add_row(*map(escape, r))
     console.print(table)
     if report.float:
         console.print(f"float accuracy {report.float.accuracy:.4f}")
     for a in report.artifacts:
         if a.status != "ok":
-            console.print(f"[yellow]{a.target} failed:[/] {a.error}", highlight=False)
+            console.print(f"[yellow]{a.target} failed:[/] {escape(a.error)}", highlight=False)
     if report.gate is not None:
         for v in report.gate.violations:
-            console.print(f"[red]budget violated:[/] {v.message}", highlight=False)
+            console.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False)
         word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
         console.print(f"gate {word} · exit code {report.exit_code}")

@@ -1,0 +1,107 @@
+"""The whole spine on the built-in demo: a digits CNN, QAT, four int8 targets and their fp32
+twins, verified in their own runtimes, benchmarked on this machine, gated."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from support import run_cli
+
+pytestmark = pytest.mark.slow
+
+INT8 = ["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"]
+FP32 = ["torchscript-fp32", "onnx-fp32", "executorch-fp32"]
+TWIN = {"torchscript-fbgemm": "torchscript-fp32", "torchscript-qnnpack": "torchscript-fp32",
+        "onnx-int8": "onnx-fp32", "executorch-xnnpack": "executorch-fp32"}
+
+
+def by_target(report: dict) -> dict[str, dict]:
+    return {a["target"]: a for a in report["artifacts"]}
+
+
+def test_demo_passes_its_budgets(demo_run):
+    assert demo_run.code == 0, demo_run.stderr[-3000:] + demo_run.stdout[-3000:]
+    report = demo_run.report()
+    assert report["gate"] == {"passed": True, "violations": []}
+    assert report["exit_code"] == 0
+    assert "gate PASSED" in demo_run.stdout
+
+
+def test_report_follows_the_contract(demo_run):
+    report = demo_run.report()
+    for key in ("edgeship_version", "recipe_sha256", "environment", "stages", "float", "artifacts", "gate"):
+        assert key in report
+    for lib in ("python", "torch", "executorch", "onnxruntime", "onnx"):
+        assert report["environment"][lib], lib
+    assert report["environment"]["host"]["cpu"]
+    assert [s["name"] for s in report["stages"]] == [
+        "load", "evaluate-float", "calibrate", "qat", "convert", "export", "verify", "benchmark",
+        "gate", "report"]
+    assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in report["stages"])
+    assert sorted(by_target(report)) == sorted(INT8 + FP32)
+    for a in report["artifacts"]:
+        path = demo_run.out / a["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"]
+        assert a["size_bytes"] == sum((demo_run.out / f).stat().st_size for f in a["files"])
+        assert a["precision"] == ("int8" if a["target"] in INT8 else "fp32")
+        (bench,) = a["benchmarks"]
+        assert bench["device"] == "local" and bench["status"] == "ok" and bench["valid"] is True
+        lat = bench["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert bench["iterations"] >= 20
+        assert bench["load_ms"] > 0 and bench["first_inference_ms"] > 0
+        assert bench["peak_rss_mb"] > 10 and bench["rss_delta_mb"] is not None
+
+
+def test_accuracy_is_kept_in_every_runtime(demo_run):
+    report = demo_run.report()
+    float_accuracy = report["float"]["accuracy"]
+    assert float_accuracy >= 0.97
+    artifacts = by_target(report)
+    for name in INT8:
+        a = artifacts[name]
+        assert (float_accuracy - a["accuracy"]) * 100 <= 0.5, (name, a["accuracy"])
+        assert a["parity"]["top1_agreement"] >= 0.99
+        assert a["parity"]["reference"].startswith("converted PyTorch model")
+    for name in FP32:  # the same float model in another runtime answers the same
+        assert artifacts[name]["accuracy"] == pytest.approx(float_accuracy, abs=0.0021)
+        assert artifacts[name]["parity"]["max_abs_error"] < 1e-3
+
+
+def test_int8_artifacts_are_a_third_of_their_twins(demo_run):
+    artifacts = by_target(demo_run.report())
+    for name in INT8:
+        ratio = artifacts[name]["size_bytes"] / artifacts[TWIN[name]]["size_bytes"]
+        assert ratio <= 0.35, (name, ratio)
+
+
+def test_executorch_delegates_every_conv_and_linear(demo_run):
+    delegation = by_target(demo_run.report())["executorch-xnnpack"]["details"]["delegation"]
+    delegated = delegation["delegated_ops"]
+    assert sum(n for op, n in delegated.items() if "convolution" in op) == 3
+    assert sum(n for op, n in delegated.items() if "linear" in op or "addmm" in op) == 1
+    assert not [op for op in delegation["non_delegated_ops"]
+                if any(k in op for k in ("convolution", "linear", "addmm", "mm"))]
+
+
+def test_onnx_artifact_is_qdq(demo_run):
+    ops = by_target(demo_run.report())["onnx-int8"]["details"]["onnx_ops"]
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+
+
+def test_markdown_and_console_show_every_artifact(demo_run):
+    md = (demo_run.out / "report.md").read_text()
+    assert "**Gate: PASSED**" in md
+    for name in INT8 + FP32:
+        assert f"| {name} |" in md
+        assert name in demo_run.stdout
+
+
+def test_run_folder_is_refused_then_replaced_with_force(demo_run, tmp_path):
+    again = run_cli("run", str(Path(demo_run.out).parent / "recipe.toml"), out=demo_run.out)
+    assert again.code == 2
+    assert "holds another edgeship run" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

@@ -1,0 +1,70 @@
+"""A target that cannot be built, or an artifact that answers NaN, is recorded with the reason;
+the other targets go on; the run exits 3."""
+
+from __future__ import annotations
+
+from support import demo_recipe, run_cli, write_recipe
+
+MODELS = '''
+import torch
+from torch import nn
+
+class BranchyNet(nn.Module):
+    """Data-dependent control flow: tracing keeps one branch, torch.export refuses it."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+class NanNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        return self.fc(x) / (x.sum(dim=1, keepdim=True) - x.sum(dim=1, keepdim=True))
+
+def branchy():
+    return BranchyNet()
+
+def nan_net():
+    return NanNet()
+'''
+
+
+def _recipe(tmp_path, factory: str, targets: list[str]) -> dict:
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = demo_recipe(targets=targets, fp32_twins=False, budgets=[])
+    recipe["model"] = {"factory": f"models.py:{factory}",
+                       "example_inputs": [{"shape": [1, 1, 8, 8]}], "train": {"epochs": 1}}
+    recipe["data"]["kwargs"] = {"limit": 64}
+    return recipe
+
+
+def test_export_failure_is_recorded_and_other_targets_go_on(tmp_path):
+    recipe = _recipe(tmp_path, "branchy", ["torchscript-fp32", "executorch-fp32"])
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 3, result.stderr[-2000:]
+    artifacts = {a["target"]: a for a in result.report()["artifacts"]}
+    assert artifacts["torchscript-fp32"]["status"] == "ok"
+    assert artifacts["torchscript-fp32"]["benchmarks"][0]["status"] == "ok"
+    failed = artifacts["executorch-fp32"]
+    assert failed["status"] == "failed" and failed["path"] is None
+    assert failed["error"].startswith("export: ")
+    assert "data-dependent" in failed["error"].lower() or "guard" in failed["error"].lower(), failed["error"]
+    assert "executorch-fp32 failed: export:" in result.stdout
+
+
+def test_nan_outputs_fail_verification(tmp_path):
+    recipe = _recipe(tmp_path, "nan_net", ["onnx-fp32"])
+    recipe["model"].pop("train")
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 3
+    (artifact,) = result.report()["artifacts"]
+    assert artifact["status"] == "failed"
+    assert artifact["error"] == "verify: NaN or Inf in the outputs of 64 of 64 test samples"
+    assert artifact["benchmarks"] == []

@@ -1,0 +1,83 @@
+"""The device runner on its own: a fresh process, a real TorchScript artifact, one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgeship.benchmarks.stats import latency_summary
+from edgeship.devices.transports import RUNNER
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runner")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(10, 16)
+    path = folder / "mlp.pt"
+    torch.jit.trace(model, x[:1]).save(str(path))
+    inputs = folder / "inputs.npz"
+    np.savez(inputs, input_0=x.numpy())
+    with torch.no_grad():
+        expected = model(x).numpy()
+    return path, inputs, expected
+
+
+def _runner(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_predict_pads_the_last_batch_and_matches_pytorch(artifact, tmp_path):
+    path, inputs, expected = artifact
+    out = tmp_path / "out.npz"
+    result = _runner("predict", str(path), "--inputs", str(inputs), "--outputs", str(out), "--batch-size", "3")
+    assert result["samples"] == 10 and result["runtime"]["name"] == "torch"
+    with np.load(out) as data:
+        np.testing.assert_allclose(data["output_0"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_runs_until_count_and_time(artifact):
+    path, inputs, _ = artifact
+    result = _runner("bench", str(path), "--inputs", str(inputs), "--min-iterations", "30",
+                     "--min-seconds", "0.2", "--warmup", "3")
+    assert result["valid"] is True and result["invalid_reasons"] == []
+    assert result["iterations"] == len(result["samples_ms"]) >= 30
+    assert result["seconds"] >= 0.2
+    assert len(result["warmup_ms"]) == 3
+    assert result["peak_rss_mb"] >= result["rss_before_load_mb"] > 0
+    assert result["threads"] == 1 and result["cpu_affinity"]
+
+
+def test_bench_that_runs_out_of_time_is_not_valid(artifact):
+    path, inputs, _ = artifact
+    result = _runner("bench", str(path), "--inputs", str(inputs), "--min-iterations", "100000000",
+                     "--min-seconds", "0", "--max-seconds", "0.2", "--warmup", "0")
+    assert result["valid"] is False
+    assert result["invalid_reasons"][0].endswith("< min_iterations 100000000")
+
+
+def test_unknown_artifact_type_is_refused(tmp_path, artifact):
+    _, inputs, _ = artifact
+    (tmp_path / "model.tflite").write_bytes(b"")
+    proc = subprocess.run([sys.executable, str(RUNNER), "bench", str(tmp_path / "model.tflite"),
+                           "--inputs", str(inputs)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "unknown artifact type '.tflite'; known: .pt, .onnx, .pte" in proc.stderr
+
+
+def test_latency_summary_matches_numpy():
+    samples = [5.0, 1.0, 2.0, 4.0, 3.0]
+    s = latency_summary(samples)
+    assert s == {"min": 1.0, "p50": 3.0, "p90": pytest.approx(4.6), "p99": pytest.approx(4.96),
+                 "mean": 3.0, "stdev": pytest.approx(np.std(samples, ddof=1))}
+    assert latency_summary([2.0])["stdev"] == 0.0
+    with pytest.raises(ValueError):
+        latency_summary([])
