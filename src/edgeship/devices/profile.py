@@ -8,9 +8,9 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeship.errors import UserError
 from edgeship.recipe import BenchmarkSection, validation_problems
@@ -40,7 +40,57 @@ class LocalTransport(_Section):
                                                  "the one running edgeship.")
 
 
-Transport = LocalTransport
+class SshTransport(_Section):
+    kind: Literal["ssh"]
+    host: str = Field(min_length=1, description="Host name or address of the device.")
+    port: int = Field(22, ge=1, le=65535, description="sshd port on the device.")
+    user: str | None = Field(None, description="Login name; default: ssh's own (config or $USER).")
+    identity_file: Path | None = Field(None, description="Private key to log in with (~ expanded); "
+                                                         "default: ssh's own keys and agent.")
+    python: str = Field("python3", description="Python on the device that has the runtimes.")
+    workdir: str = Field("/tmp/edgeship", description="Folder on the device for artifacts, inputs "
+                                                      "and the runner; absolute or ~/...")
+    connect_timeout_seconds: int = Field(10, ge=1, description="Give up on an unreachable device "
+                                                               "after this (ssh ConnectTimeout).")
+    options: list[str] = Field(default_factory=list, description="Extra ssh -o options, e.g. "
+                                                                 "'UserKnownHostsFile=/dev/null'.")
+
+    @field_validator("identity_file")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("workdir")
+    @classmethod
+    def _rooted(cls, value: str) -> str:
+        # Remote commands run from the login folder, and paths are built by joining onto this one.
+        if not (value.startswith("/") or value.startswith("~/")):
+            raise ValueError(f"must be absolute or start with ~/, not {value!r}")
+        return value.rstrip("/")
+
+
+class AdbTransport(_Section):
+    kind: Literal["adb"]
+    serial: str | None = Field(None, description="Device serial (`adb devices`); default: the one "
+                                                 "device attached.")
+    python: str | None = Field(None, description="Path to a Python on the device that the adb "
+                                                 "shell user can run (with the runtimes).")
+    workdir: str = Field("/data/local/tmp/edgeship", description="Folder on the device for "
+                                                                 "artifacts, inputs and the runner.")
+    adb: str = Field("adb", description="The adb client: a name on PATH or a path.")
+    command_timeout_seconds: float = Field(60.0, gt=0, description="Limit for each adb command "
+                                                                   "other than the measurement.")
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must be an absolute path on the device, not {value!r}")
+        return value.rstrip("/")
+
+
+TRANSPORT_KINDS = ("local", "ssh", "adb")
+Transport = Annotated[LocalTransport | SshTransport | AdbTransport, Field(discriminator="kind")]
 
 
 class DeviceProfile(_Section):
@@ -55,7 +105,28 @@ class DeviceProfile(_Section):
         description="int8 kernel libraries present on the device.")
     runtimes: list[Format] = Field(description="Artifact formats the device can run.")
     benchmark: BenchmarkDefaults = Field(default_factory=BenchmarkDefaults)
-    transport: Transport = Field(discriminator="kind")
+    transport: Transport
+
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _known_kind(cls, value: object) -> object:
+        # pydantic's own words here name its discriminator machinery, not the profile's keys.
+        if isinstance(value, dict):
+            kind = value.get("kind")
+            if kind is None:
+                raise ValueError(f"kind is missing; one of: {', '.join(TRANSPORT_KINDS)}")
+            if kind not in TRANSPORT_KINDS:
+                raise ValueError(f"unknown kind {kind!r}; known: {', '.join(TRANSPORT_KINDS)}")
+        return value
+
+
+def _key_path_in_file(problem: str) -> str:
+    """pydantic puts the union's tag in the key path (transport.ssh.port); the file says
+    transport.port."""
+    for kind in TRANSPORT_KINDS:
+        if problem.startswith(f"transport.{kind}."):
+            return "transport." + problem.removeprefix(f"transport.{kind}.")
+    return problem
 
 
 def shipped_profiles() -> dict[str, Path]:
@@ -81,4 +152,5 @@ def load_profile(name_or_path: str, base_dir: Path = Path.cwd()) -> DeviceProfil
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as e:
-        raise UserError("\n".join(f"{path}: {p}" for p in validation_problems(e))) from None
+        problems = [_key_path_in_file(p) for p in validation_problems(e)]
+        raise UserError("\n".join(f"{path}: {p}" for p in problems)) from None

@@ -52,21 +52,24 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
                      artifacts: list[tuple[Target, ExportedArtifact]], inputs_npz: Path,
                      progress: Progress) -> dict[str, Benchmark]:
     transport = transport_for(profile)
-    results: dict[str, Benchmark] = {}
-    with progress.task(f"benchmark on {profile.name}", total=len(artifacts)) as advance:
-        for target, artifact in artifacts:
-            reason = _skip_reason(profile, target)
-            if reason:
-                results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
-            else:
-                call = RunnerCall("bench", artifact.path, artifact.files, inputs_npz,
-                                  _runner_args(settings, target),
-                                  timeout_seconds=settings.timeout_seconds)
-                try:
-                    results[target.name] = to_benchmark(profile.name, transport.run(call))
-                except RunnerFailed as e:
-                    results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
-            advance()
+    try:
+        results: dict[str, Benchmark] = {}
+        with progress.task(f"benchmark on {profile.name}", total=len(artifacts)) as advance:
+            for target, artifact in artifacts:
+                reason = _skip_reason(profile, target)
+                if reason:
+                    results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
+                else:
+                    call = RunnerCall("bench", artifact.path, artifact.files, inputs_npz,
+                                      _runner_args(settings, target),
+                                      timeout_seconds=settings.timeout_seconds)
+                    try:
+                        results[target.name] = to_benchmark(profile.name, transport.run(call))
+                    except RunnerFailed as e:
+                        results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
+                advance()
+    finally:
+        transport.close()  # ends an ssh control connection
     return results
 
 
