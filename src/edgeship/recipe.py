@@ -22,6 +22,8 @@ from pydantic import (
 )
 
 from edgeship.errors import UserError
+from edgeship.gate.expressions import Regression
+from edgeship.gate.expressions import parse as parse_regression
 from edgeship.targets import TARGETS, known_targets
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -62,17 +64,69 @@ class DataSection(_Section):
     metric: Literal["top1"] = Field("top1", description="Task metric on the test split.")
 
 
+class Distillation(_Section):
+    """Knowledge distillation from the float model (the teacher) during QAT."""
+
+    weight: float = Field(0.5, ge=0, le=1, description="Share of the distillation loss; the rest "
+                                                      "is cross-entropy on the labels.")
+    temperature: PositiveFloat = Field(4.0, description="Softmax temperature of both models.")
+
+
 class QATSection(_Section):
     enabled: bool = Field(True, description="Fine-tune with fake quantization after calibration.")
     epochs: int = Field(2, ge=1, description="QAT epochs over the train split.")
-    lr: PositiveFloat = Field(1e-3, description="SGD learning rate; small, the model is trained.")
+    lr: PositiveFloat = Field(1e-3, description="Learning rate; small, the model is trained.")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="SGD (with momentum) or Adam.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    freeze_bn_after_epochs: int | None = Field(
+        None, ge=0, description="Stop updating batch-norm statistics after this many epochs.")
+    freeze_observers_after_epochs: int | None = Field(
+        None, ge=0, description="Stop moving the quantization ranges after this many epochs.")
+    trainable: list[str] | None = Field(
+        None, description="Train only parameters under these module names (e.g. ['classifier'] "
+                          "for the head); default: all.")
+    distillation: Distillation | None = Field(None, description="Distil from the float model.")
+
+
+class Fallback(_Section):
+    """Accuracy-aware fallback: leave the most sensitive layers in float, one at a time."""
+
+    max_accuracy_drop: float = Field(ge=0, le=100, description="Target drop in points, measured "
+                                     "on the calibration split (the test split stays unseen).")
+    max_float_layers: int = Field(4, ge=1, description="Give up after this many float layers.")
 
 
 class QuantizationSection(_Section):
     calibration_batches: int = Field(
         8, ge=1, description="Batches of the calibration split the observers see.")
+    observer: Literal["minmax", "moving_average_minmax", "histogram"] | None = Field(
+        None, description="Activation observer for post-training calibration; default: each "
+                          "flow's own (histogram).")
+    per_channel: bool = Field(True, description="Per-channel weight scales (else per tensor).")
+    sensitivity: bool = Field(False, description="Measure each layer's accuracy cost, per flow.")
+    fallback: Fallback | None = Field(None, description="Keep sensitive layers float until the "
+                                                        "accuracy target is met.")
     qat: QATSection = Field(default_factory=QATSection)
+
+    @model_validator(mode="after")
+    def _observer_is_for_ptq(self) -> QuantizationSection:
+        if self.observer is not None and self.qat.enabled:
+            raise ValueError("observer applies to post-training calibration; QAT observes with "
+                             "moving-average fake quantization. Set qat.enabled = false or remove "
+                             "observer")
+        return self
+
+
+class PruneSection(_Section):
+    """Pruning before quantization (torch.nn.utils.prune), made permanent, then fine-tuned."""
+
+    method: Literal["l1_unstructured", "ln_structured"] = Field(
+        "l1_unstructured", description="Single weights by magnitude, or whole output channels "
+                                       "by L1 norm.")
+    amount: dict[Literal["conv", "linear"], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        description="Fraction of weights (or channels) to prune per layer type.")
+    finetune_epochs: int = Field(2, ge=0, description="Float fine-tuning after pruning.")
+    lr: PositiveFloat = Field(1e-3, description="Adam learning rate of that fine-tuning.")
 
 
 class BenchmarkSection(_Section):
@@ -95,8 +149,15 @@ class Budget(_Section):
                                         "points (0.5 = half a point).")
     max_size_mb: PositiveFloat | None = Field(None, description="Artifact size, 10^6 bytes, "
                                                                 "external data included.")
+    max_latency_p50_ms: PositiveFloat | None = Field(None, description="p50 latency per device.")
     max_latency_p90_ms: PositiveFloat | None = Field(None, description="p90 latency per device.")
     max_peak_rss_mb: PositiveFloat | None = Field(None, description="Peak RSS of the runner.")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="Artifact accuracy, a fraction "
+                                                                     "0..1 like the report's.")
+    max_regression: list[str] | None = Field(
+        None, min_length=1, description="Limits relative to a baseline report (--baseline), e.g. "
+                                        "['median:5%', 'size:2%', 'accuracy:-0.5']; not evaluated "
+                                        "without one.")
 
     @field_validator("targets")
     @classmethod
@@ -106,16 +167,31 @@ class Budget(_Section):
                 raise ValueError(f"unknown target {name!r}; known: {known_targets()}")
         return names
 
+    @field_validator("max_regression")
+    @classmethod
+    def _expressions_parse(cls, texts: list[str] | None) -> list[str] | None:
+        for text in texts or []:
+            parse_regression(text)  # its ValueError names the accepted forms
+        return texts
+
     @model_validator(mode="after")
     def _has_a_limit(self) -> Budget:
-        if not self.limits():
-            raise ValueError("a budget needs at least one limit: max_accuracy_drop, max_size_mb, "
-                             "max_latency_p90_ms or max_peak_rss_mb")
+        if not self.limits() and not self.max_regression:
+            raise ValueError(f"a budget needs at least one limit: {', '.join(ABSOLUTE_LIMITS)} "
+                             "or max_regression")
         return self
 
     def limits(self) -> dict[str, float]:
-        names = ("max_accuracy_drop", "max_size_mb", "max_latency_p90_ms", "max_peak_rss_mb")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        """The absolute limits set in this budget (not the baseline-relative ones), by name."""
+        return {n: getattr(self, n) for n in ABSOLUTE_LIMITS if getattr(self, n) is not None}
+
+    def regressions(self) -> list[Regression]:
+        """The baseline-relative limits, parsed."""
+        return [parse_regression(t) for t in self.max_regression or []]
+
+
+ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "max_latency_p50_ms",
+                   "max_latency_p90_ms", "max_peak_rss_mb")
 
 
 class Recipe(_Section):
@@ -123,6 +199,7 @@ class Recipe(_Section):
     seed: int = Field(0, description="Seed for training, QAT and data order.")
     model: ModelSection
     data: DataSection
+    prune: PruneSection | None = Field(None, description="Prune the float model first.")
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
     targets: list[str] = Field(min_length=1, description="int8 (or fp32) targets to ship.")
     fp32_twins: bool = Field(True, description="Also build each int8 target's fp32 twin.")

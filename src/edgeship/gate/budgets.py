@@ -1,84 +1,283 @@
 """Check a report's measured figures against the recipe's budgets. Pure: report in, gate out.
 
+`checks` yields every check (budget × target × device × limit) with its outcome; `evaluate`, the
+JUnit writer and the recommendation are all built on it, so there is one source of truth.
+
 Something a budget needs but the run could not measure (a failed artifact, a benchmark that timed
-out or was not valid) is a violation too: a release is never passed on a figure nobody saw."""
+out or was not valid) is a violation too: a release is never passed on a figure nobody saw.
+Limits relative to a baseline report (`max_regression`) are checked only when a baseline is given;
+without one they are skipped, never violated."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
 
-from edgeship.recipe import Budget
+from pydantic import ValidationError
+
+from edgeship.errors import ExitCode, UserError
+from edgeship.gate.expressions import Metric, Regression
+from edgeship.recipe import Budget, validation_problems
 from edgeship.report.schema import Artifact, Benchmark, Gate, Report, Violation
 from edgeship.targets import get_target
 
-_ARTIFACT_LIMITS = {
-    "max_accuracy_drop": ("accuracy drop", "points"),
-    "max_size_mb": ("size", "MB"),
+
+class Outcome(str, Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a max_regression expression with no baseline report to compare with
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit of one budget on one artifact (and device, for per-device figures)."""
+
+    budget: int  # index in the recipe's [[budgets]]
+    target: str
+    device: str | None
+    limit_name: str  # `max_latency_p90_ms`, or the expression as written (`median:5%`)
+    limit: float  # the worst value that passes, in the measured figure's unit
+    measured: float | None
+    outcome: Outcome
+    message: str
+    upper: bool = True  # the measured figure must stay at or under the limit (False: at or over)
+    baseline: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is not Outcome.FAILED
+
+    @property
+    def excess(self) -> float:
+        """How far past its limit, relative to it (0.08: 8% over); inf when nothing was measured."""
+        if self.measured is None or self.outcome is Outcome.SKIPPED:
+            return math.inf
+        over = self.measured - self.limit if self.upper else self.limit - self.measured
+        return over / abs(self.limit) if self.limit else (math.inf if over > 0 else 0.0)
+
+    def violation(self) -> Violation:
+        return Violation(budget=self.budget, target=self.target, device=self.device,
+                         limit_name=self.limit_name, limit=self.limit, measured=self.measured,
+                         message=self.message, baseline=self.baseline)
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """A measured figure a limit reads: what it is called in messages, its unit, how to print it."""
+
+    what: str
+    unit: str
+    spec: str
+    per_device: bool
+    latency: bool  # a benchmark that is not valid cannot pass a limit on this figure
+    read: Callable[[Artifact, Benchmark | None, float | None], float | None]
+
+    def show(self, value: float) -> str:
+        return f"{value:{self.spec}}" + (f" {self.unit}" if self.unit else "")
+
+
+def _latency(key: str) -> Callable:
+    return lambda a, b, f: getattr(b.latency_ms, key) if b is not None and b.latency_ms else None
+
+
+def _drop(a: Artifact, b, float_accuracy: float | None) -> float | None:
+    if a.accuracy is None or float_accuracy is None:
+        return None
+    return (float_accuracy - a.accuracy) * 100
+
+
+_SIZE_MB = _Figure("size", "MB", ".3f", False, False,
+                   lambda a, b, f: None if a.size_bytes is None else a.size_bytes / 1e6)
+_ACCURACY = _Figure("accuracy", "", ".4f", False, False, lambda a, b, f: a.accuracy)
+_RSS = _Figure("peak RSS", "MB", ".3f", True, False, lambda a, b, f: b.peak_rss_mb if b else None)
+
+# Absolute limits, in the order they are checked; True: an upper limit.
+ABSOLUTE: dict[str, tuple[_Figure, bool]] = {
+    "max_accuracy_drop": (_Figure("accuracy drop", "points", ".3f", False, False, _drop), True),
+    "max_size_mb": (_SIZE_MB, True),
+    "min_accuracy": (_ACCURACY, False),
+    "max_latency_p50_ms": (_Figure("latency p50", "ms", ".3f", True, True, _latency("p50")), True),
+    "max_latency_p90_ms": (_Figure("latency p90", "ms", ".3f", True, True, _latency("p90")), True),
+    "max_peak_rss_mb": (_RSS, True),
 }
-_DEVICE_LIMITS = {
-    "max_latency_p90_ms": ("latency p90", "ms"),
-    "max_peak_rss_mb": ("peak RSS", "MB"),
+
+RELATIVE: dict[Metric, _Figure] = {
+    Metric.MEDIAN: _Figure("median", "ms", ".3f", True, True, _latency("p50")),
+    Metric.P90: _Figure("p90", "ms", ".3f", True, True, _latency("p90")),
+    Metric.MEAN: _Figure("mean", "ms", ".3f", True, True, _latency("mean")),
+    Metric.SIZE: _Figure("size", "bytes", "d", False, False, lambda a, b, f: a.size_bytes),
+    Metric.PEAK_RSS: _Figure("peak RSS", "MB", ".1f", True, False,
+                             lambda a, b, f: b.peak_rss_mb if b else None),
+    Metric.ACCURACY: _ACCURACY,
 }
 
 
-def _applies(budget: Budget, artifact: Artifact) -> bool:
+def applies(budget: Budget, artifact: Artifact) -> bool:
+    """A budget gates the targets it names, or every int8 target when it names none."""
     if budget.targets is not None:
         return artifact.target in budget.targets
     return get_target(artifact.target).is_int8
 
 
-def _artifact_value(name: str, artifact: Artifact, float_accuracy: float | None) -> float | None:
-    if name == "max_accuracy_drop":
-        if artifact.accuracy is None or float_accuracy is None:
-            return None
-        return (float_accuracy - artifact.accuracy) * 100
-    return None if artifact.size_bytes is None else artifact.size_bytes / 1e6
+def _not_measured(figure: _Figure, artifact: Artifact, bench: Benchmark | None) -> str | None:
+    """Why the figure cannot be read, or None when it can."""
+    if artifact.status != "ok":
+        return f"not measured: the artifact {artifact.status}"
+    if figure.per_device:
+        if bench is None or bench.status != "ok":
+            return f"not measured: benchmark {bench.status if bench else 'missing'}"
+        if figure.latency and not bench.valid:
+            return f"benchmark not valid: {'; '.join(bench.invalid_reasons)}"
+    return None
 
 
-def _device_value(name: str, bench: Benchmark) -> float | None:
-    if name == "max_latency_p90_ms":
-        return bench.latency_ms.p90 if bench.latency_ms else None
-    return bench.peak_rss_mb
-
-
-def _violations(index: int, budget: Budget, artifact: Artifact,
-                float_accuracy: float | None) -> Iterator[Violation]:
-    limits = budget.limits()
-    for name, (what, unit) in _ARTIFACT_LIMITS.items():
-        if name not in limits:
-            continue
-        value = _artifact_value(name, artifact, float_accuracy)
-        if value is None or value > limits[name]:
-            why = f"not measured: the artifact {artifact.status}" if value is None else \
-                f"{value:.3f} {unit} > {name} {limits[name]:g}"
-            yield Violation(budget=index, target=artifact.target, limit_name=name,
-                            limit=limits[name], measured=value, message=f"{artifact.target}: {what} {why}")
-    device_limits = {n: v for n, v in limits.items() if n in _DEVICE_LIMITS}
-    if not device_limits:
-        return
+def _benches(budget: Budget, artifact: Artifact, report: Report) -> list[Benchmark]:
+    """The artifact's benchmarks on the budget's devices, a `missing` one for each not run."""
+    expected = budget.devices if budget.devices is not None else \
+        [d["name"] for d in report.devices if "name" in d]
     benches = [b for b in artifact.benchmarks if budget.devices is None or b.device in budget.devices]
-    for device in sorted(set(budget.devices or []) - {b.device for b in benches}):
-        benches.append(Benchmark(device=device, status="missing", error="no benchmark on this device"))
-    for bench in benches:
-        for name, limit in device_limits.items():
-            what, unit = _DEVICE_LIMITS[name]
-            value = _device_value(name, bench)
-            if bench.status != "ok":
-                why = f"not measured: benchmark {bench.status}"
-            elif name == "max_latency_p90_ms" and not bench.valid:
-                why = f"benchmark not valid: {'; '.join(bench.invalid_reasons)}"
-            elif value is not None and value > limit:
-                why = f"{value:.3f} {unit} > {name} {limit:g}"
-            else:
+    missing = sorted(set(expected) - {b.device for b in benches})
+    return benches + [Benchmark(device=d, status="missing", error="no benchmark on this device")
+                      for d in missing]
+
+
+def _absolute(index: int, name: str, limit: float, artifact: Artifact, bench: Benchmark | None,
+              float_accuracy: float | None) -> Check:
+    figure, upper = ABSOLUTE[name]
+    where = artifact.target if bench is None else f"{artifact.target} on {bench.device}"
+    value = figure.read(artifact, bench, float_accuracy)
+    why = _not_measured(figure, artifact, bench)
+    if why is None and value is None:
+        why = "not measured"
+    if why is None:
+        ok = value <= limit if upper else value >= limit
+        sign = ("<=" if ok else ">") if upper else (">=" if ok else "<")
+        why = f"{figure.show(value)} {sign} {name} {limit:g}"
+    else:
+        ok = False
+    return Check(index, artifact.target, bench.device if bench else None, name, limit, value,
+                 Outcome.PASSED if ok else Outcome.FAILED, f"{where}: {figure.what} {why}", upper)
+
+
+def _change(rule: Regression, value: float, base: float) -> str:
+    if rule.metric is Metric.ACCURACY:
+        return f"{(value - base) * 100:+.2f} points"
+    if rule.unit == "%":
+        pct = (value / base - 1) * 100 if base else (math.inf if value > base else 0.0)
+        return f"{pct:+.1f}%"
+    delta = (value - base) / 1e6 if rule.metric is Metric.SIZE else value - base
+    return f"{delta:+.3f} {rule.unit}"
+
+
+def _relative(index: int, rule: Regression, artifact: Artifact, bench: Benchmark | None,
+              baseline: Report | None) -> Check:
+    figure = RELATIVE[rule.metric]
+    device = bench.device if bench else None
+    where = artifact.target if bench is None else f"{artifact.target} on {bench.device}"
+    if baseline is None:
+        return Check(index, artifact.target, device, rule.text, math.nan, None, Outcome.SKIPPED,
+                     f"{where}: {rule.text} not evaluated: no baseline report", rule.upper)
+    old = baseline.artifact(artifact.target)
+    old_bench = next((b for b in old.benchmarks if b.device == device), None) if bench else None
+    base = figure.read(old, old_bench, None)
+    limit = rule.allowed(base)
+    value = figure.read(artifact, bench, None)
+    why = _not_measured(figure, artifact, bench) or ("not measured" if value is None else None)
+    ok = why is None and (value <= limit if rule.upper else value >= limit)
+    if why is None:
+        sign = ("<=" if ok else ">") if rule.upper else (">=" if ok else "<")
+        why = (f"{figure.show(value)} is {_change(rule, value, base)} vs baseline "
+               f"{figure.show(base)} {sign} {rule.text}")
+    return Check(index, artifact.target, device, rule.text, limit, value,
+                 Outcome.PASSED if ok else Outcome.FAILED, f"{where}: {figure.what} {why}",
+                 rule.upper, base)
+
+
+def check_baseline(budgets: list[Budget], report: Report, baseline: Report, *,
+                   scope: Callable[[Budget, Artifact], bool] = applies) -> None:
+    """Raise UserError naming everything the baseline lacks for this report's regression limits."""
+    problems = []
+    if baseline.recipe_name != report.recipe_name:
+        problems.append(f"it is a report of recipe {baseline.recipe_name!r}, this one of "
+                        f"{report.recipe_name!r}")
+    old = {a.target: a for a in baseline.artifacts}
+    for budget in budgets:
+        rules = budget.regressions()
+        if not rules:
+            continue
+        for artifact in (a for a in report.artifacts if scope(budget, a)):
+            base = old.get(artifact.target)
+            if base is None:
+                problems.append(f"no artifact for target {artifact.target} (it has: "
+                                f"{', '.join(old) or 'none'})")
                 continue
-            yield Violation(budget=index, target=artifact.target, device=bench.device, limit_name=name,
-                            limit=limit, measured=value,
-                            message=f"{artifact.target} on {bench.device}: {what} {why}")
+            if base.status != "ok":
+                problems.append(f"its {artifact.target} {base.status}: no figures to compare with")
+                continue
+            if any(r.metric.per_device for r in rules):
+                for bench in _benches(budget, artifact, report):
+                    found = next((b for b in base.benchmarks if b.device == bench.device), None)
+                    if found is None or found.status != "ok":
+                        state = "no benchmark" if found is None else f"a benchmark {found.status}"
+                        problems.append(f"{state} of {artifact.target} on device {bench.device}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise UserError(f"the baseline report does not match this one: {'; '.join(unique)}")
 
 
-def evaluate(budgets: list[Budget], report: Report) -> Gate:
+def checks(budgets: list[Budget], report: Report, baseline: Report | None = None, *,
+           scope: Callable[[Budget, Artifact], bool] = applies) -> Iterator[Check]:
+    """Every check of every budget on every artifact it applies to (`scope`), in a stable order:
+    budget, artifact, then the artifact's own figures before its per-device ones."""
+    if baseline is not None:
+        check_baseline(budgets, report, baseline, scope=scope)
     float_accuracy = report.float.accuracy if report.float else None
-    violations = [v for i, budget in enumerate(budgets) for artifact in report.artifacts
-                  if _applies(budget, artifact)
-                  for v in _violations(i, budget, artifact, float_accuracy)]
+    for index, budget in enumerate(budgets):
+        limits = budget.limits()
+        rules = budget.regressions()
+        for artifact in (a for a in report.artifacts if scope(budget, a)):
+            for name, limit in limits.items():
+                if not ABSOLUTE[name][0].per_device:
+                    yield _absolute(index, name, limit, artifact, None, float_accuracy)
+            for rule in rules:
+                if not rule.metric.per_device:
+                    yield _relative(index, rule, artifact, None, baseline)
+            device_limits = {n: v for n, v in limits.items() if ABSOLUTE[n][0].per_device}
+            device_rules = [r for r in rules if r.metric.per_device]
+            if not device_limits and not device_rules:
+                continue
+            for bench in _benches(budget, artifact, report):
+                for name, limit in device_limits.items():
+                    yield _absolute(index, name, limit, artifact, bench, float_accuracy)
+                for rule in device_rules:
+                    yield _relative(index, rule, artifact, bench, baseline)
+
+
+def evaluate(budgets: list[Budget], report: Report, baseline: Report | None = None) -> Gate:
+    violations = [c.violation() for c in checks(budgets, report, baseline)
+                  if c.outcome is Outcome.FAILED]
     return Gate(passed=not violations, violations=violations)
+
+
+def exit_code(report: Report) -> int:
+    """0 passed, 1 a budget failed, 3 an artifact or a benchmark failed (the user must look)."""
+    broken = any(a.status != "ok" or any(b.status not in ("ok", "skipped") for b in a.benchmarks)
+                 for a in report.artifacts)
+    if broken:
+        return ExitCode.DEVICE_FAILURE
+    return ExitCode.PASSED if report.gate is None or report.gate.passed else ExitCode.BUDGET_FAILED
+
+
+def budgets_of(report: Report) -> list[Budget]:
+    """The budgets a report was gated with (its `budgets` field), validated again."""
+    budgets, problems = [], []
+    for i, data in enumerate(report.budgets):
+        try:
+            budgets.append(Budget.model_validate(data))
+        except ValidationError as e:
+            problems += [f"budgets[{i}].{p}" for p in validation_problems(e)]
+    if problems:
+        raise UserError(f"the report's budgets are not valid: {'; '.join(problems)}")
+    return budgets

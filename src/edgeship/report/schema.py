@@ -53,6 +53,9 @@ class Benchmark(BaseModel):
     threads: int | None = None
     cpu_affinity: list[int] | None = None
     runtime: dict = Field(default_factory=dict)
+    samples_ms: list[float] = Field(default_factory=list)  # the runner's raw timed runs, in order
+    # int8 only: {latency_p50_ratio, peak_rss_ratio} to its fp32 twin on the same device (>1: int8 is more)
+    vs_fp32: dict | None = None
 
 
 class Artifact(BaseModel):
@@ -81,11 +84,33 @@ class Violation(BaseModel):
     limit: float
     measured: float | None
     message: str
+    baseline: float | None = None  # the baseline report's figure, for a max_regression expression
 
 
 class Gate(BaseModel):
     passed: bool
     violations: list[Violation] = Field(default_factory=list)
+
+
+class ClosestBudget(BaseModel):
+    """The failed check nearest to passing: smallest relative excess over its limit."""
+
+    target: str
+    limit_name: str
+    excess: float | None  # relative: 0.08 = 8% past the limit; None: not measured
+    message: str
+
+
+class Recommendation(BaseModel):
+    """What to ship on one device: the fastest artifact meeting every budget, or none."""
+
+    device: str
+    target: str | None  # None: no artifact meets every budget on this device
+    p50_ms: float | None = None
+    candidates: int  # artifacts measured on this device
+    meeting: int  # of those, how many meet every budget
+    closest: ClosestBudget | None = None  # when target is None
+    statement: str  # one plain sentence, shown in the console, report.md and report.html
 
 
 class Report(BaseModel):
@@ -98,6 +123,11 @@ class Report(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     gate: Gate | None = None
     devices: list[dict] = Field(default_factory=list)
+    prune: dict | None = None  # method, amounts, sparsity, accuracy before and after fine-tuning
+    sensitivity: list[dict] = Field(default_factory=list)  # per flow: rows worst first
+    fallback: list[dict] = Field(default_factory=list)  # per flow: float layers kept, steps tried
+    budgets: list[dict] = Field(default_factory=list)  # the recipe's [[budgets]], as validated
+    recommendations: list[Recommendation] = Field(default_factory=list)
     exit_code: int = 0
     wall_seconds: builtins.float | None = None  # `float` is a field name in this class
 

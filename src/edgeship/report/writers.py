@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -9,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.fileio import write_atomic
+from edgeship.report.analysis import analysis_markdown
 from edgeship.report.schema import Artifact, Benchmark, Report
 from edgeship.targets import get_target
 
@@ -37,6 +39,22 @@ def latency_ratio(report: Report, artifact: Artifact, bench: Benchmark) -> float
     if not (bench.latency_ms and twin_bench and twin_bench.latency_ms):
         return None
     return bench.latency_ms.p50 / twin_bench.latency_ms.p50
+
+
+def int8_slower(report: Report) -> list[str]:
+    """One plain sentence per device where an int8 artifact's p50 is above its fp32 twin's:
+    `onnx-int8 is 1.49x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms)`."""
+    out = []
+    for a in report.artifacts:
+        twin = _twin(report, a)
+        for b in a.benchmarks:
+            ratio = latency_ratio(report, a, b)
+            if twin is None or ratio is None or round(ratio, 2) <= 1.0:
+                continue
+            base = next(t for t in twin.benchmarks if t.device == b.device)
+            out.append(f"{a.target} is {ratio:.2f}x slower than {twin.target} on {b.device} "
+                       f"(p50 {b.latency_ms.p50:.3f} vs {base.latency_ms.p50:.3f} ms)")
+    return out
 
 
 def rows(report: Report) -> list[list[str]]:
@@ -85,11 +103,16 @@ def markdown(report: Report) -> str:
         lines += [""] if gate.violations else []
     failed = [a for a in report.artifacts if a.status != "ok"]
     lines += [f"- ⚠️ `{a.target}` failed: {a.error}" for a in failed] + ([""] if failed else [])
+    if report.recommendations:
+        lines += ["**Recommendation**", ""] + [f"- {r.statement}" for r in report.recommendations] + [""]
     if report.float:
         lines += [f"Float accuracy: **{report.float.accuracy:.4f}**", ""]
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
-    lines += ["", "| stage | status | seconds |", "|---|---|---|"]
+    slower = int8_slower(report)  # said plainly, under the table that shows the ratios
+    lines += ([""] + [f"- ⚠️ {line}" for line in slower]) if slower else []
+    lines += [""] + analysis_markdown(report)
+    lines += ["| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.seconds:.2f} |" for s in report.stages]
     env = report.environment
     lines += ["", f"torch {env.get('torch')} · executorch {env.get('executorch')} · "
@@ -101,6 +124,14 @@ def write_markdown(report: Report, path: Path) -> None:
     write_atomic(path, markdown(report))
 
 
+def append_step_summary(report: Report) -> None:
+    """Append report.md to the file GitHub Actions shows as the step summary, when it is set."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown(report) + "\n")
+
+
 def print_console(report: Report, console: Console) -> None:
     table = Table(title=f"edgeship · {report.recipe_name}", title_justify="left")
     for h in HEADERS:
@@ -108,6 +139,8 @@ def print_console(report: Report, console: Console) -> None:
     for r in rows(report):
         table.add_row(*map(escape, r))
     console.print(table)
+    for line in int8_slower(report):
+        console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
     if report.float:
         console.print(f"float accuracy {report.float.accuracy:.4f}")
     for a in report.artifacts:
@@ -116,5 +149,7 @@ def print_console(report: Report, console: Console) -> None:
     if report.gate is not None:
         for v in report.gate.violations:
             console.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False)
+        for r in report.recommendations:
+            console.print(f"[bold]recommendation[/] {escape(r.statement)}", highlight=False)
         word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
         console.print(f"gate {word} · exit code {report.exit_code}")

@@ -1,0 +1,111 @@
+"""junit.xml: what a CI system shows as tests. Two suites:
+
+- `edgeship.<recipe>.budgets`: one test case per budget check (budget × target × device × limit),
+  classname `edgeship.<recipe>.<target>`, name `<limit>[<device>]` (`max_latency_p90_ms[local]`,
+  `median:5%[local]`, `max_size_mb`); a failed check is a <failure> whose message is the
+  violation's, carrying the measured value and the limit; a regression limit with no baseline is
+  <skipped>. Its failure count is the gate's violation count.
+- `edgeship.<recipe>.artifacts`: per artifact, one case `export+verify` (a failed artifact is a
+  <failure> with the reason), and one `benchmark[<device>]` per benchmark (failed, crashed or timed
+  out: <error>; skipped: <skipped>).
+
+The layout is the common JUnit one (testsuites > testsuite > testcase with tests, failures,
+errors, skipped and time attributes) that Jenkins, GitLab and GitHub reporters read.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeship.fileio import write_atomic
+from edgeship.gate.budgets import Check, Outcome
+from edgeship.report.schema import Report
+
+
+@dataclass
+class _Case:
+    classname: str
+    name: str
+    kind: str = "passed"  # passed, failure, error, skipped
+    message: str = ""
+    detail: str = ""
+    type: str = ""
+    seconds: float = 0.0
+
+
+def _check_case(recipe: str, check: Check, several_budgets: bool) -> _Case:
+    name = check.limit_name + (f"[{check.device}]" if check.device else "")
+    if several_budgets:
+        name += f" (budgets[{check.budget}])"
+    case = _Case(f"edgeship.{recipe}.{check.target}", name)
+    if check.outcome is Outcome.SKIPPED:
+        case.kind, case.message = "skipped", check.message
+    elif check.outcome is Outcome.FAILED:
+        measured = "not measured" if check.measured is None else f"{check.measured:g}"
+        detail = [check.message, f"measured: {measured}", f"limit: {check.limit:g}"]
+        if check.baseline is not None:
+            detail.append(f"baseline: {check.baseline:g}")
+        case.kind, case.message, case.type = "failure", check.message, check.limit_name
+        case.detail = "\n".join(detail + [f"budget: budgets[{check.budget}]"])
+    return case
+
+
+def _artifact_cases(report: Report) -> list[_Case]:
+    cases = []
+    for a in report.artifacts:
+        classname = f"edgeship.{report.recipe_name}.{a.target}"
+        case = _Case(classname, "export+verify")
+        if a.status != "ok":
+            case.kind, case.type, case.message = "failure", a.status, f"{a.target} {a.status}: {a.error}"
+        cases.append(case)
+        for b in a.benchmarks:
+            case = _Case(classname, f"benchmark[{b.device}]", seconds=b.seconds or 0.0)
+            if b.status == "skipped":
+                case.kind, case.message = "skipped", b.error or "skipped"
+            elif b.status != "ok":
+                case.kind, case.type = "error", b.status
+                case.message = f"{a.target} on {b.device}: benchmark {b.status}: {b.error}"
+            cases.append(case)
+    return cases
+
+
+def _suite(parent: ET.Element, name: str, cases: list[_Case], seconds: float) -> None:
+    count = {k: sum(c.kind == k for c in cases) for k in ("failure", "error", "skipped")}
+    suite = ET.SubElement(parent, "testsuite", name=name, tests=str(len(cases)),
+                          failures=str(count["failure"]), errors=str(count["error"]),
+                          skipped=str(count["skipped"]), time=f"{seconds:.3f}")
+    for c in cases:
+        element = ET.SubElement(suite, "testcase", classname=c.classname, name=c.name,
+                                time=f"{c.seconds:.3f}")
+        if c.kind == "passed":
+            continue
+        child = ET.SubElement(element, c.kind, message=c.message)
+        if c.type:
+            child.set("type", c.type)
+        if c.detail:
+            child.text = c.detail
+
+
+def junit_xml(report: Report, checks: list[Check]) -> str:
+    """The junit.xml text of a report and every budget check made on it (gate.budgets.checks)."""
+    several = len({c.budget for c in checks}) > 1
+    budget_cases = [_check_case(report.recipe_name, c, several) for c in checks]
+    artifact_cases = _artifact_cases(report)
+    cases = budget_cases + artifact_cases
+    root = ET.Element("testsuites", name=f"edgeship.{report.recipe_name}", tests=str(len(cases)),
+                      failures=str(sum(c.kind == "failure" for c in cases)),
+                      errors=str(sum(c.kind == "error" for c in cases)),
+                      skipped=str(sum(c.kind == "skipped" for c in cases)),
+                      time=f"{report.wall_seconds or 0.0:.3f}")
+    gate_seconds = next((s.seconds for s in report.stages if s.name == "gate"), 0.0)
+    bench_seconds = sum(c.seconds for c in artifact_cases)
+    _suite(root, f"edgeship.{report.recipe_name}.budgets", budget_cases, gate_seconds)
+    _suite(root, f"edgeship.{report.recipe_name}.artifacts", artifact_cases, bench_seconds)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(report: Report, checks: list[Check], path: Path) -> None:
+    write_atomic(path, junit_xml(report, checks))

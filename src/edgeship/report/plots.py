@@ -1,0 +1,151 @@
+"""The report's plots as PNG bytes (matplotlib, Agg backend: no display, no network).
+
+- accuracy vs p50 latency, one panel per device, with the budgets' lines and the Pareto front;
+- latency distribution per artifact and device, a summary from the report's own figures
+  (min, p50, p90, p99, mean: the report keeps no raw samples);
+- size per int8 target beside its fp32 twin, with the size budget.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib.figure import Figure  # noqa: E402
+
+from edgeship.recipe import Budget  # noqa: E402
+from edgeship.report.schema import Report  # noqa: E402
+from edgeship.targets import TARGETS, get_target  # noqa: E402
+
+INT8, FP32, FRONT, LIMIT = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _is_int8(target: str) -> bool:
+    return target in TARGETS and get_target(target).is_int8
+
+
+def points(report: Report, device: str) -> list[tuple[str, float, float]]:
+    """(target, p50 ms, accuracy) of every artifact measured on `device`."""
+    out = []
+    for a in report.artifacts:
+        bench = next((b for b in a.benchmarks if b.device == device), None)
+        if a.accuracy is not None and bench and bench.status == "ok" and bench.latency_ms:
+            out.append((a.target, bench.latency_ms.p50, a.accuracy))
+    return out
+
+
+def pareto_front(pts: list[tuple[str, float, float]]) -> list[str]:
+    """Targets no other artifact beats on both latency (lower) and accuracy (higher), fastest first.
+
+    >>> pareto_front([("a", 1.0, 0.9), ("b", 2.0, 0.95), ("c", 3.0, 0.94), ("d", 1.0, 0.8)])
+    ['a', 'b']
+    """
+    front = [t for t, lat, acc in pts
+             if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for _, l2, a2 in pts)]
+    return sorted(front, key=lambda t: next(lat for n, lat, _ in pts if n == t))
+
+
+def devices(report: Report) -> list[str]:
+    names = [d["name"] for d in report.devices if "name" in d]
+    return list(dict.fromkeys(names + [b.device for a in report.artifacts for b in a.benchmarks]))
+
+
+def _limits(budgets: list[Budget], device: str, name: str) -> list[float]:
+    return sorted({b.limits()[name] for b in budgets if name in b.limits()
+                   and (b.devices is None or device in b.devices)})
+
+
+def accuracy_vs_latency(report: Report, budgets: list[Budget]) -> bytes | None:
+    panels = [(d, points(report, d)) for d in devices(report)]
+    panels = [(d, p) for d, p in panels if p]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    float_accuracy = report.float.accuracy if report.float else None
+    for ax, (device, pts) in zip(axes[0], panels):
+        front = pareto_front(pts)
+        for target, lat, acc in pts:
+            color = INT8 if _is_int8(target) else FP32
+            ax.scatter(lat, acc * 100, s=70, color=color, zorder=3,
+                       edgecolors=FRONT if target in front else "none", linewidths=2.5)
+            ax.annotate(target, (lat, acc * 100), textcoords="offset points", xytext=(4, 6), fontsize=8,
+                        rotation=40, rotation_mode="anchor")  # slanted: close points stay legible
+        line = sorted((lat, acc * 100) for t, lat, acc in pts if t in front)
+        ax.step([x for x, _ in line], [y for _, y in line], where="post", color=FRONT, alpha=0.6,
+                zorder=2, label="Pareto front")
+        for limit in _limits(budgets, device, "max_latency_p50_ms"):
+            ax.axvline(limit, color=LIMIT, linestyle="--", label=f"max_latency_p50_ms {limit:g}")
+        for limit in _limits(budgets, device, "max_latency_p90_ms"):
+            ax.axvline(limit, color=LIMIT, linestyle=":", label=f"max_latency_p90_ms {limit:g} (p90)")
+        for limit in _limits(budgets, device, "min_accuracy"):
+            ax.axhline(limit * 100, color=LIMIT, linestyle="--", label=f"min_accuracy {limit:g}")
+        if float_accuracy is not None:
+            ax.axhline(float_accuracy * 100, color="grey", linewidth=0.8, label="float model")
+            for drop in _limits(budgets, device, "max_accuracy_drop"):
+                ax.axhline(float_accuracy * 100 - drop, color=LIMIT, linestyle="-.",
+                           label=f"max_accuracy_drop {drop:g} pts")
+        ax.scatter([], [], color=INT8, label="int8")
+        ax.scatter([], [], color=FP32, label="fp32")
+        ax.set(title=f"accuracy vs p50 latency · {device}", xlabel="p50 latency (ms)",
+               ylabel="accuracy (%)")
+        ax.margins(x=0.2, y=0.45)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+def latency_distribution(report: Report) -> bytes | None:
+    """One row per artifact and device: a line from min to p99, a box from p50 to p90, a tick at
+    p50, a dot at the mean."""
+    rows = [(f"{a.target} · {b.device}", a.target, b.latency_ms) for a in report.artifacts
+            for b in a.benchmarks if b.status == "ok" and b.latency_ms]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
+    for y, (_, target, lat) in enumerate(rows):
+        color = INT8 if _is_int8(target) else FP32
+        ax.hlines(y, lat.min, lat.p99, color=color, linewidth=1.2)
+        ax.barh(y, lat.p90 - lat.p50, left=lat.p50, height=0.5, color=color, alpha=0.45,
+                edgecolor=color)
+        ax.vlines(lat.p50, y - 0.3, y + 0.3, color="black", linewidth=2)
+        ax.plot(lat.mean, y, "o", color="black", markersize=3.5)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(title="latency per artifact: line min–p99, box p50–p90, tick p50, dot mean",
+           xlabel="latency (ms)")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def size_vs_twin(report: Report, budgets: list[Budget]) -> bytes | None:
+    sizes = {a.target: a.size_bytes for a in report.artifacts if a.size_bytes}
+    pairs = [(t, sizes[t], sizes.get(get_target(t).twin)) for t in sizes if _is_int8(t)]
+    if not pairs:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(pairs) + 2), 4))
+    xs = range(len(pairs))
+    ax.bar([x - 0.2 for x in xs], [s / 1e6 for _, s, _ in pairs], width=0.4, color=INT8, label="int8")
+    ax.bar([x + 0.2 for x in xs], [(tw or 0) / 1e6 for _, _, tw in pairs], width=0.4, color=FP32,
+           label="fp32 twin")
+    for x, (_, size, twin) in zip(xs, pairs):
+        if twin:
+            ax.annotate(f"{size / twin:.2f}x", (x - 0.2, size / 1e6), ha="center",
+                        textcoords="offset points", xytext=(0, 3), fontsize=8)
+    for limit in sorted({b.max_size_mb for b in budgets if b.max_size_mb is not None}):
+        ax.axhline(limit, color=LIMIT, linestyle="--", label=f"max_size_mb {limit:g}")
+    ax.set_xticks(list(xs), [t for t, _, _ in pairs], rotation=15, fontsize=8)
+    ax.set(title="size per target against its fp32 twin", ylabel="size (MB, 10^6 bytes)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

@@ -1,0 +1,271 @@
+"""Baseline budgets (`max_regression`), `edgeship gate` and `edgeship compare`, on the stored demo
+report (tests/data) and copies of it changed on purpose: pure functions and the real CLI."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeship.errors import UserError
+from edgeship.gate import expressions
+from edgeship.gate.budgets import Outcome, checks, evaluate
+from edgeship.recipe import Budget, parse_recipe
+from edgeship.report import compare as diff
+from edgeship.report import plots
+from edgeship.report.schema import Report
+from support import demo_recipe, run_cli, write_recipe
+
+STORED = Path(__file__).parent / "data" / "report-digits.json"
+
+
+def stored() -> Report:
+    return Report.model_validate(json.loads(STORED.read_text()))
+
+
+def changed(**artifact_changes) -> Report:
+    """The stored report with `target=function(artifact)` applied to a copy."""
+    report = stored()
+    for target, change in artifact_changes.items():
+        change(report.artifact(target.replace("_", "-")))
+    return report
+
+
+def grow(factor: float):
+    def change(a):
+        a.size_bytes = round(a.size_bytes * factor)
+    return change
+
+
+def slow(factor: float):
+    def change(a):
+        lat = a.benchmarks[0].latency_ms
+        lat.p50, lat.p90, lat.mean = lat.p50 * factor, lat.p90 * factor, lat.mean * factor
+    return change
+
+
+def test_docstring_examples_run():
+    for module in (expressions, plots):
+        assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("text, metric, amount, unit", [
+    ("median:5%", "median", 5, "%"), ("p90:3%", "p90", 3, "%"), ("mean:5%", "mean", 5, "%"),
+    ("size:2%", "size", 2, "%"), ("peak_rss:10%", "peak_rss", 10, "%"),
+    ("accuracy:-0.5", "accuracy", -0.5, ""), ("median:0.2ms", "median", 0.2, "ms"),
+    ("size:0.01MB", "size", 0.01, "MB"),
+])
+def test_expressions_parse(text, metric, amount, unit):
+    rule = expressions.parse(text)
+    assert (rule.metric.value, rule.amount, rule.unit, rule.text) == (metric, amount, unit, text)
+
+
+@pytest.mark.parametrize("text, why", [
+    ("median5%", "not a 'metric:amount' expression"), ("latency:5%", "unknown metric 'latency'"),
+    ("accuracy:0.5", "written negative"), ("size:-2%", "not negative"), ("median:2MB", "median takes '%' or 'ms'"),
+])
+def test_a_malformed_expression_names_the_accepted_forms(text, why):
+    with pytest.raises(expressions.ExpressionError) as e:
+        expressions.parse(text)
+    assert why in str(e.value) and expressions.ACCEPTED_FORMS in str(e.value)
+
+
+def test_a_malformed_expression_in_a_recipe_has_its_key_path():
+    recipe = demo_recipe(budgets=[{"max_size_mb": 1}, {"max_regression": ["size:2%", "median=5%"]}])
+    with pytest.raises(UserError) as e:
+        parse_recipe(recipe, "r.toml", Path())
+    (line,) = str(e.value).splitlines()
+    assert line.startswith("r.toml: budgets[1].max_regression: not a 'metric:amount' expression in "
+                           "'median=5%'; accepted forms: median:5% or median:0.2ms")
+
+
+def test_a_budget_of_only_regressions_is_valid_and_the_new_limits_count():
+    assert Budget(max_regression=["size:2%"]).limits() == {}
+    assert Budget(max_latency_p50_ms=1, min_accuracy=0.9).limits() == {"min_accuracy": 0.9,
+                                                                       "max_latency_p50_ms": 1}
+    with pytest.raises(ValueError, match="min_accuracy"):
+        Budget(min_accuracy=99.5)  # a fraction, like the report's accuracies
+
+
+def test_absolute_p50_and_min_accuracy():
+    report = stored()
+    fbgemm = report.artifact("torchscript-fbgemm")
+    p50 = fbgemm.benchmarks[0].latency_ms.p50
+    gate = evaluate([Budget(targets=["torchscript-fbgemm"], min_accuracy=0.995,
+                            max_latency_p50_ms=p50 * 0.9)], report)
+    assert [v.message for v in gate.violations] == [
+        f"torchscript-fbgemm: accuracy {fbgemm.accuracy:.4f} < min_accuracy 0.995",
+        f"torchscript-fbgemm on local: latency p50 {p50:.3f} ms > max_latency_p50_ms {p50 * 0.9:g}"]
+    assert evaluate([Budget(min_accuracy=0.99, max_latency_p50_ms=1)], report).passed
+
+
+def test_a_model_made_larger_is_flagged_by_size_regression():
+    budget = Budget(max_regression=["size:2%"])
+    gate = evaluate([budget], changed(onnx_int8=grow(1.10)), baseline=stored())
+    (v,) = gate.violations
+    old = stored().artifact("onnx-int8").size_bytes
+    assert (v.target, v.limit_name, v.baseline) == ("onnx-int8", "size:2%", old)
+    assert v.measured == round(old * 1.1) and v.limit == pytest.approx(old * 1.02)
+    assert v.message == f"onnx-int8: size {round(old * 1.1)} bytes is +10.0% vs baseline {old} bytes > size:2%"
+
+
+def test_the_same_report_is_not_flagged_against_itself():
+    budget = Budget(max_regression=["median:5%", "p90:3%", "mean:5%", "size:2%", "peak_rss:10%",
+                                    "accuracy:-0.5", "median:0.001ms"])
+    found = list(checks([budget], stored(), stored()))
+    assert len(found) == 4 * 7 and all(c.outcome is Outcome.PASSED for c in found)
+    assert evaluate([budget], stored(), stored()).passed
+
+
+def test_latency_regression_message():
+    report = changed(onnx_int8=slow(1.071))
+
+    def p50(r: Report) -> float:
+        return r.artifact("onnx-int8").benchmarks[0].latency_ms.p50
+
+    new, old = p50(report), p50(stored())
+    (v,) = evaluate([Budget(targets=["onnx-int8"], max_regression=["median:5%"])], report, stored()).violations
+    assert v.message == f"onnx-int8 on local: median {new:.3f} ms is +7.1% vs baseline {old:.3f} ms > median:5%"
+    budget = Budget(targets=["onnx-int8"], max_regression=["median:0.001ms"])
+    (v,) = evaluate([budget], report, stored()).violations
+    assert v.message.endswith(f"ms is +{new - old:.3f} ms vs baseline {old:.3f} ms > median:0.001ms")
+
+
+def test_accuracy_regression_in_points():
+    def lose(a):
+        a.accuracy -= 0.006  # 0.6 points
+    report = changed(executorch_xnnpack=lose)
+    (v,) = evaluate([Budget(max_regression=["accuracy:-0.5"])], report, stored()).violations
+    assert v.message == ("executorch-xnnpack: accuracy 0.9900 is -0.60 points vs baseline 0.9960 "
+                         "< accuracy:-0.5")
+    assert evaluate([Budget(max_regression=["accuracy:-0.7"])], report, stored()).passed
+
+
+def test_without_a_baseline_regressions_are_skipped_not_violated():
+    budget = Budget(max_regression=["size:2%"])
+    assert evaluate([budget], changed(onnx_int8=grow(2.0))).passed
+    assert {c.outcome for c in checks([budget], stored())} == {Outcome.SKIPPED}
+
+
+def test_a_baseline_of_another_model_names_the_mismatch():
+    other = stored()
+    other.recipe_name = "mobilenet"
+    with pytest.raises(UserError) as e:
+        evaluate([Budget(max_size_mb=1)], stored(), other)
+    assert str(e.value) == ("the baseline report does not match this one: it is a report of recipe "
+                            "'mobilenet', this one of 'digits-cnn'")
+
+
+def test_a_baseline_without_the_targets_or_devices_names_them():
+    old = stored()
+    old.artifacts = [a for a in old.artifacts if a.target != "onnx-int8"]
+    old.artifact("executorch-xnnpack").benchmarks[0].device = "rpi5"
+    with pytest.raises(UserError) as e:
+        evaluate([Budget(max_regression=["median:5%"])], stored(), old)
+    message = str(e.value)
+    assert "no artifact for target onnx-int8 (it has: torchscript-fbgemm" in message
+    assert "no benchmark of executorch-xnnpack on device local" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_compare_ratios_and_noise_rule():
+    b = changed(onnx_int8=grow(1.10), torchscript_fbgemm=slow(2.0))
+    comparison = diff.compare(stored(), b)
+    by_target = {t.target: t for t in comparison.targets}
+    assert by_target["onnx-int8"].size_bytes.ratio == pytest.approx(1.10, abs=1e-5)
+    fbgemm = by_target["torchscript-fbgemm"].devices[0]
+    lat = stored().artifact("torchscript-fbgemm").benchmarks[0].latency_ms
+    assert fbgemm.p50_ms.ratio == pytest.approx(2.0) and fbgemm.noise_ms == lat.stdev
+    assert fbgemm.beyond_noise is (lat.p50 > lat.stdev)  # the median doubled: 0.043 ms > stdev 0.0075
+    same = {t.target: t for t in diff.compare(stored(), stored()).targets}
+    assert not any(d.beyond_noise for t in same.values() for d in t.devices)
+    assert by_target["onnx-int8"].devices[0].beyond_noise is False  # only the size changed
+
+
+def test_compare_notes_what_the_table_cannot_show():
+    b = stored()
+    b.recipe_name = "other"
+    b.artifacts = [a for a in b.artifacts if a.target != "onnx-fp32"]
+    b.artifact("onnx-int8").status = "failed"
+    assert diff.notes(diff.compare(stored(), b)) == [
+        "the reports are of different recipes: A 'digits-cnn', B 'other'", "onnx-fp32 is only in A",
+        "onnx-int8 is ok in A and failed in B"]
+
+
+# --- through the real CLI -------------------------------------------------------------------
+
+def _write(tmp_path: Path, report: Report, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(report.model_dump_json(indent=1))
+    return path
+
+
+def test_cli_gate_on_the_stored_report_passes(tmp_path):
+    result = run_cli("gate", str(STORED))
+    assert result.code == 0, result.stderr
+    assert "no budgets in the report: nothing to check" in result.stdout
+    assert "gate PASSED · exit code 0" in result.stdout
+
+
+def test_cli_gate_with_a_tight_recipe_fails_and_writes_nothing(tmp_path):
+    before = STORED.read_bytes()
+    recipe = write_recipe(tmp_path, demo_recipe(budgets=[{"max_size_mb": 0.105}]))
+    result = run_cli("gate", str(STORED), "--recipe", str(recipe))
+    assert result.code == 1, result.stderr
+    assert "budget violated: onnx-int8: size 0.107 MB > max_size_mb 0.105" in result.stdout
+    assert "gate FAILED · exit code 1" in result.stdout
+    assert STORED.read_bytes() == before
+
+
+def test_cli_gate_uses_the_reports_own_budgets_and_write_rewrites(tmp_path):
+    report = stored()
+    report.budgets = [{"max_regression": ["size:2%"]}]
+    path = _write(tmp_path, report, "report.json")
+    baseline = _write(tmp_path, changed(), "old.json")
+    assert run_cli("gate", str(path), "--baseline", str(baseline)).code == 0
+    bigger = changed(onnx_int8=grow(1.10))
+    bigger.budgets = report.budgets
+    path = _write(tmp_path, bigger, "report.json")
+    result = run_cli("gate", str(path), "--baseline", str(baseline), "--write")
+    assert result.code == 1, result.stderr
+    assert "onnx-int8: size" in result.stdout and "> size:2%" in result.stdout
+    written = json.loads(path.read_text())
+    assert written["gate"]["passed"] is False and written["exit_code"] == 1
+    assert "size:2%" in (tmp_path / "junit.xml").read_text()
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"name": "package.json"}', "not an edgeship report: it has no edgeship_version"),
+    ("[1, 2", "not an edgeship report: not valid JSON"),
+    ('{"edgeship_version": "7.0.0"}', "report of edgeship 7.0.0, incompatible with this edgeship"),
+    ('{"edgeship_version": "0.1.0", "recipe_name": 3}', "not a valid edgeship report: "),
+])
+def test_cli_gate_rejects_what_is_not_an_edgeship_report(tmp_path, content, expected):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    result = run_cli("gate", str(path))
+    assert result.code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and expected in line, line
+
+
+def test_cli_baseline_of_another_model_exits_2(tmp_path):
+    other = stored()
+    other.recipe_name = "mobilenet"
+    result = run_cli("gate", str(STORED), "--baseline", str(_write(tmp_path, other, "old.json")))
+    assert result.code == 2
+    assert "recipe 'mobilenet', this one of 'digits-cnn'" in result.stderr
+
+
+def test_cli_compare(tmp_path):
+    b = _write(tmp_path, changed(onnx_int8=grow(1.10)), "b.json")
+    result = run_cli("compare", str(STORED), str(b))
+    assert result.code == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "onnx-int8 " in x)
+    size = stored().artifact("onnx-int8").size_bytes
+    assert f"{size} → {round(size * 1.1)}" in line and "1.100x" in line
+    assert "beyond noise: |p50 B − p50 A| > max(stdev A, stdev B)" in result.stdout
+    assert run_cli("compare", str(STORED), str(tmp_path / "missing.json")).code == 2

@@ -1,0 +1,241 @@
+"""junit.xml, report.html (in a real headless Chromium), the recommendation and report.md, from
+the stored demo report (tests/data) with budgets chosen to pass or fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from edgeship.gate.budgets import checks, evaluate
+from edgeship.pipeline.runfolder import MARKER
+from edgeship.recipe import Budget
+from edgeship.report.html import html_page
+from edgeship.report.junit import junit_xml
+from edgeship.report.recommend import recommend
+from edgeship.report.schema import Report
+from edgeship.report.writers import append_step_summary, markdown
+
+STORED = Path(__file__).parent / "data" / "report-digits.json"
+TIGHT = [Budget(max_size_mb=0.105, max_latency_p50_ms=0.03), Budget(max_regression=["size:2%"])]
+
+
+def stored() -> Report:
+    return Report.model_validate(json.loads(STORED.read_text()))
+
+
+def gated(budgets: list[Budget], report: Report | None = None, baseline: Report | None = None) -> Report:
+    report = report or stored()
+    report.budgets = [b.model_dump(mode="json", exclude_none=True) for b in budgets]
+    report.gate = evaluate(budgets, report, baseline)
+    report.recommendations = recommend(budgets, report, baseline)
+    report.exit_code = 0 if report.gate.passed else 1
+    return report
+
+
+def _junit(budgets: list[Budget], report: Report, baseline: Report | None = None) -> ET.Element:
+    return ET.fromstring(junit_xml(report, list(checks(budgets, report, baseline))))
+
+
+# --- junit.xml ------------------------------------------------------------------------------
+
+def test_junit_counts_match_the_gate():
+    report = gated(TIGHT)
+    root = _junit(TIGHT, report)
+    budgets, artifacts = root.findall("testsuite")
+    assert budgets.get("name") == "edgeship.digits-cnn.budgets"
+    cases = budgets.findall("testcase")
+    # 4 int8 targets × (max_size_mb, max_latency_p50_ms[local], size:2% skipped: no baseline)
+    assert len(cases) == int(budgets.get("tests")) == 12
+    assert int(budgets.get("failures")) == len(report.gate.violations) == 5
+    assert int(budgets.get("skipped")) == 4 and budgets.get("errors") == "0"
+    assert [c.find("failure").get("message") for c in cases if c.find("failure") is not None] == \
+        [v.message for v in report.gate.violations]
+    assert len(artifacts.findall("testcase")) == int(artifacts.get("tests")) == 7 * 2
+    assert artifacts.get("failures") == "0"
+    totals = {k: sum(int(s.get(k)) for s in (budgets, artifacts)) for k in ("tests", "failures", "skipped")}
+    assert totals == {k: int(root.get(k)) for k in totals}
+    for element in [root, budgets, artifacts]:
+        assert float(element.get("time")) >= 0
+
+
+def test_a_failing_budget_case_carries_measured_value_and_limit():
+    report = gated(TIGHT)
+    root = _junit(TIGHT, report)
+    case = root.find(".//testcase[@name='max_latency_p50_ms[local] (budgets[0])']"
+                     "[@classname='edgeship.digits-cnn.torchscript-qnnpack']")
+    failure = case.find("failure")
+    p50 = report.artifact("torchscript-qnnpack").benchmarks[0].latency_ms.p50
+    assert failure.get("message") == f"torchscript-qnnpack on local: latency p50 {p50:.3f} ms > max_latency_p50_ms 0.03"
+    assert failure.get("type") == "max_latency_p50_ms"
+    assert f"measured: {p50:g}" in failure.text and "limit: 0.03" in failure.text
+    passing = root.find(".//testcase[@classname='edgeship.digits-cnn.onnx-int8']"
+                        "[@name='max_latency_p50_ms[local] (budgets[0])']")
+    assert list(passing) == []
+
+
+def test_junit_names_with_one_budget_and_a_baseline():
+    budgets = [Budget(max_latency_p90_ms=100, max_regression=["median:5%"])]
+    report = gated(budgets, baseline=stored())
+    names = {c.get("name") for c in _junit(budgets, report, stored()).iter("testcase")
+             if c.get("classname") == "edgeship.digits-cnn.onnx-int8"}
+    assert names == {"max_latency_p90_ms[local]", "median:5%[local]", "export+verify", "benchmark[local]"}
+
+
+def test_junit_failed_artifact_and_benchmark():
+    report = stored()
+    a = report.artifact("executorch-xnnpack")
+    a.status, a.error, a.benchmarks = "failed", "export: Unsupported op <aten::foo> & co", []
+    b = report.artifact("onnx-fp32").benchmarks[0]
+    b.status, b.error = "timeout", "no result in 120 s"
+    report = gated([Budget(max_size_mb=1)], report)
+    root = _junit([Budget(max_size_mb=1)], report)
+    artifacts = root.findall("testsuite")[1]
+    assert (artifacts.get("failures"), artifacts.get("errors")) == ("1", "1")
+    failure = root.find(".//testcase[@classname='edgeship.digits-cnn.executorch-xnnpack'][@name='export+verify']/failure")
+    assert failure.get("message") == "executorch-xnnpack failed: export: Unsupported op <aten::foo> & co"
+    error = root.find(".//testcase[@classname='edgeship.digits-cnn.onnx-fp32'][@name='benchmark[local]']/error")
+    assert error.get("type") == "timeout" and "no result in 120 s" in error.get("message")
+
+
+# --- recommendation and report.md ----------------------------------------------------------
+
+def test_recommendation_is_the_fastest_artifact_meeting_every_budget():
+    (r,) = recommend([Budget(max_size_mb=0.2)], stored())
+    assert (r.device, r.target, r.meeting, r.candidates) == ("local", "executorch-xnnpack", 4, 7)
+    # fp32 twins count once a budget names them, and must fit it too
+    (r,) = recommend([Budget(max_latency_p50_ms=0.026)], stored())
+    assert r.target == "executorch-xnnpack"
+    (r,) = recommend([Budget(max_accuracy_drop=0.1, max_latency_p50_ms=1)], stored())
+    assert r.target == "executorch-xnnpack" and r.meeting == 6  # fbgemm lost 0.2 points
+
+
+def test_no_artifact_meets_every_budget_names_the_closest():
+    (r,) = recommend([Budget(max_size_mb=0.1, max_latency_p50_ms=0.01)], stored())
+    assert r.target is None and r.meeting == 0
+    assert r.closest.target == "torchscript-qnnpack" and r.closest.limit_name == "max_size_mb"
+    assert r.closest.excess == pytest.approx(102381 / 1e5 - 1)
+    assert r.statement == ("local: no artifact meets every budget; the closest to it: torchscript-qnnpack: "
+                           "size 0.102 MB > max_size_mb 0.1 (2.4% past its limit)")
+
+
+def test_markdown_puts_violations_first_then_the_recommendation(tmp_path, monkeypatch):
+    report = gated(TIGHT)
+    text = markdown(report)
+    assert text.index("❌ torchscript-fbgemm: size 0.108 MB > max_size_mb 0.105") < \
+        text.index("**Recommendation**") < text.index("| target |")
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    append_step_summary(report)
+    assert summary.read_text() == "earlier step\n" + text + "\n"
+
+
+# --- report.html ----------------------------------------------------------------------------
+
+def test_html_escapes_text_and_loads_nothing_from_elsewhere():
+    report = stored()
+    report.recipe_name = "<script>alert(1)</script>"
+    report.artifact("onnx-int8").status, report.artifact("onnx-int8").error = "failed", "bad <op> & \"q\""
+    page = html_page(gated([Budget(max_size_mb=1)], report), [Budget(max_size_mb=1)])
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "bad &lt;op&gt; &amp; &quot;q&quot;" in page
+    assert not re.search(r"(src|href)=\"(?!data:image/png;base64,)", page)
+    assert page.count('<img alt="') == 3
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHECK_IMAGES = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const bad = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  document.title = "IMAGES " + images.length + " BAD " + JSON.stringify(bad);
+});
+</script>"""
+
+
+@pytest.fixture
+def chromium():
+    if CHROMIUM is None:
+        if os.environ.get("EDGESHIP_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("EDGESHIP_REQUIRE_CHROMIUM=1 but no chromium on PATH (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium); EDGESHIP_REQUIRE_CHROMIUM=1 makes this fail")
+    return CHROMIUM
+
+
+def _open(browser: str, page: str, folder: Path) -> tuple[str, list[str]]:
+    """Load `page` with the image check added; its title after load and the console's lines."""
+    relaxed = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
+    assert relaxed != page or "Content-Security-Policy" not in page
+    path = folder / "page.html"
+    path.write_text(relaxed.replace("</body>", CHECK_IMAGES + "\n</body>"))
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={folder / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    return (title.group(1) if title else ""), console
+
+
+def test_the_check_itself_sees_a_broken_image_and_a_console_error(chromium, tmp_path):
+    page = ('<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="'
+            "default-src 'none'; img-src data:\"><title>t</title></head><body>"
+            '<img alt="broken" src="data:image/png;base64,AAAA"><img alt="remote" src="http://example.invalid/a.png">'
+            "<script>undefinedFunction()</script></body></html>")
+    title, console = _open(chromium, page, tmp_path)
+    assert title == 'IMAGES 2 BAD ["broken","remote"]'
+    assert any("Uncaught ReferenceError" in line for line in console)
+    assert any("violates the following Content Security Policy" in line for line in console)
+
+
+@pytest.mark.parametrize("budgets", [[], TIGHT], ids=["stored", "tight"])
+def test_report_html_renders_in_chromium(chromium, tmp_path, budgets):
+    report = gated(budgets, baseline=stored() if budgets else None)
+    page = html_page(report, budgets)
+    title, console = _open(chromium, page, tmp_path)
+    assert title == "IMAGES 3 BAD []", title
+    assert console == []
+    if budgets:
+        assert "Gate FAILED: 5 budget violations" in page
+
+
+# --- the real pipeline ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_path):
+    """The demo run passes with its own budgets; its report re-gated with a tightened size budget
+    fails with exit 1 and names the violation in the console, report.md and junit.xml."""
+    from support import demo_recipe, run_cli, write_recipe
+
+    assert demo_run.code == 0, demo_run.stderr
+    out = demo_run.out
+    report = demo_run.report()
+    assert report["budgets"] == demo_recipe()["budgets"]
+    assert [r["device"] for r in report["recommendations"]] == ["local"]
+    root = ET.fromstring((out / "junit.xml").read_text())
+    assert root.get("failures") == "0" and int(root.get("tests")) > 0
+    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 3
+    recorded = json.loads((out / MARKER).read_text())["files"]
+    assert {"junit.xml", "report.html"} <= set(recorded)
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    sizes = [a["size_bytes"] for a in report["artifacts"] if a["precision"] == "int8"]
+    limit = min(sizes) / 1e6 * 0.999
+    tight = write_recipe(tmp_path, demo_recipe(budgets=[{"max_size_mb": limit}]))
+    result = run_cli("gate", str(copy / "report.json"), "--recipe", str(tight), "--write")
+    assert result.code == 1, result.stderr
+    smallest = min(report["artifacts"], key=lambda a: a["size_bytes"])["target"]
+    assert f"budget violated: {smallest}: size" in result.stdout
+    assert f"❌ {smallest}: size" in (copy / "report.md").read_text()
+    failures = [f.get("message") for f in ET.fromstring((copy / "junit.xml").read_text()).iter("failure")]
+    assert len(failures) == len(sizes) and any(m.startswith(f"{smallest}: size") for m in failures)
