@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgeship.errors import EdgeshipError
 
@@ -36,26 +37,101 @@ def demo_recipe_text() -> str:
     return (resources.files("edgeship.examples") / "recipes" / DEMO_RECIPE).read_text()
 
 
-def _run(recipe, out: Path, force: bool, quiet: bool) -> None:
+BaselineOption = Annotated[Path | None, typer.Option(
+    "--baseline", help="report.json of an earlier run: the budgets' max_regression limits "
+                       "(median:5%, size:2%, accuracy:-0.5 …) compare with it.")]
+
+
+def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None) -> None:
     from edgeship.pipeline.run import run_recipe
     from edgeship.progress import Progress
+    from edgeship.report.load import load_report
     from edgeship.report.writers import print_console
 
+    old = load_report(baseline) if baseline else None
     quiet_third_party()
-    report = run_recipe(recipe, out, force=force, progress=Progress(stderr, enabled=not quiet))
+    report = run_recipe(recipe, out, force=force, progress=Progress(stderr, enabled=not quiet),
+                        baseline=old)
     print_console(report, stdout)
-    stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'}", highlight=False)
+    stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'} · {out / 'junit.xml'} · "
+                 f"{out / 'report.html'}", highlight=False)
     raise typer.Exit(report.exit_code)
 
 
 @app.command()
 def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         out: OutOption = Path("edgeship-run"), force: ForceOption = False,
-        quiet: QuietOption = False) -> None:
+        quiet: QuietOption = False, baseline: BaselineOption = None) -> None:
     """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report."""
     from edgeship.recipe import load_recipe
 
-    _run(load_recipe(recipe), out, force, quiet)
+    _run(load_recipe(recipe), out, force, quiet, baseline)
+
+
+@app.command()
+def gate(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="report.json of a run.")],
+         baseline: BaselineOption = None,
+         recipe: Annotated[Path | None, typer.Option(
+             "--recipe", help="Take the budgets from this recipe instead of the report's own.")] = None,
+         write: Annotated[bool, typer.Option(
+             "--write", help="Rewrite REPORT and the report.md, junit.xml and report.html beside "
+                             "it with the new verdict.")] = False) -> None:
+    """Re-evaluate budgets on an existing report without re-running anything."""
+    from edgeship.gate.regate import regate
+    from edgeship.report.load import load_report
+
+    report = load_report(report_path)
+    old = load_report(baseline) if baseline else None
+    result = regate(report, recipe, old)
+    for v in result.report.gate.violations:
+        stdout.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False, soft_wrap=True)
+    for r in result.report.recommendations:
+        stdout.print(f"[bold]recommendation[/] {escape(r.statement)}", highlight=False, soft_wrap=True)
+    stdout.print(escape(result.summary), highlight=False, soft_wrap=True)
+    word = "[green]PASSED[/]" if result.report.gate.passed else "[red]FAILED[/]"
+    stdout.print(f"gate {word} · exit code {result.report.exit_code}")
+    if write:
+        for path in result.write(report_path):
+            stdout.print(f"wrote {path}", highlight=False)
+    raise typer.Exit(result.report.exit_code)
+
+
+@app.command()
+def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json before.")],
+            b: Annotated[Path, typer.Argument(metavar="B", help="report.json after.")]) -> None:
+    """What changed from report A to report B: sizes, accuracies, latencies per device (B/A),
+    and whether each latency change is beyond the noise the runs themselves show."""
+    from rich.table import Table
+
+    from edgeship.report import compare as diff
+    from edgeship.report.load import load_report
+
+    comparison = diff.compare(load_report(a), load_report(b))
+    table = Table(title=f"edgeship compare · A {a} → B {b}", title_justify="left")
+    for h in diff.HEADERS:
+        table.add_column(h, justify="left" if h in ("target", "device") else "right", no_wrap=True)
+    for row in diff.rows(comparison):
+        table.add_row(*map(escape, row))
+    wide = Console(width=None if sys.stdout.isatty() else 200)  # 12 columns: no truncation in CI logs
+    wide.print(table)
+    for note in diff.notes(comparison):
+        stdout.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    stdout.print("beyond noise: |p50 B − p50 A| > max(stdev A, stdev B), in ms", highlight=False)
+
+
+@app.command()
+def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="report.json of a run.")],
+          benchmark_json: Annotated[Path, typer.Option(
+              "--benchmark-json", metavar="PATH",
+              help="Write the report's benchmarks here in pytest-benchmark's JSON schema (read by "
+                   "`pytest-benchmark compare` and --benchmark-compare).")]) -> None:
+    """Export a report's benchmarks as pytest-benchmark JSON: one entry per artifact and device,
+    stats in seconds from the runner's raw samples."""
+    from edgeship.benchmarks.pytest_json import write_pytest_benchmark
+    from edgeship.report.load import load_report
+
+    count = write_pytest_benchmark(load_report(report_path), benchmark_json)
+    stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -89,6 +165,37 @@ def devices_show(name: Annotated[str, typer.Argument(help="Profile name or path 
     from edgeship.devices.profile import load_profile
 
     stdout.print_json(load_profile(name).model_dump_json())
+
+
+@devices_app.command("check")
+def devices_check(name: Annotated[str, typer.Argument(help="Profile name or path to a .toml.")]) -> None:
+    """Connect to a device: what it has (Python, CPU, memory, runtimes) and what each target lacks."""
+    from edgeship.devices.profile import load_profile
+    from edgeship.devices.transports import transport_for
+    from edgeship.targets import TARGETS
+
+    profile = load_profile(name)
+    transport = transport_for(profile)
+    try:
+        facts = transport.check()  # RunnerFailed (a DeviceError, exit 3) when unreachable
+    finally:
+        transport.close()
+    memory = f"{facts['memory_mb']} MB" if facts["memory_mb"] else "unknown"
+    stdout.print(f"{profile.name}: Python {facts['python']} ({facts['executable']}), "
+                 f"{facts['system']} {facts['machine']}, {facts['cpu_count']} CPUs "
+                 f"({facts['cpu'] or 'model unknown'}), memory {memory}", highlight=False, markup=False)
+    for package, version in facts["packages"].items():
+        error = facts["import_errors"].get(package)
+        stdout.print(f"  {package:12} {version or 'missing' + (f' ({error})' if error else '')}",
+                     highlight=False, markup=False)
+    if facts["torch_quantized_engines"]:
+        stdout.print(f"  torch quantized engines: {', '.join(facts['torch_quantized_engines'])}",
+                     highlight=False, markup=False)
+    for target, missing in facts["targets"].items():
+        declared = TARGETS[target].format in profile.runtimes
+        note = "" if declared else " (not in the profile's runtimes)"
+        state = "ready" if not missing else "missing " + ", ".join(missing)
+        stdout.print(f"  {target:20} {state}{note}", highlight=False, markup=False)
 
 
 def quiet_third_party() -> None:

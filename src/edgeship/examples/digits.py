@@ -55,3 +55,45 @@ class DigitsCNN(nn.Module):
 
 def cnn(width: int = 32) -> DigitsCNN:
     return DigitsCNN(width=width)
+
+
+class PlainCNN(nn.Module):
+    """Conv-ReLU blocks without batch norm: a channel's scale survives to the next layer."""
+
+    def __init__(self, width: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.conv3(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def outlier_cnn(scale: float = 300.0, epochs: int = 15, seed: int = 0) -> PlainCNN:
+    """A trained PlainCNN with one outlier channel: conv1's channel 0 scaled up by `scale` and
+    conv2's matching input scaled down. The float function is unchanged (ReLU is positively
+    homogeneous), but one per-tensor activation range now spans `scale` times the others: the
+    outlier-channel problem known from transformer quantization, in miniature. Post-training
+    quantization loses accuracy here; keeping conv1 and conv2 in float recovers it."""
+    torch.manual_seed(seed)
+    model = PlainCNN()
+    data = splits(seed=seed).train
+    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    with torch.no_grad():
+        model.conv1.weight[0] *= scale
+        model.conv1.bias[0] *= scale
+        model.conv2.weight[:, 0] /= scale
+    return model.eval()

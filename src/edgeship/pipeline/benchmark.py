@@ -45,7 +45,8 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
         invalid_reasons=result["invalid_reasons"], load_ms=result["load_ms"],
         first_inference_ms=result["first_inference_ms"], peak_rss_mb=result["peak_rss_mb"],
         rss_delta_mb=result["rss_delta_mb"], threads=result["threads"],
-        cpu_affinity=result["cpu_affinity"], runtime=result["runtime"])
+        cpu_affinity=result["cpu_affinity"], runtime=result["runtime"],
+        samples_ms=result["samples_ms"])
 
 
 def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
@@ -55,9 +56,13 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
     try:
         results: dict[str, Benchmark] = {}
         with progress.task(f"benchmark on {profile.name}", total=len(artifacts)) as advance:
+            unreachable: RunnerFailed | None = None
             for target, artifact in artifacts:
                 reason = _skip_reason(profile, target)
-                if reason:
+                if unreachable is not None:  # one connect timeout per device, not per artifact
+                    results[target.name] = Benchmark(device=profile.name, status=unreachable.status,
+                                                     error=str(unreachable))
+                elif reason:
                     results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
                 else:
                     call = RunnerCall("bench", artifact.path, artifact.files, inputs_npz,
@@ -67,6 +72,8 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
                         results[target.name] = to_benchmark(profile.name, transport.run(call))
                     except RunnerFailed as e:
                         results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
+                        if e.status == "unreachable":
+                            unreachable = e
                 advance()
     finally:
         transport.close()  # ends an ssh control connection

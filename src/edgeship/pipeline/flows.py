@@ -8,10 +8,12 @@ int8 TorchScript (fbgemm, qnnpack); torchao's PT2E is the path to ExecuTorch and
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,12 +42,34 @@ def _quiet_fx_deprecation() -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class QuantSettings:
+    """What the recipe chose about how to quantize, the same for every flow."""
+
+    observer: str | None = None  # minmax, moving_average_minmax, histogram; None: the flow's own
+    per_channel: bool = True
+    float_layers: frozenset[str] = frozenset()  # module names left in float
+
+    def with_float_layers(self, names) -> QuantSettings:
+        return dataclasses.replace(self, float_layers=frozenset(names))
+
+
 class QuantFlow(ABC):
     flow: Flow
 
+    def __init__(self, settings: QuantSettings = QuantSettings()) -> None:
+        self.settings = settings
+
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        """The graph this flow quantizes; reusable by many prepare_captured calls."""
+        return model
+
     @abstractmethod
+    def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        """A copy of the captured graph with observers (PTQ) or fake-quant (QAT) inserted."""
+
     def prepare(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        """A copy of `model` with observers (PTQ) or fake-quant modules (QAT) inserted."""
+        return self.prepare_captured(self.capture(model, example_inputs, qat=qat), example_inputs, qat=qat)
 
     @abstractmethod
     def set_train(self, prepared: nn.Module) -> None: ...
@@ -57,13 +81,22 @@ class QuantFlow(ABC):
     def convert(self, prepared: nn.Module) -> nn.Module:
         """The int8 model, in eval mode. `prepared` is left as it was."""
 
+    @abstractmethod
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        """Batch norm stops updating its statistics; training goes on."""
+
+    @abstractmethod
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        """Quantization ranges stop moving; fake quantization goes on."""
+
     def engine(self):
         """Context in which the converted model must be built and run."""
         return nullcontext()
 
 
 class FxFlow(QuantFlow):
-    def __init__(self, flow: Flow, engine: str) -> None:
+    def __init__(self, flow: Flow, engine: str, settings: QuantSettings = QuantSettings()) -> None:
+        super().__init__(settings)
         self.flow = flow
         self.engine_name = engine
 
@@ -79,17 +112,60 @@ class FxFlow(QuantFlow):
     def engine(self):
         return quantized_engine(self.engine_name)
 
-    def prepare(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+    def qconfig_mapping(self, *, qat: bool):
+        from torch.ao.quantization import (
+            QConfig,
+            fake_quantize,
+            get_default_qat_qconfig_mapping,
+            get_default_qconfig_mapping,
+            observer,
+        )
+
+        settings = self.settings
+        if qat:
+            mapping = get_default_qat_qconfig_mapping(self.engine_name)
+            weight = (fake_quantize.default_fused_per_channel_wt_fake_quant if settings.per_channel
+                      else fake_quantize.default_fused_wt_fake_quant)
+            mapping.set_global(QConfig(activation=mapping.global_qconfig.activation, weight=weight))
+        else:
+            mapping = get_default_qconfig_mapping(self.engine_name)
+            activation = {
+                None: observer.HistogramObserver,
+                "histogram": observer.HistogramObserver,
+                "minmax": observer.MinMaxObserver,
+                "moving_average_minmax": observer.MovingAverageMinMaxObserver,
+            }[settings.observer]
+            # fbgemm without VNNI saturates 16-bit accumulators at full 8-bit range: 7-bit
+            # activations, as torch's own fbgemm default does.
+            activation = activation.with_args(reduce_range=self.engine_name == "fbgemm")
+            weight = (observer.default_per_channel_weight_observer if settings.per_channel
+                      else observer.default_weight_observer)
+            mapping.set_global(QConfig(activation=activation, weight=weight))
+        for name in settings.float_layers:
+            mapping.set_module_name(name, None)
+        return mapping
+
+    def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
         model = copy.deepcopy(model)
         with _quiet_fx_deprecation(), self.engine():
+            mapping = self.qconfig_mapping(qat=qat)
             if qat:
-                return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping(self.engine_name),
-                                      example_inputs, backend_config=self._backend_config())
-            return prepare_fx(model.eval(), get_default_qconfig_mapping(self.engine_name),
-                              example_inputs, backend_config=self._backend_config())
+                return prepare_qat_fx(model.train(), mapping, example_inputs,
+                                      backend_config=self._backend_config())
+            return prepare_fx(model.eval(), mapping, example_inputs,
+                              backend_config=self._backend_config())
+
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+
+        prepared.apply(freeze_bn_stats)
+
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        from torch.ao.quantization import disable_observer
+
+        prepared.apply(disable_observer)
 
     def set_train(self, prepared: nn.Module) -> None:
         prepared.train()
@@ -107,22 +183,53 @@ class FxFlow(QuantFlow):
 class Pt2eXnnpackFlow(QuantFlow):
     flow = Flow.PT2E_XNNPACK
 
-    def prepare(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
-
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         model = copy.deepcopy(model).train() if qat else copy.deepcopy(model).eval()
         # Export with a dynamic batch: a graph specialised to batch 1 makes QAT train one sample
         # at a time, which collapses batch norm (seen: 0.994 -> 0.75 accuracy).
         batch = torch.export.Dim("batch", min=1, max=4096)
         batched = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in example_inputs)
-        graph = torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
-        quantizer = XNNPACKQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+        return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
+
+    def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+        graph = copy.deepcopy(captured)
+        quantizer = XNNPACKQuantizer().set_global(self.quantization_config(qat=qat))
+        if self.settings.float_layers:
+            # set_module_name(name, None) is "not supported yet" in XNNPACKQuantizer: a filter
+            # that declines every node inside a float layer does the same.
+            from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+            inside = [get_module_name_filter(name) for name in self.settings.float_layers]
+            quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
         return prepare_qat_pt2e(graph, quantizer) if qat else prepare_pt2e(graph, quantizer)
+
+    def quantization_config(self, *, qat: bool):
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e import MinMaxObserver, MovingAverageMinMaxObserver
+
+        config = get_symmetric_quantization_config(is_per_channel=self.settings.per_channel, is_qat=qat)
+        observer = {"minmax": MinMaxObserver,
+                    "moving_average_minmax": MovingAverageMinMaxObserver}.get(self.settings.observer)
+        if observer is None:  # histogram is XNNPACK's own default for calibration
+            return config
+        activation = dataclasses.replace(config.input_activation,
+                                         observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+        return dataclasses.replace(config, input_activation=activation, output_activation=activation)
+
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        # An exported graph has no module to flip: batch norm in eval form uses its running
+        # statistics, and gradients still flow, which is what freezing them means.
+        self.set_eval(prepared)
+
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        from torchao.quantization.pt2e import disable_observer
+
+        prepared.apply(disable_observer)
 
     def set_train(self, prepared: nn.Module) -> None:
         from torchao.quantization.pt2e import move_exported_model_to_train
@@ -142,9 +249,9 @@ class Pt2eXnnpackFlow(QuantFlow):
         return convert_pt2e(prepared)
 
 
-def flow_for(flow: Flow) -> QuantFlow:
+def flow_for(flow: Flow, settings: QuantSettings = QuantSettings()) -> QuantFlow:
     return {
-        Flow.FX_FBGEMM: lambda: FxFlow(Flow.FX_FBGEMM, "fbgemm"),
-        Flow.FX_QNNPACK: lambda: FxFlow(Flow.FX_QNNPACK, "qnnpack"),
-        Flow.PT2E_XNNPACK: Pt2eXnnpackFlow,
+        Flow.FX_FBGEMM: lambda: FxFlow(Flow.FX_FBGEMM, "fbgemm", settings),
+        Flow.FX_QNNPACK: lambda: FxFlow(Flow.FX_QNNPACK, "qnnpack", settings),
+        Flow.PT2E_XNNPACK: lambda: Pt2eXnnpackFlow(settings),
     }[flow]()

@@ -16,15 +16,17 @@ from edgeship import __version__
 from edgeship.data import Arrays, Splits, stack
 from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile, load_profile
 from edgeship.environment import environment
-from edgeship.errors import ExitCode, UserError
+from edgeship.errors import UserError
 from edgeship.exporters.base import ExportedArtifact, export_atomically, exporter_for
 from edgeship.fileio import sha256_file
-from edgeship.gate.budgets import evaluate
+from edgeship.gate.budgets import checks, evaluate, exit_code
 from edgeship.pipeline.evaluate import logits, top1
-from edgeship.pipeline.flows import flow_for
+from edgeship.pipeline.flows import QuantSettings, flow_for
 from edgeship.pipeline.load import check_fit, example_inputs, fill_examples, load_data, load_model
 from edgeship.pipeline.benchmark import benchmark_all
+from edgeship.pipeline.prune import apply_masks, make_permanent, sparsity
 from edgeship.pipeline.quantize import calibrate, finetune
+from edgeship.pipeline.sensitivity import PtqProbe, fallback, sensitivity
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.stages import StageLog
 from edgeship.pipeline.training import train
@@ -32,7 +34,10 @@ from edgeship.pipeline.verify import VerificationFailed, verify
 from edgeship.progress import Progress
 from edgeship.recipe import Recipe
 from edgeship.report.schema import Artifact, FloatResult, Report
-from edgeship.report.writers import write_json, write_markdown
+from edgeship.report.html import write_html
+from edgeship.report.junit import write_junit
+from edgeship.report.recommend import recommend
+from edgeship.report.writers import append_step_summary, write_json, write_markdown
 from edgeship.targets import Flow, Target, get_target, with_twins
 
 
@@ -55,8 +60,13 @@ def _device_facts(profile: DeviceProfile, settings: BenchmarkDefaults) -> dict:
 class Pipeline:
     """One run of one recipe into one run folder."""
 
-    def __init__(self, recipe: Recipe, out: Path, *, force: bool, progress: Progress) -> None:
+    def __init__(self, recipe: Recipe, out: Path, *, force: bool, progress: Progress,
+                 baseline: Report | None = None) -> None:
         self.recipe = recipe
+        self.baseline = baseline  # an earlier report the max_regression budgets compare with
+        if baseline is not None and baseline.recipe_name != recipe.name:
+            raise UserError(f"the baseline report does not match this recipe: it is a report of "
+                            f"recipe {baseline.recipe_name!r}, this recipe is {recipe.name!r}")
         self.progress = progress
         # Everything a user can get wrong is checked before any work starts.
         names = recipe.targets
@@ -67,13 +77,15 @@ class Pipeline:
         self.log = StageLog(progress)
         self.report = Report(edgeship_version=__version__, recipe_name=recipe.name,
                              recipe_sha256=recipe.sha256(), environment=environment(),
-                             devices=[_device_facts(p, s) for p, s in self.devices])
+                             devices=[_device_facts(p, s) for p, s in self.devices],
+                             budgets=[b.model_dump(mode="json", exclude_none=True) for b in recipe.budgets])
         self.records = {t.name: Artifact(target=t.name, format=t.format.value, engine=t.engine,
                                          precision=t.precision.value,
                                          flow=t.flow.value if t.flow else None, status="ok")
                         for t in self.targets}
         self.exported: dict[str, ExportedArtifact] = {}
         self.converted: dict[Flow, nn.Module] = {}
+        self.quantization: dict[Flow, dict] = {}  # how each flow quantized, for the report
 
     def fail(self, target: Target, why: str) -> None:
         record = self.records[target.name]
@@ -88,7 +100,10 @@ class Pipeline:
             float_logits = logits(model, test)
             self.report.float.accuracy = top1(float_logits, test.labels)
             notes.append(f"top-1 {self.report.float.accuracy:.4f} on {len(test)} test samples")
-        references = self.quantize(model, splits, examples, test)
+        if self.recipe.prune is not None:
+            self.prune(model, splits, test)
+        float_layers = self.analyse(model, splits, examples)
+        references = self.quantize(model, splits, examples, test, float_layers)
         references[None] = ("float model", float_logits)
         self.export(model, references, examples)
         with tempfile.TemporaryDirectory(prefix="edgeship-") as tmp:
@@ -96,10 +111,11 @@ class Pipeline:
             self.benchmark(Path(tmp), examples)
         with self.log.stage("gate") as notes:
             self.report.artifacts = list(self.records.values())
-            self.report.gate = evaluate(list(self.recipe.budgets), self.report)
+            self.report.gate = evaluate(list(self.recipe.budgets), self.report, self.baseline)
+            self.report.recommendations = recommend(list(self.recipe.budgets), self.report, self.baseline)
             notes.append(f"{len(self.report.gate.violations)} violations")
         with self.log.stage("report"):
-            self.report.exit_code = self.exit_code()
+            self.report.exit_code = exit_code(self.report)
             self.report.wall_seconds = time.perf_counter() - started
         self.report.stages = self.log.stages
         self.write_reports()
@@ -127,12 +143,68 @@ class Pipeline:
                          f"{len(splits.test)} test samples")
         return model, splits, examples
 
-    def quantize(self, model: nn.Module, splits: Splits, examples: tuple,
-                 test: Arrays) -> dict[Flow | None, tuple[str, np.ndarray]]:
+    def settings(self) -> QuantSettings:
+        q = self.recipe.quantization
+        return QuantSettings(observer=q.observer, per_channel=q.per_channel)
+
+    def int8_flows(self) -> list[Flow]:
+        return list(dict.fromkeys(t.flow for t in self.targets if t.is_int8))
+
+    def prune(self, model: nn.Module, splits: Splits, test: Arrays) -> None:
+        config, recipe = self.recipe.prune, self.recipe
+        with self.log.stage("prune") as notes:
+            names = apply_masks(model, config)
+            pruned_accuracy = top1(logits(model, test), test.labels)
+            if config.finetune_epochs:
+                torch.manual_seed(recipe.seed)
+                train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+                      epochs=config.finetune_epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
+                      progress=self.progress, label="fine-tune after pruning")
+                model.eval()
+            make_permanent(model, names)
+            finetuned = top1(logits(model, test), test.labels)
+            self.report.prune = {"method": config.method, "amount": config.amount,
+                                 "sparsity": sparsity(model, names),
+                                 "accuracy_before": self.report.float.accuracy,
+                                 "accuracy_pruned": pruned_accuracy, "accuracy_finetuned": finetuned}
+            # Everything after this stage compares with the pruned float model.
+            self.report.float.accuracy = finetuned
+            notes.append(f"sparsity {self.report.prune['sparsity']['overall']:.2f}, top-1 "
+                         f"{pruned_accuracy:.4f} pruned, {finetuned:.4f} fine-tuned")
+
+    def analyse(self, model: nn.Module, splits: Splits, examples: tuple) -> dict[Flow, list[str]]:
+        """Sensitivity per layer and accuracy-aware fallback; returns the float layers per flow."""
+        q = self.recipe.quantization
+        if not (q.sensitivity or q.fallback) or not self.int8_flows():
+            return {}
+        probe = PtqProbe(model, examples, splits.calibration, stack(splits.calibration),
+                         q.calibration_batches, self.recipe.data.batch_size)
+        float_layers: dict[Flow, list[str]] = {}
+        with self.log.stage("sensitivity") as notes:
+            float_accuracy = probe.float_accuracy()
+            for flow in self.int8_flows():
+                rows = sensitivity(probe, flow, self.settings(), float_accuracy)
+                self.report.sensitivity.append({"flow": flow.value, "split": "calibration",
+                                                "float_accuracy": float_accuracy, "rows": rows})
+                if q.fallback is None:
+                    continue
+                result = fallback(probe, flow, self.settings(), float_accuracy,
+                                  [r["layer"] for r in rows], q.fallback.max_accuracy_drop,
+                                  q.fallback.max_float_layers)
+                self.report.fallback.append(result)
+                float_layers[flow] = result["float_layers"]
+                met = "met" if result["met"] else "NOT met, best kept"
+                notes.append(f"{flow.value}: float {result['float_layers'] or 'none'}, drop "
+                             f"{result['drop_points']:.2f} pts ({met})")
+        return float_layers
+
+    def quantize(self, model: nn.Module, splits: Splits, examples: tuple, test: Arrays,
+                 float_layers: dict[Flow, list[str]]) -> dict[Flow | None, tuple[str, np.ndarray]]:
         """Calibrate, fine-tune and convert once per flow; returns each flow's reference logits."""
         recipe, q = self.recipe, self.recipe.quantization
-        flows = list(dict.fromkeys(t.flow for t in self.targets if t.is_int8))
-        quant_flows = {f: flow_for(f) for f in flows}
+        flows = self.int8_flows()
+        quant_flows = {f: flow_for(f, self.settings().with_float_layers(float_layers.get(f, ())))
+                       for f in flows}
         prepared: dict[Flow, nn.Module] = {}
 
         def guarded(stage: str, flow: Flow, work) -> None:
@@ -163,7 +235,7 @@ class Pipeline:
                     def work(f=f):
                         loss = finetune(quant_flows[f], prepared[f], splits.train, qat=q.qat,
                                         batch_size=recipe.data.batch_size, seed=recipe.seed,
-                                        progress=self.progress)
+                                        teacher=model, progress=self.progress)
                         notes.append(f"{f.value} loss {loss:.4f}")
                     guarded("qat", f, work)
         elif flows:
@@ -178,6 +250,10 @@ class Pipeline:
                         with qf.engine():
                             ref = logits(self.converted[f], test)
                         references[f] = (f"converted PyTorch model ({f.value})", ref)
+                        self.quantization[f] = {
+                            "mode": "static", "qat": q.qat.enabled, "per_channel": q.per_channel,
+                            "observer": "fake-quant" if q.qat.enabled else (q.observer or "histogram"),
+                            "float_layers": sorted(qf.settings.float_layers)}
                         notes.append(f"{f.value} top-1 {top1(ref, test.labels):.4f} in PyTorch")
                     guarded("convert", f, work)
         return references
@@ -204,6 +280,8 @@ class Pipeline:
                 record.sha256 = sha256_file(made.path)
                 record.size_bytes = made.size_bytes
                 record.details = made.details
+                if t.is_int8:
+                    record.details["quantization"] = self.quantization[t.flow]
                 notes.append(f"{t.name} {made.size_bytes / 1e6:.3f} MB")
 
     def verify(self, tmp: Path, test: Arrays, references: dict, batch_size: int) -> None:
@@ -237,21 +315,37 @@ class Pipeline:
         for device_results in by_device.values():
             for name, bench in device_results.items():
                 self.records[name].benchmarks.append(bench)
-
-    def exit_code(self) -> int:
-        broken = any(a.status != "ok" or any(b.status not in ("ok", "skipped") for b in a.benchmarks)
-                     for a in self.report.artifacts)
-        if broken:
-            return ExitCode.DEVICE_FAILURE
-        return ExitCode.PASSED if self.report.gate.passed else ExitCode.BUDGET_FAILED
+        attach_fp32_ratios(self.records)
 
     def write_reports(self) -> None:
         root = self.folder.root
         write_json(self.report, root / "report.json")
         write_markdown(self.report, root / "report.md")
-        self.folder.record(root / "report.json", root / "report.md")
+        budgets = list(self.recipe.budgets)
+        write_junit(self.report, list(checks(budgets, self.report, self.baseline)), root / "junit.xml")
+        write_html(self.report, budgets, root / "report.html")
+        self.folder.record(root / "report.json", root / "report.md", root / "junit.xml", root / "report.html")
+        append_step_summary(self.report)
+
+
+def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
+    """Sets each int8 benchmark's `vs_fp32`: its latency p50 and peak RSS over those of its fp32
+    twin on the same device (> 1: int8 is slower or bigger). None where either was not measured."""
+    for name, record in records.items():
+        twin = records.get(get_target(name).twin)
+        if twin is None or twin is record:
+            continue
+        on_device = {b.device: b for b in twin.benchmarks}
+        for bench in record.benchmarks:
+            base = on_device.get(bench.device)
+            if base is None or not (bench.latency_ms and base.latency_ms and base.latency_ms.p50):
+                continue
+            rss = bench.peak_rss_mb / base.peak_rss_mb if bench.peak_rss_mb and base.peak_rss_mb else None
+            bench.vs_fp32 = {"latency_p50_ratio": bench.latency_ms.p50 / base.latency_ms.p50,
+                             "peak_rss_ratio": rss}
 
 
 def run_recipe(recipe: Recipe, out: Path, *, force: bool = False,
-               progress: Progress | None = None) -> Report:
-    return Pipeline(recipe, Path(out), force=force, progress=progress or Progress()).run()
+               progress: Progress | None = None, baseline: Report | None = None) -> Report:
+    return Pipeline(recipe, Path(out), force=force, progress=progress or Progress(),
+                    baseline=baseline).run()

@@ -1,0 +1,89 @@
+"""Where accuracy is lost, layer by layer, and accuracy-aware fallback.
+
+Both measure post-training quantization in PyTorch on the calibration split: decisions are taken
+on data the model did not train on, and the test split stays unseen until artifacts are verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from edgeship.data import Arrays
+from edgeship.pipeline.evaluate import logits, top1
+from edgeship.pipeline.flows import QuantSettings, flow_for
+from edgeship.pipeline.quantize import calibrate
+from edgeship.targets import Flow
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """(module name, type name) of every conv and linear layer, in model order."""
+    return [(name, type(m).__name__) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+
+
+@dataclass
+class PtqProbe:
+    """Post-training quantizes `model` with one flow and a set of float layers; returns accuracy."""
+
+    model: nn.Module
+    examples: tuple
+    calibration: Dataset
+    validation: Arrays
+    batches: int
+    batch_size: int
+    _captured: dict = field(default_factory=dict)  # one capture per flow: exports are slow
+
+    def float_accuracy(self) -> float:
+        return top1(logits(self.model, self.validation), self.validation.labels)
+
+    def accuracy(self, flow: Flow, settings: QuantSettings) -> float:
+        qf = flow_for(flow, settings)
+        if flow not in self._captured:
+            self._captured[flow] = qf.capture(self.model, self.examples, qat=False)
+        prepared = calibrate(qf, self.model, self.examples, self.calibration, batches=self.batches,
+                             batch_size=self.batch_size, qat=False, captured=self._captured[flow])
+        converted = qf.convert(prepared)
+        with qf.engine():
+            return top1(logits(converted, self.validation), self.validation.labels)
+
+
+def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accuracy: float) -> list[dict]:
+    """Per layer: the drop (points) with only that layer quantized, and with all but that layer
+    quantized. Worst first, by the first: it finds the layers that cannot be quantized at all."""
+    layers = quantizable_layers(probe.model)
+    names = {name for name, _ in layers}
+    rows = []
+    for name, kind in layers:
+        only = probe.accuracy(flow, settings.with_float_layers(names - {name}))
+        all_but = probe.accuracy(flow, settings.with_float_layers({name}))
+        rows.append({"layer": name, "type": kind,
+                     "only_this_quantized_drop_points": (float_accuracy - only) * 100,
+                     "all_but_this_quantized_drop_points": (float_accuracy - all_but) * 100})
+    return sorted(rows, key=lambda r: -r["only_this_quantized_drop_points"])
+
+
+def _within(step: dict, max_drop_points: float) -> bool:
+    return round(step["drop_points"], 6) <= max_drop_points  # 1.0000000000000009 is one point
+
+
+def fallback(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accuracy: float,
+             ranking: list[str], max_drop_points: float, max_float_layers: int) -> dict:
+    """Leave layers in float, most sensitive first, one at a time, until the drop is within
+    `max_drop_points` or `max_float_layers` are float. Never ends with nothing: if the target is
+    not met, the best set tried is kept."""
+    chosen: list[str] = []
+    steps = [{"float_layers": [], "drop_points": (float_accuracy - probe.accuracy(flow, settings)) * 100}]
+    for name in ranking:
+        if _within(steps[-1], max_drop_points) or len(chosen) >= max_float_layers:
+            break
+        chosen.append(name)
+        accuracy = probe.accuracy(flow, settings.with_float_layers(chosen))
+        steps.append({"float_layers": list(chosen), "drop_points": (float_accuracy - accuracy) * 100})
+    met = [s for s in steps if _within(s, max_drop_points)]
+    best = met[0] if met else min(steps, key=lambda s: s["drop_points"])
+    return {"flow": flow.value, "max_accuracy_drop": max_drop_points, "met": bool(met),
+            "float_layers": best["float_layers"], "drop_points": best["drop_points"], "steps": steps}
