@@ -97,6 +97,12 @@ class Fallback(_Section):
 
 
 class QuantizationSection(_Section):
+    mode: Literal["static", "dynamic"] = Field(
+        "static", description="static: int8 activations with ranges from calibration (and QAT); "
+                              "dynamic: int8 weights, activations quantized at run time (Linear, "
+                              "LSTM, GRU).")
+    modes: dict[str, Literal["static", "dynamic"]] = Field(
+        default_factory=dict, description="Per-target override of mode, e.g. {onnx-int8 = 'dynamic'}.")
     calibration_batches: int = Field(
         8, ge=1, description="Batches of the calibration split the observers see.")
     observer: Literal["minmax", "moving_average_minmax", "histogram"] | None = Field(
@@ -209,6 +215,19 @@ class Recipe(_Section):
     budgets: list[Budget] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _modes_name_int8_targets(self) -> Recipe:
+        for name in self.quantization.modes:
+            if name not in self.targets or not TARGETS[name].is_int8:
+                int8 = [t for t in self.targets if TARGETS[t].is_int8]
+                raise ValueError(f"quantization.modes: {name!r} is not an int8 target of this "
+                                 f"recipe; its int8 targets: {', '.join(int8) or 'none'}")
+        return self
+
+    def mode(self, target: str) -> str:
+        """static or dynamic, for one int8 target."""
+        return self.quantization.modes.get(target, self.quantization.mode)
 
     @field_validator("targets")
     @classmethod

@@ -14,9 +14,22 @@ from edgeship.exporters.base import ExportedArtifact
 from edgeship.targets import Target
 
 
-def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
-    import onnx
+def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
+    """The float model exported, then quantized dynamically by ONNX Runtime's own tool."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    float_dir = workdir / "float"
+    float_dir.mkdir()
+    exported = export(module, examples, target, float_dir)
+    path = workdir / exported.path.name
+    quantize_dynamic(exported.path, path, weight_type=QuantType.QInt8)
+    for f in exported.files:
+        f.unlink()
+    float_dir.rmdir()
+    return _artifact(path, workdir)
+
+
+def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
     path = workdir / f"{target.name}{target.suffix}"
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     program = torch.onnx.export(module, examples, dynamo=True, verbose=False)
@@ -25,6 +38,12 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
     for node in program.model.graph.all_nodes():
         node.metadata_props.clear()
     program.save(str(path))
+    return _artifact(path, workdir)
+
+
+def _artifact(path: Path, workdir: Path) -> ExportedArtifact:
+    import onnx
+
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path), load_external_data=False)
     external = sorted({entry.value for init in model.graph.initializer

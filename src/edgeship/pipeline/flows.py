@@ -206,6 +206,20 @@ class Pt2eXnnpackFlow(QuantFlow):
             quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
         return prepare_qat_pt2e(graph, quantizer) if qat else prepare_pt2e(graph, quantizer)
 
+    def convert_dynamic(self, model: nn.Module, examples: tuple) -> nn.Module:
+        """Linear layers with int8 weights and activations quantized at run time."""
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=self.settings.per_channel, is_dynamic=True))
+        prepared = prepare_pt2e(self.capture(model, examples, qat=False), quantizer)
+        prepared(*examples)  # dynamic observers are placeholders; one pass fixes their dtypes
+        return convert_pt2e(prepared)
+
     def quantization_config(self, *, qat: bool):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             get_symmetric_quantization_config,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,13 @@ from edgeship.data import Arrays, Splits, stack
 from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile, load_profile
 from edgeship.environment import environment
 from edgeship.errors import UserError
+from edgeship.exporters import onnx as onnx_exporter
 from edgeship.exporters.base import ExportedArtifact, export_atomically, exporter_for
 from edgeship.fileio import sha256_file
 from edgeship.gate.budgets import checks, evaluate, exit_code
 from edgeship.pipeline.evaluate import logits, top1
-from edgeship.pipeline.flows import QuantSettings, flow_for
+from edgeship.pipeline import dynamic
+from edgeship.pipeline.flows import QuantSettings, flow_for, quantized_engine
 from edgeship.pipeline.load import check_fit, example_inputs, fill_examples, load_data, load_model
 from edgeship.pipeline.benchmark import benchmark_all
 from edgeship.pipeline.prune import apply_masks, make_permanent, sparsity
@@ -38,7 +41,7 @@ from edgeship.report.html import write_html
 from edgeship.report.junit import write_junit
 from edgeship.report.recommend import recommend
 from edgeship.report.writers import append_step_summary, write_json, write_markdown
-from edgeship.targets import Flow, Target, get_target, with_twins
+from edgeship.targets import Flow, Format, Target, get_target, with_twins
 
 
 def describe(e: BaseException, limit: int = 600) -> str:
@@ -84,8 +87,10 @@ class Pipeline:
                                          flow=t.flow.value if t.flow else None, status="ok")
                         for t in self.targets}
         self.exported: dict[str, ExportedArtifact] = {}
-        self.converted: dict[Flow, nn.Module] = {}
-        self.quantization: dict[Flow, dict] = {}  # how each flow quantized, for the report
+        self.quantization: dict[str, dict] = {}  # per int8 target: how it was quantized
+        # per target: the PyTorch model it is exported from (None: quantized after export), and
+        # the reference its runtime's answers are compared with
+        self.sources: dict[str, tuple[nn.Module | None, str, np.ndarray]] = {}
 
     def fail(self, target: Target, why: str) -> None:
         record = self.records[target.name]
@@ -95,6 +100,7 @@ class Pipeline:
     def run(self) -> Report:
         started = time.perf_counter()
         model, splits, examples = self.load()
+        self.model = model
         test = stack(splits.test)
         with self.log.stage("evaluate-float") as notes:
             float_logits = logits(model, test)
@@ -103,11 +109,14 @@ class Pipeline:
         if self.recipe.prune is not None:
             self.prune(model, splits, test)
         float_layers = self.analyse(model, splits, examples)
-        references = self.quantize(model, splits, examples, test, float_layers)
-        references[None] = ("float model", float_logits)
-        self.export(model, references, examples)
+        self.quantize(model, splits, examples, test, float_layers)
+        self.quantize_dynamic(model, examples, test, float_logits)
+        for t in self.targets:
+            if not t.is_int8:
+                self.sources[t.name] = (model, "float model", float_logits)
+        self.export(examples)
         with tempfile.TemporaryDirectory(prefix="edgeship-") as tmp:
-            self.verify(Path(tmp), test, references, batch_size=examples[0].shape[0])
+            self.verify(Path(tmp), test, batch_size=examples[0].shape[0])
             self.benchmark(Path(tmp), examples)
         with self.log.stage("gate") as notes:
             self.report.artifacts = list(self.records.values())
@@ -128,6 +137,7 @@ class Pipeline:
             splits = load_data(recipe)
             examples = example_inputs(recipe)
             check_fit(model, examples, splits)
+            dynamic.check_quantizable(model, self.dynamic_targets())  # before any training
             examples = fill_examples(examples, splits)
             loss = None
             if recipe.model.train:
@@ -148,7 +158,12 @@ class Pipeline:
         return QuantSettings(observer=q.observer, per_channel=q.per_channel)
 
     def int8_flows(self) -> list[Flow]:
-        return list(dict.fromkeys(t.flow for t in self.targets if t.is_int8))
+        """The flows of the statically quantized targets: each is calibrated once."""
+        return list(dict.fromkeys(t.flow for t in self.targets
+                                  if t.is_int8 and self.recipe.mode(t.name) == "static"))
+
+    def dynamic_targets(self) -> list[Target]:
+        return [t for t in self.targets if t.is_int8 and self.recipe.mode(t.name) == "dynamic"]
 
     def prune(self, model: nn.Module, splits: Splits, test: Arrays) -> None:
         config, recipe = self.recipe.prune, self.recipe
@@ -199,8 +214,8 @@ class Pipeline:
         return float_layers
 
     def quantize(self, model: nn.Module, splits: Splits, examples: tuple, test: Arrays,
-                 float_layers: dict[Flow, list[str]]) -> dict[Flow | None, tuple[str, np.ndarray]]:
-        """Calibrate, fine-tune and convert once per flow; returns each flow's reference logits."""
+                 float_layers: dict[Flow, list[str]]) -> None:
+        """Calibrate, fine-tune and convert once per flow, for the statically quantized targets."""
         recipe, q = self.recipe, self.recipe.quantization
         flows = self.int8_flows()
         quant_flows = {f: flow_for(f, self.settings().with_float_layers(float_layers.get(f, ())))
@@ -219,7 +234,7 @@ class Pipeline:
                         self.fail(t, f"{stage} ({flow.value}): {describe(e)}")
 
         if not flows:
-            self.log.skipped("calibrate", "no int8 target")
+            self.log.skipped("calibrate", "no statically quantized int8 target")
         else:
             with self.log.stage("calibrate"):
                 for f, qf in quant_flows.items():
@@ -240,33 +255,61 @@ class Pipeline:
                     guarded("qat", f, work)
         elif flows:
             self.log.skipped("qat", "quantization.qat.enabled = false: post-training quantization")
-        references: dict[Flow | None, tuple[str, np.ndarray]] = {}
         if flows:
             with self.log.stage("convert") as notes:
                 for f in list(prepared):
                     def work(f=f):
                         qf = quant_flows[f]
-                        self.converted[f] = qf.convert(prepared[f])
+                        converted = qf.convert(prepared[f])
                         with qf.engine():
-                            ref = logits(self.converted[f], test)
-                        references[f] = (f"converted PyTorch model ({f.value})", ref)
-                        self.quantization[f] = {
-                            "mode": "static", "qat": q.qat.enabled, "per_channel": q.per_channel,
-                            "observer": "fake-quant" if q.qat.enabled else (q.observer or "histogram"),
-                            "float_layers": sorted(qf.settings.float_layers)}
+                            ref = logits(converted, test)
+                        how = {"mode": "static", "qat": q.qat.enabled, "per_channel": q.per_channel,
+                               "observer": "fake-quant" if q.qat.enabled else (q.observer or "histogram"),
+                               "float_layers": sorted(qf.settings.float_layers)}
+                        for t in self.targets:
+                            if t.flow is f and self.recipe.mode(t.name) == "static":
+                                self.sources[t.name] = (converted, f"converted PyTorch model ({f.value})", ref)
+                                self.quantization[t.name] = how
                         notes.append(f"{f.value} top-1 {top1(ref, test.labels):.4f} in PyTorch")
                     guarded("convert", f, work)
-        return references
 
-    def export(self, model: nn.Module, references: dict, examples: tuple) -> None:
+    def quantize_dynamic(self, model: nn.Module, examples: tuple, test: Arrays,
+                         float_logits: np.ndarray) -> None:
+        targets = self.dynamic_targets()
+        if not targets:
+            return
+        with self.log.stage("quantize-dynamic") as notes:
+            for t in targets:
+                try:
+                    module = dynamic.quantize(t, model, examples)
+                    if module is None:  # quantized by its runtime's toolchain after export
+                        self.sources[t.name] = (None, "float model (quantized after export)", float_logits)
+                    else:
+                        with quantized_engine(t.engine) if t.format is Format.TORCHSCRIPT else nullcontext():
+                            ref = logits(module, test)
+                        self.sources[t.name] = (module, "dynamically quantized PyTorch model", ref)
+                        notes.append(f"{t.name} top-1 {top1(ref, test.labels):.4f} in PyTorch")
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - this target fails, the others go on
+                    self.fail(t, f"quantize-dynamic: {describe(e)}")
+                    continue
+                self.quantization[t.name] = {"mode": "dynamic", "qat": False,
+                                             "per_channel": self.recipe.quantization.per_channel,
+                                             "layers": dynamic.LAYERS[t.format]}
+
+    def export(self, examples: tuple) -> None:
         dest = self.folder.root / "artifacts"
         with self.log.stage("export") as notes:
             for t in self.targets:
                 if self.records[t.name].status != "ok":
                     continue
-                module = self.converted[t.flow] if t.is_int8 else model
+                module, _, _ = self.sources[t.name]
+                exporter = exporter_for(t.format)
+                if module is None:  # dynamic ONNX: ONNX Runtime quantizes the float export
+                    module, exporter = self.model, onnx_exporter.export_dynamic
                 try:
-                    made = export_atomically(exporter_for(t.format), module, examples, t, dest)
+                    made = export_atomically(exporter, module, examples, t, dest)
                 except UserError:
                     raise
                 except Exception as e:  # noqa: BLE001 - this target fails, the others go on
@@ -281,17 +324,17 @@ class Pipeline:
                 record.size_bytes = made.size_bytes
                 record.details = made.details
                 if t.is_int8:
-                    record.details["quantization"] = self.quantization[t.flow]
+                    record.details["quantization"] = self.quantization[t.name]
                 notes.append(f"{t.name} {made.size_bytes / 1e6:.3f} MB")
 
-    def verify(self, tmp: Path, test: Arrays, references: dict, batch_size: int) -> None:
+    def verify(self, tmp: Path, test: Arrays, batch_size: int) -> None:
         inputs = tmp / "test-inputs.npz"
         np.savez(inputs, **test.npz_dict())
         with self.log.stage("verify") as notes, \
                 self.progress.task("verify in each runtime", total=len(self.exported)) as advance:
             for name, made in self.exported.items():
                 target = get_target(name)
-                reference_name, reference = references[target.flow]
+                _, reference_name, reference = self.sources[name]
                 try:
                     accuracy, parity = verify(made, target, inputs, test.labels, reference,
                                               reference_name, tmp, batch_size)

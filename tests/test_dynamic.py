@@ -1,0 +1,71 @@
+"""Dynamic quantization (int8 weights, activations quantized at run time) on every target, chosen
+per target in the recipe; refused before any training for a model it cannot help."""
+
+from __future__ import annotations
+
+import pytest
+
+import edgeship
+from edgeship.errors import UserError
+from edgeship.recipe import parse_recipe
+from support import demo_recipe
+
+MODELS = '''
+from torch import nn
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+'''
+
+
+def _recipe(tmp_path, **quantization) -> dict:
+    (tmp_path / "models.py").write_text(MODELS)
+    data = demo_recipe(budgets=[{"max_accuracy_drop": 1.0}])
+    data["model"] = {"factory": "models.py:mlp", "example_inputs": [{"shape": [1, 1, 8, 8]}],
+                     "train": {"epochs": 5, "lr": 0.003}}
+    data["quantization"] = quantization
+    return data
+
+
+@pytest.mark.slow
+def test_dynamic_int8_on_every_target_and_static_beside_it(tmp_path):
+    data = _recipe(tmp_path, mode="dynamic", modes={"torchscript-qnnpack": "static"},
+                   calibration_batches=2, qat={"enabled": False})
+    report = edgeship.run(parse_recipe(data, "dyn", tmp_path), tmp_path / "run", quiet=True)
+    assert report.exit_code == 0, (report.gate, [a.error for a in report.artifacts])
+    modes = {a.target: a.details["quantization"]["mode"] for a in report.artifacts if a.precision == "int8"}
+    assert modes == {"torchscript-fbgemm": "dynamic", "torchscript-qnnpack": "static",
+                     "onnx-int8": "dynamic", "executorch-xnnpack": "dynamic"}
+    onnx_ops = report.artifact("onnx-int8").details["onnx_ops"]
+    assert onnx_ops["DynamicQuantizeLinear"] == 2 and onnx_ops["MatMulInteger"] == 2
+    assert "QuantizeLinear" not in onnx_ops
+    delegated = report.artifact("executorch-xnnpack").details["delegation"]["delegated_ops"]
+    assert delegated["aten_linear_default"] == 2
+    assert delegated["quantized_decomposed_choose_qparams_tensor"] == 2  # run-time activation ranges
+    stages = {s.name: s for s in report.stages}
+    assert stages["quantize-dynamic"].status == "ok" and stages["calibrate"].status == "ok"
+    for target in modes:
+        artifact = report.artifact(target)
+        assert (report.float.accuracy - artifact.accuracy) * 100 <= 1.0, target
+    assert report.artifact("onnx-int8").parity.reference == "float model (quantized after export)"
+    assert report.artifact("onnx-int8").size_bytes <= 0.35 * report.artifact("onnx-fp32").size_bytes
+
+
+def test_dynamic_on_a_model_without_linear_layers_is_refused_before_training(tmp_path):
+    data = _recipe(tmp_path, mode="dynamic")
+    data["model"] = {"factory": "models.py:convs", "example_inputs": [{"shape": [1, 1, 8, 8]}],
+                     "train": {"epochs": 50}}
+    (tmp_path / "models.py").write_text(MODELS + "\ndef convs():\n    return nn.Sequential("
+                                        "nn.Conv2d(1, 10, 8), nn.Flatten())\n")
+    with pytest.raises(UserError, match=r"quantization.mode dynamic \(torchscript-fbgemm, "
+                                        r"torchscript-qnnpack, onnx-int8, executorch-xnnpack\): "
+                                        r"the model has no Linear, LSTM or GRU layer"):
+        edgeship.run(parse_recipe(data, "dyn", tmp_path), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_modes_must_name_int8_targets_of_the_recipe(tmp_path):
+    data = _recipe(tmp_path, modes={"onnx-fp32": "dynamic"})
+    with pytest.raises(UserError, match=r"quantization.modes: 'onnx-fp32' is not an int8 target of "
+                                        r"this recipe; its int8 targets: torchscript-fbgemm"):
+        parse_recipe(data, "dyn", tmp_path)
