@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --ignore=tests/perf $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	mkdir -p runs
 	$(BIN)/python -m pytest tests/perf --benchmark-only --benchmark-json runs/bench.json $(PYTEST_ARGS)
 
 clean:
