@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run_cli
+from support import demo_recipe, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,24 @@ def test_markdown_and_console_show_every_artifact(demo_run):
         assert name in demo_run.stdout
 
 
-def test_run_folder_is_refused_then_replaced_with_force(demo_run, tmp_path):
+def test_the_same_recipe_again_reuses_every_stage(demo_run):
+    first = demo_run.report()
     again = run_cli("run", str(Path(demo_run.out).parent / "recipe.toml"), out=demo_run.out)
-    assert again.code == 2
-    assert "holds another edgeship run" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1
+    assert again.code == 0, again.stderr[-2000:]
+    report = again.report()
+    status = {s["name"]: s["status"] for s in report["stages"]}
+    for stage in ("load", "calibrate", "qat", "export", "verify", "benchmark"):
+        assert status[stage] == "cached", (stage, status)
+    assert status["convert"] == "ok"  # the converted models are made again (references for nothing new)
+    assert {a["target"]: a["sha256"] for a in report["artifacts"]} == \
+        {a["target"]: a["sha256"] for a in first["artifacts"]}
+    assert all(b["cached"] for a in report["artifacts"] for b in a["benchmarks"])
+    assert report["artifacts"][0]["benchmarks"][0]["latency_ms"] == first["artifacts"][0]["benchmarks"][0]["latency_ms"]
+
+
+def test_another_recipe_is_refused_in_a_folder_with_a_run(demo_run, tmp_path):
+    recipe = write_recipe(tmp_path, demo_recipe(name="another"))
+    refused = run_cli("run", str(recipe), out=demo_run.out)
+    assert refused.code == 2
+    assert refused.stderr.strip() == (f"error: {demo_run.out}: holds a run of another recipe; use "
+                                      f"--force to replace it, or choose another --out")

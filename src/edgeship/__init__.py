@@ -8,7 +8,8 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def run(recipe, out: str | Path = "edgeship-run", *, force: bool = False, quiet: bool = False):
+def run(recipe, out: str | Path = "edgeship-run", *, force: bool = False, quiet: bool = False,
+        use_cache: bool = True):
     """Run the pipeline of `recipe` (a path to a recipe TOML or an edgeship.recipe.Recipe) into the
     folder `out`, and return the report (edgeship.report.schema.Report).
 
@@ -21,7 +22,8 @@ def run(recipe, out: str | Path = "edgeship-run", *, force: bool = False, quiet:
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    return run_recipe(recipe, Path(out), force=force, progress=Progress(enabled=not quiet))
+    return run_recipe(recipe, Path(out), force=force, progress=Progress(enabled=not quiet),
+                      use_cache=use_cache)
 
 
 __all__ = ["__version__", "run"]

@@ -29,6 +29,8 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Run folder to writ
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace an earlier run in --out (only "
                                                            "the files edgeship wrote).")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Redo every stage; do not reuse "
+                                             "the stage cache in --out (it is still refreshed).")]
 
 DEMO_RECIPE = "digits_cnn.toml"
 
@@ -42,7 +44,8 @@ BaselineOption = Annotated[Path | None, typer.Option(
                        "(median:5%, size:2%, accuracy:-0.5 …) compare with it.")]
 
 
-def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None) -> None:
+def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,
+         no_cache: bool = False) -> None:
     from edgeship.pipeline.run import run_recipe
     from edgeship.progress import Progress
     from edgeship.report.load import load_report
@@ -51,7 +54,7 @@ def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = No
     old = load_report(baseline) if baseline else None
     quiet_third_party()
     report = run_recipe(recipe, out, force=force, progress=Progress(stderr, enabled=not quiet),
-                        baseline=old)
+                        baseline=old, use_cache=not no_cache)
     print_console(report, stdout)
     stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'} · {out / 'junit.xml'} · "
                  f"{out / 'report.html'}", highlight=False)
@@ -61,11 +64,13 @@ def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = No
 @app.command()
 def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         out: OutOption = Path("edgeship-run"), force: ForceOption = False,
-        quiet: QuietOption = False, baseline: BaselineOption = None) -> None:
-    """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report."""
+        quiet: QuietOption = False, baseline: BaselineOption = None,
+        no_cache: NoCacheOption = False) -> None:
+    """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report.
+    Run again into the same --out, an unchanged recipe resumes from the stage cache."""
     from edgeship.recipe import load_recipe
 
-    _run(load_recipe(recipe), out, force, quiet, baseline)
+    _run(load_recipe(recipe), out, force, quiet, baseline, no_cache)
 
 
 @app.command()
@@ -136,7 +141,7 @@ def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="re
 
 @app.command()
 def demo(out: OutOption = Path("edgeship-demo"), force: ForceOption = False,
-         quiet: QuietOption = False,
+         quiet: QuietOption = False, no_cache: NoCacheOption = False,
          print_recipe: Annotated[bool, typer.Option("--print-recipe", help="Print the built-in "
                                                     "recipe (to copy and edit) and exit.")] = False) -> None:
     """Run the full pipeline on the built-in example: a digits CNN to every int8 target."""
@@ -145,7 +150,8 @@ def demo(out: OutOption = Path("edgeship-demo"), force: ForceOption = False,
         return
     from edgeship.recipe import parse_recipe_text
 
-    _run(parse_recipe_text(demo_recipe_text(), f"<built-in {DEMO_RECIPE}>", Path.cwd()), out, force, quiet)
+    _run(parse_recipe_text(demo_recipe_text(), f"<built-in {DEMO_RECIPE}>", Path.cwd()), out, force,
+         quiet, no_cache=no_cache)
 
 
 @devices_app.command("list")

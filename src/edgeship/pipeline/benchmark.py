@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edgeship.benchmarks.stats import latency_summary
+from edgeship.fileio import sha256_file
+from edgeship.pipeline.cache import StageCache, digest
 from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile
 from edgeship.devices.transports import RunnerCall, RunnerFailed, transport_for
 from edgeship.exporters.base import ExportedArtifact
@@ -52,7 +54,9 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
 
 def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
                      artifacts: list[tuple[Target, ExportedArtifact]], inputs_npz: Path,
-                     progress: Progress) -> dict[str, Benchmark]:
+                     progress: Progress, cache: StageCache | None = None,
+                     key_base: str = "") -> dict[str, Benchmark]:
+    """`key_base` hashes what else the measurement depends on (library versions, inputs)."""
     transport = transport_for(profile)
     try:
         results: dict[str, Benchmark] = {}
@@ -65,12 +69,18 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
                                                      error=str(unreachable))
                 elif reason:
                     results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
+                elif cache is not None and (found := cache.load_json(
+                        "benchmark", key := digest("benchmark", key_base, sha256_file(artifact.path),
+                                                   profile, settings))) is not None:
+                    results[target.name] = Benchmark(**{**found, "cached": True})
                 else:
                     call = RunnerCall("bench", artifact.path, artifact.files, inputs_npz,
                                       _runner_args(settings, target),
                                       timeout_seconds=settings.timeout_seconds)
                     try:
                         results[target.name] = to_benchmark(profile.name, transport.run(call))
+                        if cache is not None:
+                            cache.store_json("benchmark", key, results[target.name].model_dump(mode="json"))
                     except RunnerFailed as e:
                         results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
                         if e.status == "unreachable":
@@ -83,9 +93,11 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
 
 def benchmark_all(devices: list[tuple[DeviceProfile, BenchmarkDefaults]],
                   artifacts: list[tuple[Target, ExportedArtifact]], inputs_npz: Path,
-                  progress: Progress) -> dict[str, dict[str, Benchmark]]:
+                  progress: Progress, cache: StageCache | None = None,
+                  key_base: str = "") -> dict[str, dict[str, Benchmark]]:
     """{device name: {target name: Benchmark}}"""
     with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:
-        futures = {p.name: pool.submit(benchmark_device, p, s, artifacts, inputs_npz, progress)
+        futures = {p.name: pool.submit(benchmark_device, p, s, artifacts, inputs_npz, progress,
+                                       cache, key_base)
                    for p, s in devices}
         return {name: f.result() for name, f in futures.items()}

@@ -1,12 +1,13 @@
-"""The pipeline: load → float eval → calibrate → [QAT] → convert → export → verify → benchmark →
-gate → report. Each stage is timed; a target or flow that fails is recorded and the others go on;
-bad input stops the run before any work with one line per problem."""
+"""The pipeline: load → float eval → [prune] → [sensitivity] → calibrate → [QAT] → convert →
+export → verify → benchmark → gate → report. Each stage is timed; a target or flow that fails is
+recorded and the others go on; bad input stops the run before any work with one line per
+problem. Stages reuse the stage cache in the run folder (cache.py) unless --no-cache."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,33 +23,25 @@ from edgeship.exporters import onnx as onnx_exporter
 from edgeship.exporters.base import ExportedArtifact, export_atomically, exporter_for
 from edgeship.fileio import sha256_file
 from edgeship.gate.budgets import checks, evaluate, exit_code
-from edgeship.pipeline.evaluate import logits, top1
 from edgeship.pipeline import dynamic
-from edgeship.pipeline.flows import QuantSettings, flow_for, quantized_engine
-from edgeship.pipeline.load import check_fit, example_inputs, fill_examples, load_data, load_model
 from edgeship.pipeline.benchmark import benchmark_all
-from edgeship.pipeline.prune import apply_masks, make_permanent, sparsity
-from edgeship.pipeline.quantize import calibrate, finetune
-from edgeship.pipeline.sensitivity import PtqProbe, fallback, sensitivity
+from edgeship.pipeline.cache import StageCache, digest, tensors_digest
+from edgeship.pipeline.evaluate import logits, top1
+from edgeship.pipeline.load import check_fit, example_inputs, fill_examples, load_data, load_model
+from edgeship.pipeline.model_stages import ModelStages, describe
+from edgeship.pipeline.op_support import unsupported_layers
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.stages import StageLog
 from edgeship.pipeline.training import train
 from edgeship.pipeline.verify import VerificationFailed, verify
 from edgeship.progress import Progress
 from edgeship.recipe import Recipe
-from edgeship.report.schema import Artifact, FloatResult, Report
 from edgeship.report.html import write_html
 from edgeship.report.junit import write_junit
 from edgeship.report.recommend import recommend
+from edgeship.report.schema import Artifact, FloatResult, Parity, Report
 from edgeship.report.writers import append_step_summary, write_json, write_markdown
-from edgeship.targets import Flow, Format, Target, get_target, with_twins
-
-
-def describe(e: BaseException, limit: int = 600) -> str:
-    """The first lines of an exception: they name the op or the line that failed."""
-    text = " ".join(line.strip() for line in str(e).strip().splitlines()[:4] if line.strip())
-    text = f"{type(e).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit] + "…"
+from edgeship.targets import Flow, Target, get_target, with_twins
 
 
 def _device_facts(profile: DeviceProfile, settings: BenchmarkDefaults) -> dict:
@@ -60,11 +53,11 @@ def _device_facts(profile: DeviceProfile, settings: BenchmarkDefaults) -> dict:
     return facts
 
 
-class Pipeline:
+class Pipeline(ModelStages):
     """One run of one recipe into one run folder."""
 
     def __init__(self, recipe: Recipe, out: Path, *, force: bool, progress: Progress,
-                 baseline: Report | None = None) -> None:
+                 baseline: Report | None = None, use_cache: bool = True) -> None:
         self.recipe = recipe
         self.baseline = baseline  # an earlier report the max_regression budgets compare with
         if baseline is not None and baseline.recipe_name != recipe.name:
@@ -76,12 +69,18 @@ class Pipeline:
         self.targets = with_twins(names) if recipe.fp32_twins else [get_target(n) for n in names]
         self.devices = [(p, p.benchmark.overridden(recipe.benchmark))
                         for p in (load_profile(d, recipe.base_dir) for d in recipe.devices)]
-        self.folder = RunFolder(out, force=force)
+        self.folder = RunFolder(out, force=force, recipe_sha256=recipe.sha256())
+        if self.folder.resumed:
+            progress.log(f"resuming the earlier run of this recipe in {out}")
+        self.cache = StageCache(self.folder.root, read=use_cache)
         self.log = StageLog(progress)
+        env = environment()
         self.report = Report(edgeship_version=__version__, recipe_name=recipe.name,
-                             recipe_sha256=recipe.sha256(), environment=environment(),
+                             recipe_sha256=recipe.sha256(), environment=env,
                              devices=[_device_facts(p, s) for p, s in self.devices],
                              budgets=[b.model_dump(mode="json", exclude_none=True) for b in recipe.budgets])
+        # What every cache key starts from: the versions of everything that makes artifacts.
+        self.env_key = digest(__version__, {k: v for k, v in env.items() if k != "host"})
         self.records = {t.name: Artifact(target=t.name, format=t.format.value, engine=t.engine,
                                          precision=t.precision.value,
                                          flow=t.flow.value if t.flow else None, status="ok")
@@ -89,8 +88,10 @@ class Pipeline:
         self.exported: dict[str, ExportedArtifact] = {}
         self.quantization: dict[str, dict] = {}  # per int8 target: how it was quantized
         # per target: the PyTorch model it is exported from (None: quantized after export), and
-        # the reference its runtime's answers are compared with
+        # the reference its runtime's answers are compared with; and the cache key of that model
         self.sources: dict[str, tuple[nn.Module | None, str, np.ndarray]] = {}
+        self.source_keys: dict[str, str] = {}
+        self.fresh: set[Flow] = set()  # flows calibrated in this run, not taken from the cache
 
     def fail(self, target: Target, why: str) -> None:
         record = self.records[target.name]
@@ -102,6 +103,7 @@ class Pipeline:
         model, splits, examples = self.load()
         self.model = model
         test = stack(splits.test)
+        self.test_key = tensors_digest(list(test.inputs) + [test.labels])
         with self.log.stage("evaluate-float") as notes:
             float_logits = logits(model, test)
             self.report.float.accuracy = top1(float_logits, test.labels)
@@ -114,6 +116,7 @@ class Pipeline:
         for t in self.targets:
             if not t.is_int8:
                 self.sources[t.name] = (model, "float model", float_logits)
+                self.source_keys[t.name] = self.float_key
         self.export(examples)
         with tempfile.TemporaryDirectory(prefix="edgeship-") as tmp:
             self.verify(Path(tmp), test, batch_size=examples[0].shape[0])
@@ -137,177 +140,52 @@ class Pipeline:
             splits = load_data(recipe)
             examples = example_inputs(recipe)
             check_fit(model, examples, splits)
-            dynamic.check_quantizable(model, self.dynamic_targets())  # before any training
+            # Before any training: what a target cannot do with this model is said now.
+            dynamic.check_quantizable(model, self.dynamic_targets())
+            check_runnable(model, self.targets)
             examples = fill_examples(examples, splits)
+            data = [stack(getattr(splits, name)) for name in ("train", "calibration", "test")]
+            self.float_key = digest("float", self.env_key, recipe.model, recipe.data, recipe.seed,
+                                    tensors_digest(model.state_dict()),
+                                    tensors_digest([a for d in data for a in (*d.inputs, d.labels)]))
             loss = None
             if recipe.model.train:
-                torch.manual_seed(recipe.seed)
-                optimizer = torch.optim.Adam(model.parameters(), lr=recipe.model.train.lr)
-                loss = train(model, splits.train, optimizer=optimizer, epochs=recipe.model.train.epochs,
-                             batch_size=recipe.data.batch_size, seed=recipe.seed,
-                             progress=self.progress, label="train float model")
-                notes.append(f"trained {recipe.model.train.epochs} epochs, loss {loss:.4f}")
+                state = self.cache.load_state("float", self.float_key)
+                if state is not None:
+                    model.load_state_dict(state)
+                    notes.cached = True
+                else:
+                    torch.manual_seed(recipe.seed)
+                    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.model.train.lr)
+                    loss = train(model, splits.train, optimizer=optimizer,
+                                 epochs=recipe.model.train.epochs, batch_size=recipe.data.batch_size,
+                                 seed=recipe.seed, progress=self.progress, label="train float model")
+                    self.cache.store_state("float", self.float_key, model)
+                    notes.append(f"trained {recipe.model.train.epochs} epochs, loss {loss:.4f}")
             model.eval()
             self.report.float = FloatResult(accuracy=float("nan"), train_loss=loss)
             notes.append(f"{len(splits.train)} train / {len(splits.calibration)} calibration / "
                          f"{len(splits.test)} test samples")
         return model, splits, examples
 
-    def settings(self) -> QuantSettings:
-        q = self.recipe.quantization
-        return QuantSettings(observer=q.observer, per_channel=q.per_channel)
-
-    def int8_flows(self) -> list[Flow]:
-        """The flows of the statically quantized targets: each is calibrated once."""
-        return list(dict.fromkeys(t.flow for t in self.targets
-                                  if t.is_int8 and self.recipe.mode(t.name) == "static"))
-
-    def dynamic_targets(self) -> list[Target]:
-        return [t for t in self.targets if t.is_int8 and self.recipe.mode(t.name) == "dynamic"]
-
-    def prune(self, model: nn.Module, splits: Splits, test: Arrays) -> None:
-        config, recipe = self.recipe.prune, self.recipe
-        with self.log.stage("prune") as notes:
-            names = apply_masks(model, config)
-            pruned_accuracy = top1(logits(model, test), test.labels)
-            if config.finetune_epochs:
-                torch.manual_seed(recipe.seed)
-                train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-                      epochs=config.finetune_epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                      progress=self.progress, label="fine-tune after pruning")
-                model.eval()
-            make_permanent(model, names)
-            finetuned = top1(logits(model, test), test.labels)
-            self.report.prune = {"method": config.method, "amount": config.amount,
-                                 "sparsity": sparsity(model, names),
-                                 "accuracy_before": self.report.float.accuracy,
-                                 "accuracy_pruned": pruned_accuracy, "accuracy_finetuned": finetuned}
-            # Everything after this stage compares with the pruned float model.
-            self.report.float.accuracy = finetuned
-            notes.append(f"sparsity {self.report.prune['sparsity']['overall']:.2f}, top-1 "
-                         f"{pruned_accuracy:.4f} pruned, {finetuned:.4f} fine-tuned")
-
-    def analyse(self, model: nn.Module, splits: Splits, examples: tuple) -> dict[Flow, list[str]]:
-        """Sensitivity per layer and accuracy-aware fallback; returns the float layers per flow."""
-        q = self.recipe.quantization
-        if not (q.sensitivity or q.fallback) or not self.int8_flows():
-            return {}
-        probe = PtqProbe(model, examples, splits.calibration, stack(splits.calibration),
-                         q.calibration_batches, self.recipe.data.batch_size)
-        float_layers: dict[Flow, list[str]] = {}
-        with self.log.stage("sensitivity") as notes:
-            float_accuracy = probe.float_accuracy()
-            for flow in self.int8_flows():
-                rows = sensitivity(probe, flow, self.settings(), float_accuracy)
-                self.report.sensitivity.append({"flow": flow.value, "split": "calibration",
-                                                "float_accuracy": float_accuracy, "rows": rows})
-                if q.fallback is None:
-                    continue
-                result = fallback(probe, flow, self.settings(), float_accuracy,
-                                  [r["layer"] for r in rows], q.fallback.max_accuracy_drop,
-                                  q.fallback.max_float_layers)
-                self.report.fallback.append(result)
-                float_layers[flow] = result["float_layers"]
-                met = "met" if result["met"] else "NOT met, best kept"
-                notes.append(f"{flow.value}: float {result['float_layers'] or 'none'}, drop "
-                             f"{result['drop_points']:.2f} pts ({met})")
-        return float_layers
-
-    def quantize(self, model: nn.Module, splits: Splits, examples: tuple, test: Arrays,
-                 float_layers: dict[Flow, list[str]]) -> None:
-        """Calibrate, fine-tune and convert once per flow, for the statically quantized targets."""
-        recipe, q = self.recipe, self.recipe.quantization
-        flows = self.int8_flows()
-        quant_flows = {f: flow_for(f, self.settings().with_float_layers(float_layers.get(f, ())))
-                       for f in flows}
-        prepared: dict[Flow, nn.Module] = {}
-
-        def guarded(stage: str, flow: Flow, work) -> None:
-            try:
-                work()
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 - this flow fails, the others go on
-                prepared.pop(flow, None)
-                for t in self.targets:
-                    if t.flow is flow:
-                        self.fail(t, f"{stage} ({flow.value}): {describe(e)}")
-
-        if not flows:
-            self.log.skipped("calibrate", "no statically quantized int8 target")
-        else:
-            with self.log.stage("calibrate"):
-                for f, qf in quant_flows.items():
-                    def work(f=f, qf=qf):
-                        prepared[f] = calibrate(qf, model, examples, splits.calibration,
-                                                batches=q.calibration_batches,
-                                                batch_size=recipe.data.batch_size, qat=q.qat.enabled,
-                                                progress=self.progress)
-                    guarded("calibrate", f, work)
-        if flows and q.qat.enabled:
-            with self.log.stage("qat") as notes:
-                for f in list(prepared):
-                    def work(f=f):
-                        loss = finetune(quant_flows[f], prepared[f], splits.train, qat=q.qat,
-                                        batch_size=recipe.data.batch_size, seed=recipe.seed,
-                                        teacher=model, progress=self.progress)
-                        notes.append(f"{f.value} loss {loss:.4f}")
-                    guarded("qat", f, work)
-        elif flows:
-            self.log.skipped("qat", "quantization.qat.enabled = false: post-training quantization")
-        if flows:
-            with self.log.stage("convert") as notes:
-                for f in list(prepared):
-                    def work(f=f):
-                        qf = quant_flows[f]
-                        converted = qf.convert(prepared[f])
-                        with qf.engine():
-                            ref = logits(converted, test)
-                        how = {"mode": "static", "qat": q.qat.enabled, "per_channel": q.per_channel,
-                               "observer": "fake-quant" if q.qat.enabled else (q.observer or "histogram"),
-                               "float_layers": sorted(qf.settings.float_layers)}
-                        for t in self.targets:
-                            if t.flow is f and self.recipe.mode(t.name) == "static":
-                                self.sources[t.name] = (converted, f"converted PyTorch model ({f.value})", ref)
-                                self.quantization[t.name] = how
-                        notes.append(f"{f.value} top-1 {top1(ref, test.labels):.4f} in PyTorch")
-                    guarded("convert", f, work)
-
-    def quantize_dynamic(self, model: nn.Module, examples: tuple, test: Arrays,
-                         float_logits: np.ndarray) -> None:
-        targets = self.dynamic_targets()
-        if not targets:
-            return
-        with self.log.stage("quantize-dynamic") as notes:
-            for t in targets:
-                try:
-                    module = dynamic.quantize(t, model, examples)
-                    if module is None:  # quantized by its runtime's toolchain after export
-                        self.sources[t.name] = (None, "float model (quantized after export)", float_logits)
-                    else:
-                        with quantized_engine(t.engine) if t.format is Format.TORCHSCRIPT else nullcontext():
-                            ref = logits(module, test)
-                        self.sources[t.name] = (module, "dynamically quantized PyTorch model", ref)
-                        notes.append(f"{t.name} top-1 {top1(ref, test.labels):.4f} in PyTorch")
-                except UserError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - this target fails, the others go on
-                    self.fail(t, f"quantize-dynamic: {describe(e)}")
-                    continue
-                self.quantization[t.name] = {"mode": "dynamic", "qat": False,
-                                             "per_channel": self.recipe.quantization.per_channel,
-                                             "layers": dynamic.LAYERS[t.format]}
-
     def export(self, examples: tuple) -> None:
         dest = self.folder.root / "artifacts"
+        examples_key = tensors_digest(list(examples))
         with self.log.stage("export") as notes:
+            reused = 0
             for t in self.targets:
                 if self.records[t.name].status != "ok":
                     continue
-                module, _, _ = self.sources[t.name]
-                exporter = exporter_for(t.format)
-                if module is None:  # dynamic ONNX: ONNX Runtime quantizes the float export
-                    module, exporter = self.model, onnx_exporter.export_dynamic
+                key = digest("export", self.env_key, self.source_keys[t.name], t.name, examples_key)
+                cached, files = self.cache.load_json("export", key), self.cache.load_files("export-files", key)
+                if cached is not None and files is not None:
+                    exporter, module = _copier(files, cached), None
+                    reused += 1
+                else:
+                    module, _, _ = self.sources[t.name]
+                    exporter = exporter_for(t.format)
+                    if module is None:  # dynamic ONNX: ONNX Runtime quantizes the float export
+                        module, exporter = self.model, onnx_exporter.export_dynamic
                 try:
                     made = export_atomically(exporter, module, examples, t, dest)
                 except UserError:
@@ -315,6 +193,9 @@ class Pipeline:
                 except Exception as e:  # noqa: BLE001 - this target fails, the others go on
                     self.fail(t, f"export: {describe(e)}")
                     continue
+                if cached is None or files is None:
+                    self.cache.store_files("export-files", key, list(made.files))
+                    self.cache.store_json("export", key, {"path": made.path.name, "details": made.details})
                 self.folder.record(*made.files)
                 self.exported[t.name] = made
                 record = self.records[t.name]
@@ -322,28 +203,39 @@ class Pipeline:
                 record.files = [self.folder.relative(f) for f in made.files]
                 record.sha256 = sha256_file(made.path)
                 record.size_bytes = made.size_bytes
-                record.details = made.details
+                record.details = dict(made.details)
                 if t.is_int8:
                     record.details["quantization"] = self.quantization[t.name]
                 notes.append(f"{t.name} {made.size_bytes / 1e6:.3f} MB")
+            notes.cached = reused > 0 and reused == len(self.exported)
 
     def verify(self, tmp: Path, test: Arrays, batch_size: int) -> None:
         inputs = tmp / "test-inputs.npz"
         np.savez(inputs, **test.npz_dict())
         with self.log.stage("verify") as notes, \
                 self.progress.task("verify in each runtime", total=len(self.exported)) as advance:
+            reused = 0
             for name, made in self.exported.items():
-                target = get_target(name)
-                _, reference_name, reference = self.sources[name]
-                try:
-                    accuracy, parity = verify(made, target, inputs, test.labels, reference,
-                                              reference_name, tmp, batch_size)
-                except VerificationFailed as e:
-                    self.fail(target, f"verify: {e}")
+                target, record = get_target(name), self.records[name]
+                key = digest("verify", self.env_key, record.sha256, self.source_keys[name], self.test_key)
+                found = self.cache.load_json("verify", key)
+                if found is not None:
+                    record.accuracy, record.parity = found["accuracy"], Parity(**found["parity"])
+                    reused += 1
                 else:
-                    self.records[name].accuracy, self.records[name].parity = accuracy, parity
-                    notes.append(f"{name} {accuracy:.4f}")
+                    _, reference_name, reference = self.sources[name]
+                    try:
+                        record.accuracy, record.parity = verify(made, target, inputs, test.labels, reference,
+                                                                reference_name, tmp, batch_size)
+                    except VerificationFailed as e:
+                        self.fail(target, f"verify: {e}")
+                        advance()
+                        continue
+                    self.cache.store_json("verify", key, {"accuracy": record.accuracy,
+                                                          "parity": record.parity.model_dump()})
+                notes.append(f"{name} {record.accuracy:.4f}")
                 advance()
+            notes.cached = reused > 0 and reused == len(self.exported)
 
     def benchmark(self, tmp: Path, examples: tuple) -> None:
         ready = [(get_target(n), made) for n, made in self.exported.items()
@@ -353,8 +245,12 @@ class Pipeline:
             return
         inputs = tmp / "bench-inputs.npz"
         np.savez(inputs, **{f"input_{i}": x.numpy() for i, x in enumerate(examples)})
-        with self.log.stage("benchmark"):
-            by_device = benchmark_all(self.devices, ready, inputs, self.progress)
+        with self.log.stage("benchmark") as notes:
+            key_base = digest(self.env_key, tensors_digest(list(examples)))
+            by_device = benchmark_all(self.devices, ready, inputs, self.progress, self.cache, key_base)
+            reused = sum(b.cached for results in by_device.values() for b in results.values())
+            total = sum(len(results) for results in by_device.values())
+            notes.cached = 0 < reused == total
         for device_results in by_device.values():
             for name, bench in device_results.items():
                 self.records[name].benchmarks.append(bench)
@@ -388,7 +284,27 @@ def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
                              "peak_rss_ratio": rss}
 
 
-def run_recipe(recipe: Recipe, out: Path, *, force: bool = False,
-               progress: Progress | None = None, baseline: Report | None = None) -> Report:
+def check_runnable(model: nn.Module, targets: list[Target]) -> None:
+    """A target whose runtime cannot run a layer of the model, in any precision, is bad input."""
+    problems = []
+    for t in targets:
+        for name, reason in unsupported_layers(model, t).items():
+            kind = type(dict(model.named_modules())[name]).__name__
+            problems.append(f"target {t.name} cannot run layer {name!r} ({kind}): {reason}; "
+                            f"remove {t.name} from targets")
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def _copier(files: list[Path], cached: dict):
+    """An exporter that copies a cached artifact instead of making it again."""
+    def copy(module, examples, target, workdir: Path) -> ExportedArtifact:
+        copies = tuple(Path(shutil.copy2(f, workdir / f.name)) for f in files)
+        return ExportedArtifact(workdir / cached["path"], copies, cached["details"])
+    return copy
+
+
+def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Progress | None = None,
+               baseline: Report | None = None, use_cache: bool = True) -> Report:
     return Pipeline(recipe, Path(out), force=force, progress=progress or Progress(),
-                    baseline=baseline).run()
+                    baseline=baseline, use_cache=use_cache).run()

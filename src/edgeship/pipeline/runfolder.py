@@ -13,25 +13,35 @@ MARKER = ".edgeship-run.json"
 
 
 class RunFolder:
-    """Keeps a list of the files this run wrote, so that --force removes exactly those."""
+    """Keeps a list of the files this run wrote, so that --force removes exactly those.
 
-    def __init__(self, root: Path, *, force: bool) -> None:
+    The same recipe run again into its folder resumes there (the stage cache in the folder makes
+    that cheap); another recipe's run is replaced only with --force."""
+
+    def __init__(self, root: Path, *, force: bool, recipe_sha256: str) -> None:
         self.root = root
-        self._claim(force)
+        self.recipe_sha256 = recipe_sha256
         self.files: list[str] = []
+        self.resumed = self._claim(force)
         self._save()
 
-    def _claim(self, force: bool) -> None:
+    def _claim(self, force: bool) -> bool:
+        """True when this run resumes an earlier run of the same recipe."""
         root = self.root
         if root.exists() and not root.is_dir():
             raise UserError(f"{root}: exists and is not a folder")
         marker = root / MARKER
+        resumed = False
         if marker.exists():
-            if not force:
-                raise UserError(f"{root}: holds another edgeship run; use --force to replace it, "
-                                f"or choose another --out")
-            for name in json.loads(marker.read_text()).get("files", []):
-                (root / name).unlink(missing_ok=True)
+            previous = json.loads(marker.read_text())
+            if previous.get("recipe_sha256") == self.recipe_sha256 and not force:
+                self.files, resumed = previous.get("files", []), True
+            elif not force:
+                raise UserError(f"{root}: holds a run of another recipe; use --force to replace "
+                                f"it, or choose another --out")
+            else:
+                for name in previous.get("files", []):
+                    (root / name).unlink(missing_ok=True)
         elif root.exists() and any(root.iterdir()) and not force:
             raise UserError(f"{root}: exists and is not empty; edgeship writes to a new or empty "
                             f"folder (--force writes beside the files there and deletes none)")
@@ -41,9 +51,11 @@ class RunFolder:
             raise UserError(f"{root}: cannot create the run folder: {e.strerror}") from None
         if not os.access(root, os.W_OK):
             raise UserError(f"{root}: the run folder is not writable")
+        return resumed
 
     def _save(self) -> None:
-        write_atomic(self.root / MARKER, json.dumps({"files": self.files}, indent=1))
+        write_atomic(self.root / MARKER, json.dumps({"recipe_sha256": self.recipe_sha256,
+                                                     "files": self.files}, indent=1))
 
     def record(self, *paths: Path) -> None:
         for p in paths:

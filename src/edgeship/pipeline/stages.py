@@ -10,15 +10,21 @@ from edgeship.progress import Progress
 from edgeship.report.schema import Stage
 
 
+class StageNotes(list):
+    """What a stage says about its work; `cached` when all of it came from the stage cache."""
+
+    cached: bool = False
+
+
 class StageLog:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.stages: list[Stage] = []
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[list[str]]:
+    def stage(self, name: str) -> Iterator[StageNotes]:
         """Times the block; the block may append notes (shown as the stage's detail)."""
-        notes: list[str] = []
+        notes = StageNotes()
         self.progress.log(f"[bold]▸ {name}[/]")
         start = time.perf_counter()
         try:
@@ -28,8 +34,10 @@ class StageLog:
                                      detail=f"{type(e).__name__}: {e}"))
             raise
         seconds = time.perf_counter() - start
-        self.stages.append(Stage(name=name, status="ok", seconds=seconds, detail="; ".join(notes)))
-        self.progress.log(f"  {name}: {seconds:.1f} s" + (f" · {'; '.join(notes)}" if notes else ""))
+        status = "cached" if notes.cached else "ok"
+        self.stages.append(Stage(name=name, status=status, seconds=seconds, detail="; ".join(notes)))
+        said = "; ".join([*notes, *(["reused from the stage cache"] if notes.cached else [])])
+        self.progress.log(f"  {name}: {seconds:.1f} s" + (f" · {said}" if said else ""))
 
     def skipped(self, name: str, why: str) -> None:
         self.stages.append(Stage(name=name, status="skipped", seconds=0.0, detail=why))

@@ -53,6 +53,7 @@ class Benchmark(BaseModel):
     threads: int | None = None
     cpu_affinity: list[int] | None = None
     runtime: dict = Field(default_factory=dict)
+    cached: bool = False  # taken from the stage cache of an earlier run, not measured in this one
     samples_ms: list[float] = Field(default_factory=list)  # the runner's raw timed runs, in order
     # int8 only: {latency_p50_ratio, peak_rss_ratio} to its fp32 twin on the same device (>1: int8 is more)
     vs_fp32: dict | None = None

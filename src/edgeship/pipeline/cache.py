@@ -1,0 +1,91 @@
+"""Stage cache: what a stage made, stored under a key that hashes everything it was made from.
+
+Keys chain: the float model's key hashes the recipe's model and data sections, the seed, the
+library versions, the untrained model's weights and the data itself; every later key hashes its
+upstream key and its own settings. So an unchanged recipe finds its work again, and a change
+anywhere upstream misses. Entries are written atomically (a temp name, then a rename): a run
+killed at any moment leaves whole entries or none, and a resumed run picks up only whole ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeship.fileio import write_atomic
+
+CACHE_DIR = ".edgeship-cache"
+
+
+def digest(*parts: object) -> str:
+    """sha256 of the parts as canonical JSON (pydantic models and paths by their JSON/str)."""
+    def default(o: object) -> object:
+        if hasattr(o, "model_dump"):
+            return o.model_dump(mode="json")
+        return str(o)
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=default).encode()).hexdigest()
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor] | list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    items = tensors.items() if isinstance(tensors, dict) else enumerate(tensors)
+    for name, t in items:
+        a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class StageCache:
+    def __init__(self, root: Path, *, read: bool) -> None:
+        self.root = root / CACHE_DIR
+        self.read = read  # False with --no-cache: work is redone, and stored again
+
+    def _path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    # -- model states ---------------------------------------------------------------------
+    def load_state(self, kind: str, key: str) -> dict | None:
+        """A stored state_dict, or None."""
+        path = self._path(kind, key).with_suffix(".pt")
+        return torch.load(path, weights_only=True) if self.read and path.is_file() else None
+
+    def store_state(self, kind: str, key: str, module: nn.Module) -> None:
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        write_atomic(self._path(kind, key).with_suffix(".pt"), buffer.getvalue())
+
+    # -- JSON results ---------------------------------------------------------------------
+    def load_json(self, kind: str, key: str) -> dict | None:
+        path = self._path(kind, key).with_suffix(".json")
+        return json.loads(path.read_text()) if self.read and path.is_file() else None
+
+    def store_json(self, kind: str, key: str, value: dict) -> None:
+        write_atomic(self._path(kind, key).with_suffix(".json"), json.dumps(value))
+
+    # -- files (artifacts) ----------------------------------------------------------------
+    def load_files(self, kind: str, key: str) -> list[Path] | None:
+        folder = self._path(kind, key)
+        return sorted(folder.iterdir()) if self.read and folder.is_dir() else None
+
+    def store_files(self, kind: str, key: str, files: list[Path]) -> None:
+        """A folder of copies, renamed into place whole."""
+        folder = self._path(kind, key)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:12]}."))
+        for f in files:
+            shutil.copy2(f, scratch / f.name)
+        try:
+            os.replace(scratch, folder)
+        except OSError:  # an entry already there (another run stored it): keep that one
+            shutil.rmtree(scratch, ignore_errors=True)
