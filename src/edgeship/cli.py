@@ -18,7 +18,7 @@ from edgeship.errors import EdgeshipError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship a float PyTorch model as gated int8 artifacts.")
-devices_app = typer.Typer(no_args_is_help=True, help="Device profiles: list, show.")
+devices_app = typer.Typer(no_args_is_help=True, help="Device profiles: list, show, check.")
 app.add_typer(devices_app, name="devices")
 
 # CI logs are not terminals: rich would wrap the results table at 80 columns.

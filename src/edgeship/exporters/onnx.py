@@ -4,6 +4,7 @@ that ONNX Runtime fuses into its int8 kernels. Checked with onnx's checker."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +33,11 @@ def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: 
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
     path = workdir / f"{target.name}{target.suffix}"
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    program = torch.onnx.export(module, examples, dynamo=True, verbose=False)
+    with warnings.catch_warnings():
+        # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
+        # torch.export froze it in eval form, so this warning is wrong for it.
+        warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
+        program = torch.onnx.export(module, examples, dynamo=True, verbose=False)
     # The exporter annotates every node with its FX node, name scopes and stack trace: debug
     # information a device never reads, 20% of a small int8 model's file.
     for node in program.model.graph.all_nodes():
