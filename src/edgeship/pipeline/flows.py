@@ -141,6 +141,10 @@ class FxFlow(QuantFlow):
             weight = (observer.default_per_channel_weight_observer if settings.per_channel
                       else observer.default_weight_observer)
             mapping.set_global(QConfig(activation=activation, weight=weight))
+        # Embeddings take weight-only float-qparams quantization, not int8 activations; the global
+        # qconfig would make QAT refuse them ("Embedding weights requires a qscheme of
+        # torch.per_channel_affine_float_qparams"). They stay float, as in the PT2E flow.
+        mapping.set_object_type(nn.Embedding, None)
         for name in settings.float_layers:
             mapping.set_module_name(name, None)
         return mapping
