@@ -48,12 +48,7 @@ class ConvBNReLU6(nn.Module):
         self.act = nn.ReLU6()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # `.contiguous()` is a no-op in float (NCHW already) and absent from torch.export graphs.
-        # It is there for qnnpack: its quantized conv returns channels-last tensors and, in torch
-        # 2.13, its unfused quantized hardtanh/ReLU6 (and relu) read a channels-last input as if
-        # it were NCHW, scrambling the channels (top-1 falls to chance). A contiguous copy first
-        # gives it the layout it assumes; fbgemm is correct either way.
-        return self.act(self.bn(self.conv(x)).contiguous())
+        return self.act(self.bn(self.conv(x)))  # qnnpack's layout bug: see flows.py
 
 
 class InvertedResidual(nn.Module):

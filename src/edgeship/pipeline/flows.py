@@ -181,7 +181,32 @@ class FxFlow(QuantFlow):
         from torch.ao.quantization.quantize_fx import convert_fx
 
         with _quiet_fx_deprecation(), self.engine():
-            return convert_fx(copy.deepcopy(prepared).eval(), backend_config=self._backend_config())
+            converted = convert_fx(copy.deepcopy(prepared).eval(), backend_config=self._backend_config())
+        if self.engine_name == "qnnpack":
+            _contiguous_before_clamps(converted)
+        return converted
+
+
+_CLAMP_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_CLAMP_FUNCTIONS = {torch.relu, torch.clamp, torch.clip, nn.functional.relu, nn.functional.relu6,
+                    nn.functional.hardtanh}
+
+
+def _contiguous_before_clamps(graph_module: torch.fx.GraphModule) -> None:
+    """qnnpack's quantized conv returns channels-last tensors, and in torch 2.13 its unfused
+    quantized relu/relu6/hardtanh/clamp read a channels-last input as if it were NCHW: the channels
+    come out scrambled (a Conv-BN-ReLU6 lost all accuracy). A contiguous copy before each gives
+    them the layout they assume; on an NCHW tensor it costs nothing."""
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        clamps = (node.op == "call_module" and isinstance(modules[node.target], _CLAMP_MODULES)) or \
+                 (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS) or \
+                 (node.op == "call_method" and node.target in ("relu", "clamp", "clip"))
+        if clamps and node.args and isinstance(node.args[0], torch.fx.Node):
+            with graph.inserting_before(node):
+                node.update_arg(0, graph.call_method("contiguous", (node.args[0],)))
+    graph_module.recompile()
 
 
 class Pt2eXnnpackFlow(QuantFlow):
