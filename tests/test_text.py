@@ -156,14 +156,17 @@ def test_trains_above_chance_in_seconds(data, one_thread):
 
 @pytest.mark.slow
 def test_onnx_int8_end_to_end(tmp_path, one_thread):
+    """The shipped recipe quantizes dynamically: within a point of float (the issue's figure)."""
     recipe = tomllib.loads(RECIPE.read_text())
     recipe.update(targets=["onnx-int8"], fp32_twins=False, benchmark=dict(QUICK_BENCHMARK))
     recipe["model"]["train"] = {"epochs": 3, "lr": 0.003}
-    recipe["budgets"] = [{"max_accuracy_drop": 5.0}]
+    recipe["budgets"] = [{"max_accuracy_drop": 1.0}]
     report = edgeship.run(parse_recipe(recipe, "text", RECIPE.parent), tmp_path / "run", quiet=True)
     (artifact,) = report.artifacts
     assert artifact.status == "ok", artifact.error
-    assert artifact.precision == "int8" and artifact.details["onnx_ops"]["QuantizeLinear"] > 10
+    assert artifact.precision == "int8" and artifact.details["quantization"]["mode"] == "dynamic"
+    ops = artifact.details["onnx_ops"]
+    assert ops["DynamicQuantizeLinear"] > 0 and ops["MatMulInteger"] > 0
     assert report.float.accuracy > 0.6
-    assert abs(report.float.accuracy - artifact.accuracy) * 100 <= 5.0
+    assert abs(report.float.accuracy - artifact.accuracy) * 100 <= 1.0
     assert report.gate.passed and report.exit_code == 0

@@ -257,7 +257,9 @@ class SelfAttention(nn.Module):
         # Masking after the softmax and renormalising is exact, and keeps the scores free of the
         # large negative numbers that would spend a quantized range on padding.
         weights = weights * keep[:, None, None, :]
-        weights = weights / weights.sum(-1, keepdim=True)
+        # Bounded below: fake-quantized (QAT) weights of a short row can all round to zero, and
+        # 0/0 is NaN. Both bounds: qnnpack's quantized clamp refuses a minimum alone.
+        weights = weights / weights.sum(-1, keepdim=True).clamp(1e-6, 1.0)
         return self.out(torch.matmul(weights, v).transpose(1, 2).flatten(2))
 
 

@@ -48,8 +48,7 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
         first_inference_ms=result["first_inference_ms"], peak_rss_mb=result["peak_rss_mb"],
         rss_delta_mb=result["rss_delta_mb"], threads=result["threads"],
         cpu_affinity=result["cpu_affinity"], runtime=result["runtime"],
-        # 0.1 µs is below any timer's noise here and halves report.json
-        samples_ms=[round(x, 4) for x in result["samples_ms"]])
+        samples_ms=result["samples_ms"])
 
 
 def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
