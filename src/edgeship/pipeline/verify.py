@@ -4,12 +4,12 @@ process (the same runner a device uses); accuracy and parity come from those ans
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from edgeship.devices.transports import RUNNER, RunnerFailed, parse_result, run_process
+from edgeship.devices.profile import LocalTransport
+from edgeship.devices.transports import Local, RunnerCall, RunnerFailed
 from edgeship.exporters.base import ExportedArtifact
 from edgeship.pipeline.evaluate import top1
 from edgeship.report.schema import Parity
@@ -30,10 +30,10 @@ def runner_engine_args(target: Target) -> list[str]:
 def predict(artifact: ExportedArtifact, target: Target, inputs_npz: Path, workdir: Path,
             batch_size: int, timeout_seconds: float = 600.0) -> np.ndarray:
     outputs = workdir / f"{target.name}-outputs.npz"
-    argv = [sys.executable, str(RUNNER), "predict", str(artifact.path), "--inputs", str(inputs_npz),
-            "--outputs", str(outputs), "--batch-size", str(batch_size),
-            "--threads", str(os.cpu_count() or 1), *runner_engine_args(target)]
-    parse_result(run_process(argv, timeout_seconds))
+    args = ("--batch-size", str(batch_size), "--threads", str(os.cpu_count() or 1),
+            *runner_engine_args(target))
+    Local(LocalTransport(kind="local")).run(RunnerCall(
+        "predict", artifact.path, artifact.files, inputs_npz, args, outputs, timeout_seconds))
     with np.load(outputs) as data:
         return data["output_0"]
 
