@@ -72,6 +72,16 @@ class Distillation(_Section):
     temperature: PositiveFloat = Field(4.0, description="Softmax temperature of both models.")
 
 
+class Distributed(_Section):
+    """QAT on several processes: edgeship starts them with torchrun, each trains on its shard of
+    the train split under DistributedDataParallel, and rank 0's weights come back."""
+
+    processes: int = Field(ge=2, description="Processes on this machine (torchrun --nproc-per-node).")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Collective backend: gloo on CPU, nccl on CUDA GPUs (one per process); "
+                            "auto picks nccl when CUDA is available.")
+
+
 class QATSection(_Section):
     enabled: bool = Field(True, description="Fine-tune with fake quantization after calibration.")
     epochs: int = Field(2, ge=1, description="QAT epochs over the train split.")
@@ -86,6 +96,7 @@ class QATSection(_Section):
         None, description="Train only parameters under these module names (e.g. ['classifier'] "
                           "for the head); default: all.")
     distillation: Distillation | None = Field(None, description="Distil from the float model.")
+    distributed: Distributed | None = Field(None, description="Fine-tune on several processes.")
 
 
 class Fallback(_Section):
@@ -223,6 +234,15 @@ class Recipe(_Section):
                 int8 = [t for t in self.targets if TARGETS[t].is_int8]
                 raise ValueError(f"quantization.modes: {name!r} is not an int8 target of this "
                                  f"recipe; its int8 targets: {', '.join(int8) or 'none'}")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split_across_processes(self) -> Recipe:
+        distributed = self.quantization.qat.distributed
+        if distributed and self.data.batch_size % distributed.processes:
+            raise ValueError(f"quantization.qat.distributed.processes = {distributed.processes} must "
+                             f"divide data.batch_size = {self.data.batch_size}: each process takes "
+                             f"an equal share of every batch")
         return self
 
     def mode(self, target: str) -> str:

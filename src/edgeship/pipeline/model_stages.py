@@ -13,6 +13,7 @@ from torch import nn
 from edgeship.data import Arrays, Splits, stack
 from edgeship.errors import UserError
 from edgeship.pipeline import dynamic
+from edgeship.pipeline.distributed_qat import finetune_distributed
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.evaluate import logits, top1
 from edgeship.pipeline.flows import QuantSettings, flow_for, quantized_engine
@@ -167,14 +168,23 @@ class ModelStages:
             with self.log.stage("qat") as notes:
                 for f in [f for f in prepared if f in self.fresh]:
                     def work(f=f):
-                        loss = finetune(quant_flows[f], prepared[f], splits.train, qat=q.qat,
-                                        batch_size=recipe.data.batch_size, seed=recipe.seed,
-                                        teacher=model, progress=self.progress)
-                        notes.append(f"{f.value} loss {loss:.4f}")
+                        if q.qat.distributed is None:
+                            loss = finetune(quant_flows[f], prepared[f], splits.train, qat=q.qat,
+                                            batch_size=recipe.data.batch_size, seed=recipe.seed,
+                                            teacher=model, progress=self.progress)
+                            notes.append(f"{f.value} loss {loss:.4f}")
+                            return
+                        run = finetune_distributed(quant_flows[f], prepared[f], model, examples,
+                                                   recipe, log=self.progress.log)
+                        self.distributed_runs[f] = run
+                        notes.append(f"{f.value} loss {run['loss']:.4f} on {run['processes']} "
+                                     f"processes ({run['backend']})")
                     self._guarded("qat", f, work, prepared)
                 notes.cached = bool(prepared) and not (self.fresh & set(prepared))
         for f in [f for f in prepared if f in self.fresh]:
             self.cache.store_state("quantize", keys[f], prepared[f])
+            if f in self.distributed_runs:
+                self.cache.store_json("qat-distributed", keys[f], self.distributed_runs[f])
         with self.log.stage("convert") as notes:
             for f in list(prepared):
                 def work(f=f):
@@ -186,6 +196,10 @@ class ModelStages:
                            "observer": "fake-quant" if q.qat.enabled else (q.observer or "histogram"),
                            "float_layers": sorted(qf.settings.float_layers),
                            "float_layers_required": required[f]}
+                    if q.qat.enabled and q.qat.distributed is not None:
+                        # From this run or, when the state came from the cache, as the recipe says.
+                        how["qat_distributed"] = self.distributed_runs.get(f) or \
+                            self.cache.load_json("qat-distributed", keys[f])
                     for t in self.targets:
                         if t.flow is f and recipe.mode(t.name) == "static":
                             self.sources[t.name] = (converted, f"converted PyTorch model ({f.value})", ref)

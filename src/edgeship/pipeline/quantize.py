@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgeship.data import as_inputs
 from edgeship.errors import UserError
 from edgeship.pipeline.flows import QuantFlow
-from edgeship.pipeline.training import cross_entropy, distillation_loss, train
+from edgeship.pipeline.training import Shard, cross_entropy, distillation_loss, train
 from edgeship.progress import Progress
 from edgeship.recipe import QATSection
 
@@ -53,11 +53,20 @@ def _trainable_parameters(prepared: nn.Module, prefixes: list[str] | None) -> li
 
 def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QATSection,
              batch_size: int, seed: int, teacher: nn.Module | None = None,
-             progress: Progress | None = None) -> float:
+             progress: Progress | None = None, shard: Shard | None = None,
+             device: torch.device | None = None) -> float:
     """Fake-quant training at a small learning rate, on the recipe's schedule; returns the last
-    epoch's mean loss."""
+    epoch's mean loss. With `shard`, this process is one rank of a distributed run (see
+    distributed_qat.py) and trains `prepared` through DistributedDataParallel."""
     torch.manual_seed(seed)
     params = _trainable_parameters(prepared, qat.trainable)
+    trained = prepared
+    if shard is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (batch-norm statistics, observed ranges, fake-quant scales) follow rank 0 at
+        # every step, so all ranks end with the same state.
+        trained = DistributedDataParallel(prepared, device_ids=[device] if device else None)
     optimizer = (torch.optim.SGD(params, lr=qat.lr, momentum=qat.momentum) if qat.optimizer == "sgd"
                  else torch.optim.Adam(params, lr=qat.lr))
     loss_fn = cross_entropy
@@ -71,9 +80,9 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
         if qat.freeze_observers_after_epochs is not None and epoch == qat.freeze_observers_after_epochs:
             flow.freeze_observers(prepared)
 
-    loss = train(prepared, dataset, optimizer=optimizer, epochs=qat.epochs, batch_size=batch_size,
+    loss = train(trained, dataset, optimizer=optimizer, epochs=qat.epochs, batch_size=batch_size,
                  seed=seed, progress=progress or Progress(enabled=False),
-                 label=f"QAT {flow.flow.value}", set_train_mode=flow.set_train, loss_fn=loss_fn,
-                 on_epoch_start=on_epoch_start)
+                 label=f"QAT {flow.flow.value}", set_train_mode=lambda m: flow.set_train(prepared),
+                 loss_fn=loss_fn, on_epoch_start=on_epoch_start, shard=shard, device=device)
     flow.set_eval(prepared)
     return loss

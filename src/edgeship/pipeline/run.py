@@ -26,6 +26,7 @@ from edgeship.gate.budgets import checks, evaluate, exit_code
 from edgeship.pipeline import dynamic
 from edgeship.pipeline.benchmark import benchmark_all
 from edgeship.pipeline.cache import StageCache, digest, tensors_digest
+from edgeship.pipeline.distributed_qat import backend_for
 from edgeship.pipeline.evaluate import logits, top1
 from edgeship.pipeline.load import check_fit, example_inputs, fill_examples, load_data, load_model
 from edgeship.pipeline.model_stages import ModelStages, describe
@@ -92,6 +93,7 @@ class Pipeline(ModelStages):
         self.sources: dict[str, tuple[nn.Module | None, str, np.ndarray]] = {}
         self.source_keys: dict[str, str] = {}
         self.fresh: set[Flow] = set()  # flows calibrated in this run, not taken from the cache
+        self.distributed_runs: dict[Flow, dict] = {}  # flows fine-tuned under torchrun: how
 
     def fail(self, target: Target, why: str) -> None:
         record = self.records[target.name]
@@ -143,6 +145,8 @@ class Pipeline(ModelStages):
             # Before any training: what a target cannot do with this model is said now.
             dynamic.check_quantizable(model, self.dynamic_targets())
             check_runnable(model, self.targets)
+            if recipe.quantization.qat.enabled and recipe.quantization.qat.distributed:
+                backend_for(recipe.quantization.qat.distributed)
             examples = fill_examples(examples, splits)
             data = [stack(getattr(splits, name)) for name in ("train", "calibration", "test")]
             self.float_key = digest("float", self.env_key, recipe.model, recipe.data, recipe.seed,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeship.data import as_inputs
 from edgeship.progress import Progress
@@ -33,27 +34,51 @@ def distillation_loss(teacher: nn.Module, weight: float, temperature: float) -> 
     return loss
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a distributed run: it trains on every `world`-th sample."""
+
+    rank: int
+    world: int
+
+
 def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimizer, epochs: int,
           batch_size: int, seed: int, progress: Progress, label: str,
           set_train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
           loss_fn: LossFn = cross_entropy,
-          on_epoch_start: Callable[[int], None] = lambda epoch: None) -> float:
-    """Returns the last epoch's mean loss."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+          on_epoch_start: Callable[[int], None] = lambda epoch: None,
+          shard: Shard | None = None, device: torch.device | None = None) -> float:
+    """Returns the last epoch's mean loss (over all shards when `shard` is given).
+
+    With a shard, `module` is a DistributedDataParallel wrapper and each process takes
+    batch_size / world samples a step, so a step sees as many samples as one process would."""
+    if shard is None:
+        sampler, loader = None, DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                           generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=shard.world, rank=shard.rank,
+                                     shuffle=True, seed=seed)
+        loader = DataLoader(dataset, batch_size=batch_size // shard.world, sampler=sampler)
     set_train_mode(module)
     mean_loss = float("nan")
     with progress.task(label, total=epochs * len(loader)) as advance:
         for epoch in range(epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             on_epoch_start(epoch)
-            total, count = 0.0, 0
+            sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
             for inputs, labels in loader:
-                inputs = as_inputs(inputs)
+                inputs = tuple(x.to(device) for x in as_inputs(inputs)) if device else as_inputs(inputs)
+                labels = labels.to(device) if device else labels
                 optimizer.zero_grad()
                 loss = loss_fn(module(*inputs), labels, inputs)
                 loss.backward()
                 optimizer.step()
-                total, count = total + loss.item() * len(labels), count + len(labels)
+                sums += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
                 advance()
-            mean_loss = total / count
+            if shard is not None:
+                summed = sums.to(device) if device else sums  # nccl reduces device tensors only
+                torch.distributed.all_reduce(summed)
+                sums = summed.cpu()
+            mean_loss = float(sums[0] / sums[1])
     return mean_loss

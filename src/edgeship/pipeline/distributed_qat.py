@@ -1,0 +1,134 @@
+"""QAT on several processes: torchrun starts them, DistributedDataParallel keeps them in step.
+
+The parent (the pipeline's QAT stage) writes a job folder: the recipe, the float weights, the
+calibrated fake-quant state and the example inputs. Each worker rebuilds the same prepared graph
+from these (as the stage cache does), fine-tunes on its shard of the train split, and rank 0
+writes the trained state back. Graph modules are rebuilt, not pickled: torch.save cannot pickle
+an FX-prepared graph, and an exported one would tie the job to this process's modules.
+
+Run as a worker: python -m torch.distributed.run --standalone --nproc-per-node N \\
+                     -m edgeship.pipeline.distributed_qat JOB_FOLDER
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeship.errors import UserError
+from edgeship.fileio import write_atomic
+from edgeship.pipeline.flows import QuantFlow, QuantSettings, flow_for
+from edgeship.recipe import Distributed, Recipe
+from edgeship.targets import Flow
+
+
+def backend_for(config: Distributed) -> str:
+    """The collective backend this machine can honour; bad input before any training if none."""
+    if not torch.distributed.is_available():
+        raise UserError("quantization.qat.distributed: this torch build has no torch.distributed")
+    if config.backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if config.backend == "nccl" and torch.cuda.device_count() < config.processes:
+        raise UserError(f"quantization.qat.distributed.backend = 'nccl' needs a CUDA GPU per process "
+                        f"({config.processes}); this machine has {torch.cuda.device_count()}. "
+                        f"Use 'gloo' (CPU) or 'auto'")
+    return config.backend
+
+
+def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,
+                         recipe: Recipe, log=lambda message: None) -> dict:
+    """Fine-tunes `prepared` in place on recipe.quantization.qat.distributed.processes processes.
+    Returns {"loss", "processes", "backend", "ranks": [{"rank", "samples_per_epoch"}],
+    "shared_samples"}. A worker that fails raises RuntimeError with the end of its log."""
+    config = recipe.quantization.qat.distributed
+    backend = backend_for(config)
+    with tempfile.TemporaryDirectory(prefix="edgeship-qat-") as folder:
+        job = Path(folder)
+        torch.save(model.state_dict(), job / "float.pt")
+        torch.save(prepared.state_dict(), job / "prepared.pt")
+        torch.save(tuple(examples), job / "examples.pt")
+        settings = flow.settings
+        (job / "job.json").write_text(json.dumps({
+            "recipe": recipe.model_dump(mode="json"), "base_dir": str(recipe.base_dir),
+            "flow": flow.flow.value, "backend": backend,
+            "settings": {"observer": settings.observer, "per_channel": settings.per_channel,
+                         "float_layers": sorted(settings.float_layers)}}))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={config.processes}", "-m", __name__, str(job)]
+        log(f"  QAT {flow.flow.value}: torchrun, {config.processes} processes, {backend}")
+        with open(job / "workers.log", "w") as out:
+            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if code != 0 or not (job / "result.json").exists():
+            tail = (job / "workers.log").read_text().strip().splitlines()[-8:]
+            raise RuntimeError(f"torchrun exited with {code}: " + " | ".join(tail))
+        prepared.load_state_dict(torch.load(job / "trained.pt"))
+        result = json.loads((job / "result.json").read_text())
+    flow.set_eval(prepared)
+    return result
+
+
+def _worker(job: Path) -> None:
+    # Imported here: the parent needs none of the worker's machinery.
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    from edgeship.pipeline.load import load_data, load_model
+    from edgeship.pipeline.quantize import finetune
+    from edgeship.pipeline.training import Shard
+    from edgeship.recipe import parse_recipe
+
+    spec = json.loads((job / "job.json").read_text())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = None
+    if spec["backend"] == "nccl":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group(spec["backend"])
+    try:
+        recipe = parse_recipe(spec["recipe"], str(job / "job.json"), Path(spec["base_dir"]))
+        model = load_model(recipe)
+        model.load_state_dict(torch.load(job / "float.pt"))
+        model.eval()
+        train_split = load_data(recipe).train
+        examples = torch.load(job / "examples.pt")
+        settings = spec["settings"]
+        flow = flow_for(Flow(spec["flow"]), QuantSettings(
+            observer=settings["observer"], per_channel=settings["per_channel"],
+            float_layers=frozenset(settings["float_layers"])))
+        prepared = flow.prepare(model, examples, qat=True)
+        prepared.load_state_dict(torch.load(job / "prepared.pt"))
+        if device is not None:
+            prepared.to(device), model.to(device)
+        loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
+                        batch_size=recipe.data.batch_size, seed=recipe.seed, teacher=model,
+                        shard=Shard(rank, world), device=device)
+        # What each rank trained on in the first epoch: disjoint shards, except for the samples
+        # DistributedSampler repeats to make the shards equal.
+        seen = list(DistributedSampler(train_split, num_replicas=world, rank=rank, seed=recipe.seed))
+        shards: list = [None] * world
+        dist.all_gather_object(shards, seen)
+        if rank == 0:
+            buffer = io.BytesIO()
+            torch.save({k: v.cpu() for k, v in prepared.state_dict().items()}, buffer)
+            write_atomic(job / "trained.pt", buffer.getvalue())
+            flat = [i for shard in shards for i in shard]
+            # Written last: the parent takes its presence as the sign that the state is complete.
+            write_atomic(job / "result.json", json.dumps({
+                "loss": loss, "processes": world, "backend": spec["backend"],
+                "ranks": [{"rank": r, "samples_per_epoch": len(s)} for r, s in enumerate(shards)],
+                "shared_samples": len(flat) - len(set(flat))}))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
