@@ -75,6 +75,13 @@ def test_example_inputs_that_do_not_fit_the_model(tmp_path):
                 "expected input[1, 1, 8, 8] to have 3 channels")
 
 
+def test_float_training_that_diverges_names_the_key(tmp_path):
+    recipe = demo_recipe()
+    recipe["model"]["train"]["lr"] = 1e30
+    _fails_with(tmp_path, recipe, "model.train: train float model: the loss is ",
+                "or the learning rate is too high")
+
+
 def test_out_folder_with_foreign_files_is_refused_and_never_emptied(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

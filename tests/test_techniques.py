@@ -17,7 +17,7 @@ from edgeship.pipeline.flows import QuantSettings, flow_for
 from edgeship.pipeline.prune import apply_masks, make_permanent, sparsity
 from edgeship.pipeline.quantize import calibrate, finetune
 from edgeship.pipeline.sensitivity import PtqProbe, fallback, quantizable_layers, sensitivity
-from edgeship.pipeline.training import distillation_loss, train
+from edgeship.pipeline.training import TrainingDiverged, distillation_loss, train
 from edgeship.progress import Progress
 from edgeship.recipe import Distillation, PruneSection, QATSection, QuantizationSection
 from edgeship.targets import Flow
@@ -135,6 +135,23 @@ def test_distillation_loss_is_cross_entropy_when_student_equals_teacher():
     assert loss.item() == pytest.approx(0.5 * nn.functional.cross_entropy(teacher(x), y).item(), rel=1e-5)
     other = distillation_loss(teacher, weight=1.0, temperature=4.0)(torch.zeros(8, 3), y, (x,))
     assert other.item() > 0
+
+
+def test_cosine_schedule_anneals_the_rate_to_zero(data):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    constant, cosine = (torch.optim.Adam(model.parameters(), lr=1e-2) for _ in range(2))
+    for optimizer, schedule in ((constant, "constant"), (cosine, "cosine")):
+        train(model, data.train, optimizer=optimizer, epochs=2, batch_size=64, seed=0,
+              progress=QUIET, label="float", schedule=schedule)
+    assert constant.param_groups[0]["lr"] == 1e-2
+    assert cosine.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_loss_that_is_not_finite_stops_training_and_says_where(data):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(TrainingDiverged, match=r"QAT x: the loss is (nan|inf) at epoch 1, step 2"):
+        train(model, data.train, optimizer=torch.optim.SGD(model.parameters(), lr=1e38), epochs=1,
+              batch_size=64, seed=0, progress=QUIET, label="QAT x")
 
 
 @pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.PT2E_XNNPACK])

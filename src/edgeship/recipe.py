@@ -44,6 +44,9 @@ class InputSpec(_Section):
 class FloatTraining(_Section):
     epochs: int = Field(ge=1, description="Epochs of float training in the load stage.")
     lr: PositiveFloat = Field(1e-2, description="Adam learning rate.")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Learning rate over the steps: constant, or cosine-annealed to 0 "
+                                "(settles the weights, so batch-norm statistics match them).")
 
 
 class ModelSection(_Section):

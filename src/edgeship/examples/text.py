@@ -259,7 +259,7 @@ class SelfAttention(nn.Module):
         weights = weights * keep[:, None, None, :]
         # Bounded below: fake-quantized (QAT) weights of a short row can all round to zero, and
         # 0/0 is NaN. Both bounds: qnnpack's quantized clamp refuses a minimum alone.
-        weights = weights / weights.sum(-1, keepdim=True).clamp(1e-6, 1.0)
+        weights = weights / weights.sum(-1, keepdim=True).clamp(0.05, 1.0)
         return self.out(torch.matmul(weights, v).transpose(1, 2).flatten(2))
 
 

@@ -33,7 +33,7 @@ from edgeship.pipeline.model_stages import ModelStages, describe
 from edgeship.pipeline.op_support import unsupported_layers
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.stages import StageLog
-from edgeship.pipeline.training import train
+from edgeship.pipeline.training import TrainingDiverged, train
 from edgeship.pipeline.verify import VerificationFailed, verify
 from edgeship.progress import Progress
 from edgeship.recipe import Recipe
@@ -161,9 +161,13 @@ class Pipeline(ModelStages):
                 else:
                     torch.manual_seed(recipe.seed)
                     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.model.train.lr)
-                    loss = train(model, splits.train, optimizer=optimizer,
-                                 epochs=recipe.model.train.epochs, batch_size=recipe.data.batch_size,
-                                 seed=recipe.seed, progress=self.progress, label="train float model")
+                    try:
+                        loss = train(model, splits.train, optimizer=optimizer,
+                                     epochs=recipe.model.train.epochs, batch_size=recipe.data.batch_size,
+                                     seed=recipe.seed, progress=self.progress, label="train float model",
+                                     schedule=recipe.model.train.schedule)
+                    except TrainingDiverged as e:  # nothing to ship: say which key to change
+                        raise UserError(f"model.train: {e}") from None
                     self.cache.store_state("float", self.float_key, model)
                     notes.append(f"trained {recipe.model.train.epochs} epochs, loss {loss:.4f}")
             model.eval()

@@ -34,6 +34,10 @@ def distillation_loss(teacher: nn.Module, weight: float, temperature: float) -> 
     return loss
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number: every later step would train on garbage."""
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's place in a distributed run: it trains on every `world`-th sample."""
@@ -47,7 +51,8 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
           set_train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
           loss_fn: LossFn = cross_entropy,
           on_epoch_start: Callable[[int], None] = lambda epoch: None,
-          shard: Shard | None = None, device: torch.device | None = None) -> float:
+          shard: Shard | None = None, device: torch.device | None = None,
+          schedule: str = "constant") -> float:
     """Returns the last epoch's mean loss (over all shards when `shard` is given).
 
     With a shard, `module` is a DistributedDataParallel wrapper and each process takes
@@ -59,6 +64,8 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
         sampler = DistributedSampler(dataset, num_replicas=shard.world, rank=shard.rank,
                                      shuffle=True, seed=seed)
         loader = DataLoader(dataset, batch_size=batch_size // shard.world, sampler=sampler)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+                 if schedule == "cosine" else None)
     set_train_mode(module)
     mean_loss = float("nan")
     with progress.task(label, total=epochs * len(loader)) as advance:
@@ -67,13 +74,22 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
                 sampler.set_epoch(epoch)
             on_epoch_start(epoch)
             sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
-            for inputs, labels in loader:
+            for step, (inputs, labels) in enumerate(loader, start=1):
                 inputs = tuple(x.to(device) for x in as_inputs(inputs)) if device else as_inputs(inputs)
                 labels = labels.to(device) if device else labels
                 optimizer.zero_grad()
                 loss = loss_fn(module(*inputs), labels, inputs)
+                if not torch.isfinite(loss):
+                    # Under fake quantization this is usually a value that rounds to zero and is
+                    # then divided by (or its log taken); otherwise a learning rate too high.
+                    raise TrainingDiverged(
+                        f"{label}: the loss is {loss.item()} at epoch {epoch + 1}, step {step}: the "
+                        f"forward pass gives NaN/Inf (a division by a value that can round to zero "
+                        f"under fake quantization?) or the learning rate is too high")
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 sums += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
                 advance()
             if shard is not None:
