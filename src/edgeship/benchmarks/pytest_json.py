@@ -112,7 +112,7 @@ def _entry(report: Report, artifact: Artifact, bench: Benchmark) -> dict:
             "cpu_affinity": bench.cpu_affinity, "runtime": bench.runtime, "vs_fp32": bench.vs_fp32,
         },
         # each sample is one timed call, read with time.perf_counter_ns on the device
-        "options": {"timer": "time.perf_counter_ns", "disable_gc": False, "warmup": True},
+        "options": {"timer": "time.perf_counter_ns", "disable_gc": True, "warmup": True},
         "stats": stats_seconds(bench.samples_ms),
     }
 

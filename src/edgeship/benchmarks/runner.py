@@ -11,6 +11,7 @@ host computes percentiles, so the method is visible and the same on every device
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -147,6 +148,10 @@ def bench(args) -> dict:
     # Timed runs until both a count and a duration are reached (TFLite's benchmark_model method);
     # max_seconds bounds a slow device, and such a run is marked not valid.
     samples = []
+    # No collection pauses inside timed runs (timeit's and pytest-benchmark's disable_gc): the
+    # loop allocates a little each run, and a collection would land in some runs and not others.
+    gc.collect()
+    gc.disable()
     start = time.perf_counter_ns()
     deadline_ns = start + int(args.max_seconds * 1e9)
     min_ns = int(args.min_seconds * 1e9)
@@ -160,6 +165,7 @@ def bench(args) -> dict:
         if t1 >= deadline_ns:
             break
     seconds = (time.perf_counter_ns() - start) / 1e9
+    gc.enable()
     reasons = []
     if len(samples) < args.min_iterations:
         reasons.append(f"{len(samples)} iterations < min_iterations {args.min_iterations}")
