@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import edgeship
+from edgeship.data import stack
 from edgeship.examples import text
 from edgeship.recipe import parse_recipe
 from support import QUICK_BENCHMARK
@@ -170,3 +171,32 @@ def test_onnx_int8_end_to_end(tmp_path, one_thread):
     assert report.float.accuracy > 0.6
     assert abs(report.float.accuracy - artifact.accuracy) * 100 <= 1.0
     assert report.gate.passed and report.exit_code == 0
+
+
+@pytest.mark.parametrize("flow", ["fx-fbgemm", "pt2e-xnnpack"])
+def test_static_qat_of_a_trained_encoder_stays_finite(data, one_thread, flow):
+    """Fake-quantized attention: the renormaliser must not round to zero (it did: 0/0, NaN loss at
+    the second QAT step, then "zero_point must be between quant_min and quant_max")."""
+    from edgeship.pipeline.evaluate import logits, top1
+    from edgeship.pipeline.flows import flow_for
+    from edgeship.pipeline.quantize import calibrate, finetune
+    from edgeship.pipeline.training import train
+    from edgeship.progress import Progress
+    from edgeship.recipe import QATSection
+    from edgeship.targets import Flow
+
+    splits = data.splits()
+    torch.manual_seed(0)
+    model = text.transformer()
+    train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), epochs=4,
+          batch_size=64, seed=0, progress=Progress(enabled=False), label="float")
+    model.eval()
+    qf = flow_for(Flow(flow))
+    prepared = calibrate(qf, model, (splits.test[0][0].unsqueeze(0),), splits.calibration,
+                         batches=4, batch_size=64, qat=True)
+    loss = finetune(qf, prepared, splits.train, qat=QATSection(epochs=1, lr=5e-4, optimizer="adam"),
+                    batch_size=64, seed=0)  # raises TrainingDiverged on a NaN loss
+    assert loss < 1.0
+    test = stack(splits.test)
+    with qf.engine():
+        assert top1(logits(qf.convert(prepared), test), test.labels) > 0.6

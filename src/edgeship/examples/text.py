@@ -257,8 +257,10 @@ class SelfAttention(nn.Module):
         # Masking after the softmax and renormalising is exact, and keeps the scores free of the
         # large negative numbers that would spend a quantized range on padding.
         weights = weights * keep[:, None, None, :]
-        # Bounded below: fake-quantized (QAT) weights of a short row can all round to zero, and
-        # 0/0 is NaN. Both bounds: qnnpack's quantized clamp refuses a minimum alone.
+        # Bounded below by 0.05, well above one quantization step of a [0, 1] range (1/127): the
+        # clamped sum is itself fake-quantized, and a bound of 1e-6 rounded to 0, so 0/0 made QAT
+        # loss NaN. In float only a query putting 95% of its weight on padding is affected.
+        # Both bounds: qnnpack's quantized clamp refuses a minimum alone.
         weights = weights / weights.sum(-1, keepdim=True).clamp(0.05, 1.0)
         return self.out(torch.matmul(weights, v).transpose(1, 2).flatten(2))
 
