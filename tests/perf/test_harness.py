@@ -125,15 +125,35 @@ def _load() -> str:
     return " · load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def _window_medians(samples_ms: list[float], window_s: float = 0.5) -> list[float]:
+    """Medians of consecutive windows of one measurement: how much the host drifts within it."""
+    windows: list[list[float]] = [[]]
+    elapsed = 0.0
+    for sample in samples_ms:
+        if elapsed >= window_s:
+            windows.append([])
+            elapsed = 0.0
+        windows[-1].append(sample)
+        elapsed += sample / 1000
+    return [statistics.median(w) for w in windows if len(w) >= 20]
+
+
 def test_repeatability(benchmark, figure, artifacts):
-    medians: list[float] = []
+    runs: list[Benchmark] = []
     # pytest-benchmark times each whole measurement: process start, load, warm-up, timed runs
-    benchmark.pedantic(lambda: medians.append(measure(LOCAL, artifacts["torchscript"]).latency_ms.p50),
-                       rounds=5, iterations=1)
+    benchmark.pedantic(lambda: runs.append(measure(LOCAL, artifacts["torchscript"])), rounds=5, iterations=1)
+    medians = [r.latency_ms.p50 for r in runs]
     spread = max(medians) / min(medians)
-    figure(f"5 back-to-back p50s {_ms(medians)} ms: max/min {spread:.3f} (target <= 1.05)"
-           f"{_load()}", p50_ms=medians, max_over_min=spread, loadavg=os.getloadavg())
-    assert spread < 1.25
+    # The same figure inside each single process: where it is far above 1 too, the host's other
+    # tenants moved the medians, not the harness.
+    within = max(max(w) / min(w) for w in (_window_medians(r.samples_ms) for r in runs))
+    figure(f"5 back-to-back p50s {_ms(medians)} ms: max/min {spread:.3f} (target <= 1.05); "
+           f"worst max/min of 0.5 s window medians inside one process {within:.3f}{_load()}",
+           p50_ms=medians, max_over_min=spread, within_process_max_over_min=within,
+           loadavg=os.getloadavg())
+    # A harness fault (timing warm-up, another process's work) shows as a spread far beyond the
+    # host's own drift; the drift itself reached 1.34 on this shared VM.
+    assert spread < 1.05 or spread < 1.2 * within
 
 
 def _max_rss_kib(time_log: Path) -> int:

@@ -13,8 +13,8 @@ from torch import nn
 from edgeship.data import Arrays, Splits, stack
 from edgeship.errors import UserError
 from edgeship.pipeline import dynamic
-from edgeship.pipeline.distributed_qat import finetune_distributed
 from edgeship.pipeline.cache import digest
+from edgeship.pipeline.distributed_qat import finetune_distributed
 from edgeship.pipeline.evaluate import logits, top1
 from edgeship.pipeline.flows import QuantSettings, flow_for, quantized_engine
 from edgeship.pipeline.op_support import required_float_layers
