@@ -90,3 +90,29 @@ def test_nccl_without_gpus_is_refused_before_training(tmp_path):
     assert "backend = 'nccl' needs a CUDA GPU per process" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run" / ".edgeship-cache" / "float").exists()  # nothing was trained
+
+
+FAILS_IN_WORKERS = '''
+import os
+
+from edgeship.examples.digits import cnn
+
+
+def net():
+    if "RANK" in os.environ:  # set by torchrun in each worker, not in the pipeline's process
+        raise RuntimeError("this factory refuses to build in a worker")
+    return cnn()
+'''
+
+
+def test_a_failing_worker_fails_its_flow_with_the_workers_words(tmp_path):
+    (tmp_path / "models.py").write_text(FAILS_IN_WORKERS)
+    recipe = _recipe(distributed=DISTRIBUTED)
+    recipe["model"]["factory"] = "models.py:net"
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 3  # artifacts failed; the run itself finished and reported
+    for artifact in result.report()["artifacts"]:
+        assert artifact["status"] == "failed"
+        assert artifact["error"].startswith("qat (")
+        assert "torchrun exited with 1" in artifact["error"]
+        assert "this factory refuses to build in a worker" in artifact["error"]

@@ -68,8 +68,10 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
             code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if code != 0 or not (job / "result.json").exists():
-            tail = (job / "workers.log").read_text().strip().splitlines()[-8:]
-            raise RuntimeError(f"torchrun exited with {code}: " + " | ".join(tail))
+            # The workers' own words; torchrun's summary when a worker died without any.
+            said = [f"{e.stem}: {e.read_text().strip()}" for e in sorted(job.glob("rank*.error"))]
+            said = said or (job / "workers.log").read_text().strip().splitlines()[-8:]
+            raise RuntimeError(f"torchrun exited with {code}: " + " | ".join(said))
         prepared.load_state_dict(torch.load(job / "trained.pt"))
         result = json.loads((job / "result.json").read_text())
     flow.set_eval(prepared)
@@ -77,6 +79,15 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
 
 
 def _worker(job: Path) -> None:
+    try:
+        _train_rank(job)
+    except BaseException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        (job / f"rank{os.environ.get('RANK', '?')}.error").write_text(f"{type(e).__name__}: {first}")
+        raise
+
+
+def _train_rank(job: Path) -> None:
     # Imported here: the parent needs none of the worker's machinery.
     import torch.distributed as dist
     from torch.utils.data import DistributedSampler
