@@ -47,7 +47,8 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
                          recipe: Recipe, log=lambda message: None) -> dict:
     """Fine-tunes `prepared` in place on recipe.quantization.qat.distributed.processes processes.
     Returns {"loss", "processes", "backend", "ranks": [{"rank", "samples_per_epoch"}],
-    "shared_samples"}. A worker that fails raises RuntimeError with the end of its log."""
+    "shared_samples"}. A worker that fails raises RuntimeError with what each rank raised (or
+    the end of the workers' log when none said)."""
     config = recipe.quantization.qat.distributed
     backend = backend_for(config)
     with tempfile.TemporaryDirectory(prefix="edgeship-qat-") as folder:
