@@ -113,12 +113,18 @@ def _convert(model, flow, float_layers, clips):
     return qf.convert(prepared), examples
 
 
-def test_qnnpack_artifact_builds_mixed_precision_with_the_required_float_layers(clips, tmp_path):
-    model, target = TinyClip().eval(), get_target("torchscript-qnnpack")
+def _all_int8_export_fails(model, target, clips, tmp_path, match: str):
+    """Every layer int8: the target's export refuses it with `match`. Returns the exporter."""
     exporter = exporter_for(target.format)
     int8, examples = _convert(model, target.flow, (), clips)
-    with pytest.raises(RuntimeError, match="quantized_max_pool3d|conv2d_unpack"):
+    with pytest.raises(RuntimeError, match=match):
         export_atomically(exporter, int8, examples, target, tmp_path / "int8")
+    return exporter
+
+
+def test_qnnpack_artifact_builds_mixed_precision_with_the_required_float_layers(clips, tmp_path):
+    model, target = TinyClip().eval(), get_target("torchscript-qnnpack")
+    exporter = _all_int8_export_fails(model, target, clips, tmp_path, "quantized_max_pool3d|conv2d_unpack")
 
     required = required_float_layers(model, target.flow)
     mixed, examples = _convert(model, target.flow, required, clips)
@@ -134,10 +140,7 @@ def test_qnnpack_artifact_builds_mixed_precision_with_the_required_float_layers(
 
 def test_executorch_fails_on_conv3d_int8_at_export_and_float_at_load(clips, tmp_path):
     model, target = TinyClip().eval(), get_target("executorch-xnnpack")
-    exporter = exporter_for(target.format)
-    int8, examples = _convert(model, target.flow, (), clips)
-    with pytest.raises(RuntimeError, match="dequantize_per_channel"):
-        export_atomically(exporter, int8, examples, target, tmp_path / "int8")
+    exporter = _all_int8_export_fails(model, target, clips, tmp_path, "dequantize_per_channel")
     # Conv3d and the pool left float: the .pte builds, but the runtime has no kernel for them.
     mixed, examples = _convert(model, target.flow, unsupported_layers(model, target), clips)
     made = export_atomically(exporter, mixed, examples, target, tmp_path / "mixed")

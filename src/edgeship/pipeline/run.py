@@ -41,7 +41,7 @@ from edgeship.report.html import write_html
 from edgeship.report.junit import write_junit
 from edgeship.report.recommend import recommend
 from edgeship.report.schema import Artifact, FloatResult, Parity, Report
-from edgeship.report.writers import append_step_summary, write_json, write_markdown
+from edgeship.report.writers import append_step_summary, twin_benchmark, write_json, write_markdown
 from edgeship.targets import Flow, Target, get_target, with_twins
 
 
@@ -278,13 +278,10 @@ class Pipeline(ModelStages):
 def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
     """Sets each int8 benchmark's `vs_fp32`: its latency p50 and peak RSS over those of its fp32
     twin on the same device (> 1: int8 is slower or bigger). None where either was not measured."""
-    for name, record in records.items():
-        twin = records.get(get_target(name).twin)
-        if twin is None or twin is record:
-            continue
-        on_device = {b.device: b for b in twin.benchmarks}
+    artifacts = list(records.values())
+    for record in artifacts:
         for bench in record.benchmarks:
-            base = on_device.get(bench.device)
+            base = twin_benchmark(artifacts, record, bench)
             if base is None or not (bench.latency_ms and base.latency_ms and base.latency_ms.p50):
                 continue
             rss = bench.peak_rss_mb / base.peak_rss_mb if bench.peak_rss_mb and base.peak_rss_mb else None

@@ -19,23 +19,30 @@ def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
-def _twin(report: Report, artifact: Artifact) -> Artifact | None:
+def twin_of(artifacts: list[Artifact], artifact: Artifact) -> Artifact | None:
+    """The int8 artifact's fp32 twin among `artifacts`; None for an fp32 artifact or a missing twin."""
     twin_name = get_target(artifact.target).twin
     if twin_name == artifact.target:
         return None
-    return next((a for a in report.artifacts if a.target == twin_name), None)
+    return next((a for a in artifacts if a.target == twin_name), None)
+
+
+def twin_benchmark(artifacts: list[Artifact], artifact: Artifact, bench: Benchmark) -> Benchmark | None:
+    """The fp32 twin's benchmark on the device of `bench`, if there is one."""
+    twin = twin_of(artifacts, artifact)
+    return next((b for b in twin.benchmarks if b.device == bench.device), None) if twin else None
 
 
 def size_ratio(report: Report, artifact: Artifact) -> float | None:
-    twin = _twin(report, artifact)
+    twin = twin_of(report.artifacts, artifact)
     if twin is None or not twin.size_bytes or artifact.size_bytes is None:
         return None
     return artifact.size_bytes / twin.size_bytes
 
 
 def latency_ratio(report: Report, artifact: Artifact, bench: Benchmark) -> float | None:
-    twin = _twin(report, artifact)
-    twin_bench = next((b for b in twin.benchmarks if b.device == bench.device), None) if twin else None
+    # Computed, not read from bench.vs_fp32: stored reports from before that field have none.
+    twin_bench = twin_benchmark(report.artifacts, artifact, bench)
     if not (bench.latency_ms and twin_bench and twin_bench.latency_ms):
         return None
     return bench.latency_ms.p50 / twin_bench.latency_ms.p50
@@ -46,13 +53,12 @@ def int8_slower(report: Report) -> list[str]:
     `onnx-int8 is 1.49x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms)`."""
     out = []
     for a in report.artifacts:
-        twin = _twin(report, a)
         for b in a.benchmarks:
             ratio = latency_ratio(report, a, b)
-            if twin is None or ratio is None or round(ratio, 2) <= 1.0:
+            if ratio is None or round(ratio, 2) <= 1.0:
                 continue
-            base = next(t for t in twin.benchmarks if t.device == b.device)
-            out.append(f"{a.target} is {ratio:.2f}x slower than {twin.target} on {b.device} "
+            base = twin_benchmark(report.artifacts, a, b)
+            out.append(f"{a.target} is {ratio:.2f}x slower than {get_target(a.target).twin} on {b.device} "
                        f"(p50 {b.latency_ms.p50:.3f} vs {base.latency_ms.p50:.3f} ms)")
     return out
 
