@@ -119,7 +119,8 @@ def _train_rank(job: Path) -> None:
         prepared = flow.prepare(model, examples, qat=True)
         prepared.load_state_dict(torch.load(job / "prepared.pt"))
         if device is not None:
-            prepared.to(device), model.to(device)
+            prepared.to(device)
+            model.to(device)
         loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
                         batch_size=recipe.data.batch_size, seed=recipe.seed, teacher=model,
                         shard=Shard(rank, world), device=device)
