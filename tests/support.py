@@ -13,6 +13,7 @@ from pathlib import Path
 import tomli_w
 
 from edgeship.cli import demo_recipe_text
+from edgeship.devices.profile import BenchmarkSettings
 
 EDGESHIP = [sys.executable, "-m", "edgeship"]
 
@@ -20,6 +21,12 @@ EDGESHIP = [sys.executable, "-m", "edgeship"]
 # anything is (that is tests/perf/, run by `make bench`).
 QUICK_BENCHMARK = {"warmup_iterations": 2, "min_iterations": 20, "min_seconds": 0.1,
                    "timeout_seconds": 120}
+
+
+def bench_args(**settings) -> tuple[str, ...]:
+    """The runner's bench arguments for BenchmarkSettings with these changes: the runner has no
+    defaults of its own (`timeout_seconds` sets its --max-seconds, half of it)."""
+    return BenchmarkSettings(**settings).runner_args()
 
 
 def demo_recipe(**changes) -> dict:

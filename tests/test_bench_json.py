@@ -20,16 +20,16 @@ from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import parse_compare_fail
 
 from edgeship import __version__
-from edgeship.benchmarks.pytest_json import stats_seconds, to_pytest_benchmark
+from edgeship.report.pytest_json import stats_seconds, to_pytest_benchmark
 from edgeship.devices.profile import LocalTransport
 from edgeship.devices.transports import Local, RunnerCall
 from edgeship.environment import environment
 from edgeship.pipeline.benchmark import to_benchmark
-from edgeship.pipeline.run import attach_fp32_ratios
+from edgeship.pipeline.assemble import attach_fp32_ratios
 from edgeship.report.load import load_report
 from edgeship.report.schema import Artifact, Benchmark, Latency, Report
 from edgeship.report.writers import int8_slower, markdown, write_json
-from support import run_cli
+from support import bench_args, run_cli
 
 DATA = Path(__file__).parent / "data"
 PYTEST_BENCHMARK = Path(sys.executable).parent / "pytest-benchmark"
@@ -47,7 +47,7 @@ def measured(tmp_path_factory) -> Report:
     inputs = folder / "inputs.npz"
     np.savez(inputs, input_0=example.numpy())
     call = RunnerCall("bench", path, (path,), inputs,
-                      ("--warmup", "5", "--min-iterations", "300", "--min-seconds", "0.1"),
+                      bench_args(warmup_iterations=5, min_iterations=300, min_seconds=0.1),
                       timeout_seconds=120.0)
     bench = to_benchmark("local", Local(LocalTransport(kind="local")).run(call))
     unreached = Benchmark(device="rpi5", status="unreachable", error="cannot reach rpi5")

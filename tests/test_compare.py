@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeship.errors import UserError
-from edgeship.gate import expressions
+from edgeship import regression as expressions
 from edgeship.gate.budgets import Outcome, checks, evaluate
 from edgeship.recipe import Budget, parse_recipe
 from edgeship.report import compare as diff

@@ -62,3 +62,13 @@ def test_a_missing_or_failed_measurement_is_a_violation(report):
     messages = [v.message for v in evaluate([Budget(max_accuracy_drop=1, max_size_mb=1)], report).violations]
     assert messages == ["executorch-xnnpack: accuracy drop not measured: the artifact failed",
                         "executorch-xnnpack: size not measured: the artifact failed"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from edgeship import config
+    from edgeship.gate import decide
+
+    for module in (config, decide):
+        assert doctest.testmod(module).failed == 0

@@ -18,7 +18,7 @@ from edgeship.pipeline.runfolder import MARKER
 from edgeship.recipe import Budget
 from edgeship.report.html import html_page
 from edgeship.report.junit import junit_xml
-from edgeship.report.recommend import recommend
+from edgeship.gate.recommend import recommend
 from edgeship.report.schema import Report
 from edgeship.report.writers import append_step_summary, markdown
 

@@ -12,6 +12,7 @@ import torch
 
 from edgeship.benchmarks.stats import latency_summary
 from edgeship.devices.transports import RUNNER
+from support import bench_args
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,8 @@ def test_predict_pads_the_last_batch_and_matches_pytorch(artifact, tmp_path):
 
 def test_bench_runs_until_count_and_time(artifact):
     path, inputs, _ = artifact
-    result = _runner("bench", str(path), "--inputs", str(inputs), "--min-iterations", "30",
-                     "--min-seconds", "0.2", "--warmup", "3")
+    result = _runner("bench", str(path), "--inputs", str(inputs),
+                     *bench_args(min_iterations=30, min_seconds=0.2, warmup_iterations=3))
     assert result["valid"] is True and result["invalid_reasons"] == []
     assert result["iterations"] == len(result["samples_ms"]) >= 30
     assert result["seconds"] >= 0.2
@@ -58,8 +59,9 @@ def test_bench_runs_until_count_and_time(artifact):
 
 def test_bench_that_runs_out_of_time_is_not_valid(artifact):
     path, inputs, _ = artifact
-    result = _runner("bench", str(path), "--inputs", str(inputs), "--min-iterations", "100000000",
-                     "--min-seconds", "0", "--max-seconds", "0.2", "--warmup", "0")
+    result = _runner("bench", str(path), "--inputs", str(inputs),
+                     *bench_args(min_iterations=100000000, min_seconds=0, timeout_seconds=0.4,
+                                 warmup_iterations=0))
     assert result["valid"] is False
     assert result["invalid_reasons"][0].endswith("< min_iterations 100000000")
 
@@ -68,7 +70,7 @@ def test_unknown_artifact_type_is_refused(tmp_path, artifact):
     _, inputs, _ = artifact
     (tmp_path / "model.tflite").write_bytes(b"")
     proc = subprocess.run([sys.executable, str(RUNNER), "bench", str(tmp_path / "model.tflite"),
-                           "--inputs", str(inputs)], capture_output=True, text=True)
+                           "--inputs", str(inputs), *bench_args()], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "unknown artifact type '.tflite'; known: .pt, .onnx, .pte" in proc.stderr
 
@@ -81,3 +83,11 @@ def test_latency_summary_matches_numpy():
     assert latency_summary([2.0])["stdev"] == 0.0
     with pytest.raises(ValueError):
         latency_summary([])
+
+
+def test_bench_without_the_hosts_settings_is_refused(artifact):
+    path, inputs, _ = artifact
+    proc = subprocess.run([sys.executable, str(RUNNER), "bench", str(path), "--inputs", str(inputs),
+                           "--warmup", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "bench needs --min-iterations, --min-seconds, --max-seconds" in proc.stderr

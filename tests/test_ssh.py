@@ -18,8 +18,9 @@ from edgeship.devices.profile import LocalTransport, SshTransport
 from edgeship.devices.ssh import Ssh
 from edgeship.devices.transports import Local, RunnerCall, RunnerFailed
 from sshd import SshServer, free_port, sshd  # noqa: F401  (sshd is a fixture)
+from support import bench_args
 
-BENCH_ARGS = ("--warmup", "5", "--min-iterations", "200", "--min-seconds", "0.3", "--max-seconds", "5")
+BENCH_ARGS = bench_args(warmup_iterations=5, min_iterations=200, min_seconds=0.3, timeout_seconds=10)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_predict_through_ssh_brings_back_the_outputs(ssh, model_files, tmp_path,
 
 def test_files_are_copied_once_per_content(sshd, model_files, tmp_path):  # noqa: F811
     config = ssh_config(sshd, tmp_path / "device")
-    args = ("--warmup", "0", "--min-iterations", "1", "--min-seconds", "0")
+    args = bench_args(warmup_iterations=0, min_iterations=1, min_seconds=0)
     first = Ssh(config)
     try:
         first.run(bench_call(model_files, args=args))
@@ -128,8 +129,8 @@ def _device_processes(marker: str) -> list[str]:
 
 def test_timeout_kills_the_runner_on_the_device(ssh, model_files, tmp_path):
     marker = str(tmp_path / "device")  # in the runner's command line, and nowhere else
-    call = bench_call(model_files, args=("--min-iterations", "10000000", "--min-seconds", "60",
-                                         "--max-seconds", "120"), timeout=4.0)
+    call = bench_call(model_files, args=bench_args(min_iterations=10000000, min_seconds=60,
+                                                   timeout_seconds=240), timeout=4.0)
     seen_running: list[str] = []
 
     def watch() -> None:
@@ -153,8 +154,8 @@ def test_timeout_kills_the_runner_on_the_device(ssh, model_files, tmp_path):
 
 def test_runner_killed_on_the_device_is_marked_crashed_with_the_signal(ssh, model_files, tmp_path):
     marker = str(tmp_path / "device")
-    call = bench_call(model_files, args=("--min-iterations", "10000000", "--min-seconds", "60",
-                                         "--max-seconds", "120"), timeout=30.0)
+    call = bench_call(model_files, args=bench_args(min_iterations=10000000, min_seconds=60,
+                                                   timeout_seconds=240), timeout=30.0)
 
     def kill_like_the_oom_killer() -> None:
         deadline = time.monotonic() + 20
@@ -206,9 +207,9 @@ def test_check_names_what_a_bare_python_lacks(sshd, tmp_path):  # noqa: F811
 
 
 def test_ssh_and_local_medians_agree(ssh, model_files):
-    args = ("--warmup", "200", "--min-iterations", "2000", "--min-seconds", "0.5", "--max-seconds", "5")
+    args = bench_args(warmup_iterations=200, min_iterations=2000, min_seconds=0.5, timeout_seconds=10)
     local = Local(LocalTransport(kind="local"))
-    ssh.run(bench_call(model_files, args=("--min-iterations", "1", "--min-seconds", "0")))  # copy
+    ssh.run(bench_call(model_files, args=bench_args(min_iterations=1, min_seconds=0)))  # copy
     medians = {"ssh": [], "local": []}
     for name, transport in (("ssh", ssh), ("local", local)):
         samples = transport.run(bench_call(model_files, args=args))["samples_ms"]

@@ -12,12 +12,15 @@ from torch import nn
 from edgeship.data import stack
 from edgeship.errors import UserError
 from edgeship.examples import digits
-from edgeship.pipeline.evaluate import logits, top1
-from edgeship.pipeline.flows import QuantSettings, flow_for
-from edgeship.pipeline.prune import apply_masks, make_permanent, sparsity
-from edgeship.pipeline.quantize import calibrate, finetune
-from edgeship.pipeline.sensitivity import PtqProbe, fallback, quantizable_layers, sensitivity
-from edgeship.pipeline.training import TrainingDiverged, distillation_loss, train
+from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.flow import QuantSettings
+from edgeship.quantize.flows import flow_for
+from edgeship.quantize.prune import apply_masks, make_permanent, sparsity
+from edgeship.quantize.calibrate import calibrate
+from edgeship.quantize.qat import finetune
+from edgeship.quantize.fallback import fallback
+from edgeship.quantize.sensitivity import PtqProbe, quantizable_layers, sensitivity
+from edgeship.quantize.training import TrainingDiverged, distillation_loss, train
 from edgeship.progress import Progress
 from edgeship.recipe import Distillation, PruneSection, QATSection, QuantizationSection
 from edgeship.targets import Flow

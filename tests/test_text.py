@@ -177,10 +177,11 @@ def test_onnx_int8_end_to_end(tmp_path, one_thread):
 def test_static_qat_of_a_trained_encoder_stays_finite(data, one_thread, flow):
     """Fake-quantized attention: the renormaliser must not round to zero (it did: 0/0, NaN loss at
     the second QAT step, then "zero_point must be between quant_min and quant_max")."""
-    from edgeship.pipeline.evaluate import logits, top1
-    from edgeship.pipeline.flows import flow_for
-    from edgeship.pipeline.quantize import calibrate, finetune
-    from edgeship.pipeline.training import train
+    from edgeship.quantize.evaluate import logits, top1
+    from edgeship.quantize.flows import flow_for
+    from edgeship.quantize.calibrate import calibrate
+    from edgeship.quantize.qat import finetune
+    from edgeship.quantize.training import train
     from edgeship.progress import Progress
     from edgeship.recipe import QATSection
     from edgeship.targets import Flow

@@ -11,11 +11,13 @@ from torch import nn
 from edgeship.data import stack
 from edgeship.devices.transports import RunnerFailed
 from edgeship.examples import digits, video
-from edgeship.exporters.base import export_atomically, exporter_for
-from edgeship.pipeline.evaluate import logits
-from edgeship.pipeline.flows import QuantSettings, flow_for
-from edgeship.pipeline.op_support import required_float_layers, unsupported_layers
-from edgeship.pipeline.quantize import calibrate
+from edgeship.formats import export_atomically, spec_for
+from edgeship.quantize.evaluate import logits
+from edgeship.quantize.flow import QuantSettings
+from edgeship.quantize.flows import flow_for
+from edgeship.formats import unsupported_layers
+from edgeship.quantize.float_layers import required_float_layers
+from edgeship.quantize.calibrate import calibrate
 from edgeship.pipeline.verify import predict
 from edgeship.targets import Flow, get_target
 
@@ -115,7 +117,7 @@ def _convert(model, flow, float_layers, clips):
 
 def _all_int8_export_fails(model, target, clips, tmp_path, match: str):
     """Every layer int8: the target's export refuses it with `match`. Returns the exporter."""
-    exporter = exporter_for(target.format)
+    exporter = spec_for(target.format).export
     int8, examples = _convert(model, target.flow, (), clips)
     with pytest.raises(RuntimeError, match=match):
         export_atomically(exporter, int8, examples, target, tmp_path / "int8")

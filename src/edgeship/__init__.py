@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+from edgeship.version import __version__
 
 
 def run(recipe, out: str | Path = "edgeship-run", *, force: bool = False, quiet: bool = False,

@@ -13,8 +13,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
+from edgeship.devices.profile import load_profile, shipped_profiles
 from edgeship.errors import EdgeshipError
+from edgeship.gate.regate import regate
+from edgeship.progress import Progress
+from edgeship.recipe import load_recipe, parse_recipe_text
+from edgeship.report import compare as diff
+from edgeship.report.console import print_console, print_verdict
+from edgeship.report.load import load_report
+from edgeship.report.pytest_json import write_pytest_benchmark
+from edgeship.targets import TARGETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship a float PyTorch model as gated int8 artifacts.")
@@ -46,10 +56,7 @@ BaselineOption = Annotated[Path | None, typer.Option(
 
 def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,
          no_cache: bool = False) -> None:
-    from edgeship.pipeline.run import run_recipe
-    from edgeship.progress import Progress
-    from edgeship.report.load import load_report
-    from edgeship.report.writers import print_console
+    from edgeship.pipeline.run import run_recipe  # torch: loaded by the commands that need it
 
     old = load_report(baseline) if baseline else None
     quiet_third_party()
@@ -68,8 +75,6 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
         no_cache: NoCacheOption = False) -> None:
     """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report.
     Run again into the same --out, an unchanged recipe resumes from the stage cache."""
-    from edgeship.recipe import load_recipe
-
     _run(load_recipe(recipe), out, force, quiet, baseline, no_cache)
 
 
@@ -82,21 +87,16 @@ def gate(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="rep
              "--write", help="Rewrite REPORT and the report.md, junit.xml and report.html beside "
                              "it with the new verdict.")] = False) -> None:
     """Re-evaluate budgets on an existing report without re-running anything."""
-    from edgeship.gate.regate import regate
-    from edgeship.report.load import load_report
+    from edgeship.report.publish import publish  # matplotlib, for report.html
 
     report = load_report(report_path)
     old = load_report(baseline) if baseline else None
     result = regate(report, recipe, old)
-    for v in result.report.gate.violations:
-        stdout.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False, soft_wrap=True)
-    for r in result.report.recommendations:
-        stdout.print(f"[bold]recommendation[/] {escape(r.statement)}", highlight=False, soft_wrap=True)
-    stdout.print(escape(result.summary), highlight=False, soft_wrap=True)
-    word = "[green]PASSED[/]" if result.report.gate.passed else "[red]FAILED[/]"
-    stdout.print(f"gate {word} · exit code {result.report.exit_code}")
+    print_verdict(result.report, stdout, result.summary)
     if write:
-        for path in result.write(report_path):
+        decision = result.decision
+        for path in publish(result.report, decision.checks, decision.budgets, report_path.parent,
+                            json_name=report_path.name):
             stdout.print(f"wrote {path}", highlight=False)
     raise typer.Exit(result.report.exit_code)
 
@@ -106,11 +106,6 @@ def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json bef
             b: Annotated[Path, typer.Argument(metavar="B", help="report.json after.")]) -> None:
     """What changed from report A to report B: sizes, accuracies, latencies per device (B/A),
     and whether each latency change is beyond the noise the runs themselves show."""
-    from rich.table import Table
-
-    from edgeship.report import compare as diff
-    from edgeship.report.load import load_report
-
     comparison = diff.compare(load_report(a), load_report(b))
     table = Table(title=f"edgeship compare · A {a} → B {b}", title_justify="left")
     for h in diff.HEADERS:
@@ -132,9 +127,6 @@ def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="re
                    "`pytest-benchmark compare` and --benchmark-compare).")]) -> None:
     """Export a report's benchmarks as pytest-benchmark JSON: one entry per artifact and device,
     stats in seconds from the runner's raw samples."""
-    from edgeship.benchmarks.pytest_json import write_pytest_benchmark
-    from edgeship.report.load import load_report
-
     count = write_pytest_benchmark(load_report(report_path), benchmark_json)
     stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True)
 
@@ -148,7 +140,6 @@ def demo(out: OutOption = Path("edgeship-demo"), force: ForceOption = False,
     if print_recipe:
         sys.stdout.write(demo_recipe_text())
         return
-    from edgeship.recipe import parse_recipe_text
 
     _run(parse_recipe_text(demo_recipe_text(), f"<built-in {DEMO_RECIPE}>", Path.cwd()), out, force,
          quiet, no_cache=no_cache)
@@ -157,8 +148,6 @@ def demo(out: OutOption = Path("edgeship-demo"), force: ForceOption = False,
 @devices_app.command("list")
 def devices_list() -> None:
     """The device profiles shipped with edgeship."""
-    from edgeship.devices.profile import load_profile, shipped_profiles
-
     for name in sorted(shipped_profiles()):
         profile = load_profile(name)
         stdout.print(f"{name:12} {profile.transport.kind:6} {profile.arch:8} {profile.description}",
@@ -168,17 +157,13 @@ def devices_list() -> None:
 @devices_app.command("show")
 def devices_show(name: Annotated[str, typer.Argument(help="Profile name or path to a .toml.")]) -> None:
     """A device profile, validated, with its defaults filled in."""
-    from edgeship.devices.profile import load_profile
-
     stdout.print_json(load_profile(name).model_dump_json())
 
 
 @devices_app.command("check")
 def devices_check(name: Annotated[str, typer.Argument(help="Profile name or path to a .toml.")]) -> None:
     """Connect to a device: what it has (Python, CPU, memory, runtimes) and what each target lacks."""
-    from edgeship.devices.profile import load_profile
-    from edgeship.devices.transports import transport_for
-    from edgeship.targets import TARGETS
+    from edgeship.devices.transports import transport_for  # torch, through the format specs
 
     profile = load_profile(name)
     transport = transport_for(profile)

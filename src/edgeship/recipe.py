@@ -11,37 +11,26 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from edgeship.config import Section, validation_problems
+from edgeship.devices.profile import BenchmarkOverrides
 from edgeship.errors import UserError
-from edgeship.gate.expressions import Regression
-from edgeship.gate.expressions import parse as parse_regression
+from edgeship.regression import Regression
+from edgeship.regression import parse as parse_regression
 from edgeship.targets import TARGETS, known_targets
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors: a misspelt budget must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(_Section):
+class InputSpec(Section):
     shape: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="Shape including the batch dimension, e.g. [1, 1, 8, 8].")
     dtype: Literal["float32", "int64", "int32"] = Field(
         "float32", description="Element type of this input.")
 
 
-class FloatTraining(_Section):
+class FloatTraining(Section):
     epochs: int = Field(ge=1, description="Epochs of float training in the load stage.")
     lr: PositiveFloat = Field(1e-2, description="Adam learning rate.")
     schedule: Literal["constant", "cosine"] = Field(
@@ -49,7 +38,7 @@ class FloatTraining(_Section):
                                 "(settles the weights, so batch-norm statistics match them).")
 
 
-class ModelSection(_Section):
+class ModelSection(Section):
     factory: str = Field(description="'package.module:function' or 'path/to/file.py:function' "
                                      "returning an nn.Module; paths are relative to the recipe.")
     kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
@@ -59,7 +48,7 @@ class ModelSection(_Section):
         None, description="Train the float model in the load stage (for untrained factories).")
 
 
-class DataSection(_Section):
+class DataSection(Section):
     factory: str = Field(description="'package.module:function' returning edgeship.data.Splits "
                                      "(or a mapping with train, calibration and test datasets).")
     kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
@@ -67,7 +56,7 @@ class DataSection(_Section):
     metric: Literal["top1"] = Field("top1", description="Task metric on the test split.")
 
 
-class Distillation(_Section):
+class Distillation(Section):
     """Knowledge distillation from the float model (the teacher) during QAT."""
 
     weight: float = Field(0.5, ge=0, le=1, description="Share of the distillation loss; the rest "
@@ -78,7 +67,7 @@ class Distillation(_Section):
     temperature: PositiveFloat = Field(1.0, description="Softmax temperature of both models.")
 
 
-class Distributed(_Section):
+class Distributed(Section):
     """QAT on several processes: edgeship starts them with torchrun, each trains on its shard of
     the train split under DistributedDataParallel, and rank 0's weights come back."""
 
@@ -88,7 +77,7 @@ class Distributed(_Section):
                             "auto picks nccl when CUDA is available.")
 
 
-class QATSection(_Section):
+class QATSection(Section):
     enabled: bool = Field(True, description="Fine-tune with fake quantization after calibration.")
     epochs: int = Field(2, ge=1, description="QAT epochs over the train split.")
     lr: PositiveFloat = Field(1e-3, description="Learning rate; small, the model is trained.")
@@ -105,7 +94,7 @@ class QATSection(_Section):
     distributed: Distributed | None = Field(None, description="Fine-tune on several processes.")
 
 
-class Fallback(_Section):
+class Fallback(Section):
     """Accuracy-aware fallback: leave the most sensitive layers in float, one at a time."""
 
     max_accuracy_drop: float = Field(ge=0, le=100, description="Target drop in points, measured "
@@ -113,7 +102,7 @@ class Fallback(_Section):
     max_float_layers: int = Field(4, ge=1, description="Give up after this many float layers.")
 
 
-class QuantizationSection(_Section):
+class QuantizationSection(Section):
     mode: Literal["static", "dynamic"] = Field(
         "static", description="static: int8 activations with ranges from calibration (and QAT); "
                               "dynamic: int8 weights, activations quantized at run time (Linear, "
@@ -140,7 +129,7 @@ class QuantizationSection(_Section):
         return self
 
 
-class PruneSection(_Section):
+class PruneSection(Section):
     """Pruning before quantization (torch.nn.utils.prune), made permanent, then fine-tuned."""
 
     method: Literal["l1_unstructured", "ln_structured"] = Field(
@@ -152,17 +141,7 @@ class PruneSection(_Section):
     lr: PositiveFloat = Field(1e-3, description="Adam learning rate of that fine-tuning.")
 
 
-class BenchmarkSection(_Section):
-    """Overrides of the device profiles' benchmark defaults, for every device of this run."""
-
-    threads: int | None = Field(None, ge=1, description="Intra-op threads of the runtime.")
-    warmup_iterations: int | None = Field(None, ge=0, description="Untimed runs before timing.")
-    min_iterations: int | None = Field(None, ge=1, description="Timed runs, at least.")
-    min_seconds: float | None = Field(None, ge=0, description="Seconds of timed runs, at least.")
-    timeout_seconds: float | None = Field(None, gt=0, description="Kill a measurement after this.")
-
-
-class Budget(_Section):
+class Budget(Section):
     """Limits one release must meet. Applies to the int8 targets unless `targets` names others."""
 
     targets: list[str] | None = Field(None, description="Target names; default: every int8 target.")
@@ -217,7 +196,7 @@ ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "max_late
                    "max_latency_p90_ms", "max_peak_rss_mb")
 
 
-class Recipe(_Section):
+class Recipe(Section):
     name: str = Field(min_length=1, description="Name of this release; shown in reports.")
     seed: int = Field(0, description="Seed for training, QAT and data order.")
     model: ModelSection
@@ -228,7 +207,7 @@ class Recipe(_Section):
     fp32_twins: bool = Field(True, description="Also build each int8 target's fp32 twin.")
     devices: list[str] = Field(default_factory=lambda: ["local"],
                                description="Device profile names or paths to profile TOML files.")
-    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    benchmark: BenchmarkOverrides = Field(default_factory=BenchmarkOverrides)
     budgets: list[Budget] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -277,26 +256,6 @@ class Recipe(_Section):
     def sha256(self) -> str:
         """Hash of the validated recipe as canonical JSON: comments and layout do not change it."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
-
-
-def _key_path(loc: tuple) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(top level)"
-
-
-def validation_problems(error: ValidationError) -> list[str]:
-    """One 'key.path: what is wrong' line per problem, in the recipe's own words."""
-    problems = []
-    for e in error.errors():
-        message = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif e["type"] == "missing":
-            message = "required key is missing"
-        problems.append(f"{_key_path(e['loc'])}: {message}")
-    return problems
 
 
 def parse_recipe(data: dict, source: str, base_dir: Path) -> Recipe:

@@ -1,4 +1,8 @@
-"""The deployable artifact kinds. Names are stable: reports that CI parses carry them."""
+"""The deployable artifact kinds. Names are stable: reports that CI parses carry them.
+
+A target is data: its format (whose FormatSpec in edgeship.formats says how to export, load and
+run it), its int8 kernel library, its precision, the quantization flow that makes it and its fp32
+twin. Adding a target of a known format is one line in _ALL."""
 
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ class Target:
     precision: Precision
     flow: Flow | None
     twin: str  # the fp32 baseline every int8 figure is compared with; itself for fp32 targets
-    suffix: str
 
     @property
     def is_int8(self) -> bool:
@@ -42,18 +45,18 @@ class Target:
 
 _ALL = [
     Target("torchscript-fbgemm", Format.TORCHSCRIPT, "fbgemm", Precision.INT8, Flow.FX_FBGEMM,
-           "torchscript-fp32", ".pt"),
+           "torchscript-fp32"),
     Target("torchscript-qnnpack", Format.TORCHSCRIPT, "qnnpack", Precision.INT8, Flow.FX_QNNPACK,
-           "torchscript-fp32", ".pt"),
+           "torchscript-fp32"),
     Target("onnx-int8", Format.ONNX, "onnxruntime", Precision.INT8, Flow.PT2E_XNNPACK,
-           "onnx-fp32", ".onnx"),
+           "onnx-fp32"),
     Target("executorch-xnnpack", Format.EXECUTORCH, "xnnpack", Precision.INT8, Flow.PT2E_XNNPACK,
-           "executorch-fp32", ".pte"),
+           "executorch-fp32"),
     Target("torchscript-fp32", Format.TORCHSCRIPT, "torch", Precision.FP32, None,
-           "torchscript-fp32", ".pt"),
-    Target("onnx-fp32", Format.ONNX, "onnxruntime", Precision.FP32, None, "onnx-fp32", ".onnx"),
+           "torchscript-fp32"),
+    Target("onnx-fp32", Format.ONNX, "onnxruntime", Precision.FP32, None, "onnx-fp32"),
     Target("executorch-fp32", Format.EXECUTORCH, "xnnpack", Precision.FP32, None,
-           "executorch-fp32", ".pte"),
+           "executorch-fp32"),
 ]
 
 TARGETS: dict[str, Target] = {t.name: t for t in _ALL}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeship.exporters.base import exporter_for
+from edgeship.formats import spec_for
 from edgeship.targets import get_target
 from perf_support import INPUT_SHAPE, Built, conv_net
 
@@ -42,7 +42,7 @@ def artifacts(tmp_path_factory, perf_inputs) -> dict[str, Built]:
     for kind, name in (("torchscript", "torchscript-fp32"), ("onnx", "onnx-fp32")):
         target = get_target(name)
         folder = tmp_path_factory.mktemp(name)
-        built[kind] = Built(target, exporter_for(target.format)(module, examples, target, folder),
+        built[kind] = Built(target, spec_for(target.format).export(module, examples, target, folder),
                             perf_inputs)
     return built
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile, LocalTransport
-from edgeship.exporters.base import ExportedArtifact
+from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, LocalTransport
+from edgeship.formats import ExportedArtifact
 from edgeship.targets import Target
 
 # A conv net whose one inference takes about 1 ms on one x86 core: long enough that timer and
@@ -18,7 +18,7 @@ from edgeship.targets import Target
 INPUT_SHAPE = (1, 3, 96, 96)
 
 # Every harness measurement in this suite: many samples, so medians are stable to ~1%.
-SETTINGS = BenchmarkDefaults(threads=1, warmup_iterations=50, min_iterations=200, min_seconds=2.0,
+SETTINGS = BenchmarkSettings(threads=1, warmup_iterations=50, min_iterations=200, min_seconds=2.0,
                              timeout_seconds=180.0)
 
 LOCAL = DeviceProfile(name="local", arch="x86_64", int8_engines=["fbgemm", "onnxruntime"],

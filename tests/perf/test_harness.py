@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile, LocalTransport, SshTransport
+from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, LocalTransport, SshTransport
 from edgeship.pipeline.benchmark import benchmark_device
 from edgeship.progress import Progress
 from edgeship.report.schema import Benchmark
@@ -36,7 +36,7 @@ from sshd import sshd  # noqa: F401  (a fixture: a real OpenSSH server on 127.0.
 TIME = "/usr/bin/time"
 
 
-def measure(profile: DeviceProfile, built: Built, settings: BenchmarkDefaults = SETTINGS) -> Benchmark:
+def measure(profile: DeviceProfile, built: Built, settings: BenchmarkSettings = SETTINGS) -> Benchmark:
     """One measurement by edgeship's benchmark stage, as a run makes it."""
     result = benchmark_device(profile, settings, [(built.target, built.artifact)], built.inputs,
                               Progress(enabled=False))[built.target.name]

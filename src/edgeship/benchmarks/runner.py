@@ -1,7 +1,8 @@
 """edgeship's device runner: one file, no edgeship import, copied to the device and run there with
 only the artifact's runtime installed (torch for .pt and .pte, onnxruntime for .onnx, numpy).
 
-    python runner.py bench ARTIFACT --inputs inputs.npz [--engine qnnpack] [--threads 1] ...
+    python runner.py bench ARTIFACT --inputs inputs.npz --warmup N --min-iterations N
+        --min-seconds S --max-seconds S [--engine qnnpack] [--threads 1] [--cpus 3]
     python runner.py predict ARTIFACT --inputs inputs.npz --outputs outputs.npz [--batch-size 1]
 
 It prints one JSON object as the last line of stdout. Latency samples are raw milliseconds: the
@@ -129,24 +130,10 @@ def read_inputs(path: str):
         return [data[f"input_{i}"] for i in range(len(data.files))]
 
 
-def bench(args) -> dict:
-    affinity = apply_affinity(args.cpus)
-    inputs_np = read_inputs(args.inputs)
-    rss_before_load = rss_bytes()
-    t0 = time.perf_counter_ns()
-    model = load(args.artifact, args.engine, args.threads)
-    load_ms = (time.perf_counter_ns() - t0) / 1e6
-    inputs = model.to_native(inputs_np)
-    t0 = time.perf_counter_ns()
-    model(inputs)
-    first_ms = (time.perf_counter_ns() - t0) / 1e6
-    warmup = []
-    for _ in range(args.warmup):
-        t0 = time.perf_counter_ns()
-        model(inputs)
-        warmup.append((time.perf_counter_ns() - t0) / 1e6)
-    # Timed runs until both a count and a duration are reached (TFLite's benchmark_model method);
-    # max_seconds bounds a slow device, and such a run is marked not valid.
+def timed_runs(model, inputs, args) -> tuple[list[float], float]:
+    """Timed runs until both a count and a duration are reached (TFLite's benchmark_model method);
+    max_seconds bounds a slow device, and such a run is marked not valid. Returns the samples in
+    ms and the seconds they took."""
     samples = []
     # No collection pauses inside timed runs (timeit's and pytest-benchmark's disable_gc): the
     # loop allocates a little each run, and a collection would land in some runs and not others.
@@ -166,29 +153,45 @@ def bench(args) -> dict:
             break
     seconds = (time.perf_counter_ns() - start) / 1e9
     gc.enable()
+    return samples, seconds
+
+
+def invalid_reasons(samples: list[float], seconds: float, args) -> list[str]:
     reasons = []
     if len(samples) < args.min_iterations:
         reasons.append(f"{len(samples)} iterations < min_iterations {args.min_iterations}")
     if seconds < args.min_seconds:
         reasons.append(f"{seconds:.3f} s < min_seconds {args.min_seconds}")
+    return reasons
+
+
+def milliseconds_of(call) -> tuple[object, float]:
+    """What `call()` returns, and how long it took in ms."""
+    t0 = time.perf_counter_ns()
+    result = call()
+    return result, (time.perf_counter_ns() - t0) / 1e6
+
+
+def bench(args) -> dict:
+    affinity = apply_affinity(args.cpus)
+    inputs_np = read_inputs(args.inputs)
+    rss_before_load = rss_bytes()
+    model, load_ms = milliseconds_of(lambda: load(args.artifact, args.engine, args.threads))
+    inputs = model.to_native(inputs_np)
+    _, first_ms = milliseconds_of(lambda: model(inputs))
+    warmup = [milliseconds_of(lambda: model(inputs))[1] for _ in range(args.warmup)]
+    samples, seconds = timed_runs(model, inputs, args)
+    reasons = invalid_reasons(samples, seconds, args)
     rss_end = rss_bytes()
     return {
-        "mode": "bench",
-        "load_ms": load_ms,
-        "first_inference_ms": first_ms,
-        "warmup_ms": warmup,
-        "samples_ms": samples,
-        "iterations": len(samples),
-        "seconds": seconds,
-        "valid": not reasons,
-        "invalid_reasons": reasons,
+        "mode": "bench", "load_ms": load_ms, "first_inference_ms": first_ms, "warmup_ms": warmup,
+        "samples_ms": samples, "iterations": len(samples), "seconds": seconds,
+        "valid": not reasons, "invalid_reasons": reasons,
         "peak_rss_mb": peak_rss_bytes() / 1e6,
         "rss_before_load_mb": rss_before_load / 1e6,
         "rss_end_mb": rss_end / 1e6,
         "rss_delta_mb": (rss_end - rss_before_load) / 1e6,
-        "threads": args.threads,
-        "cpu_affinity": affinity,
-        "runtime": model.runtime,
+        "threads": args.threads, "cpu_affinity": affinity, "runtime": model.runtime,
     }
 
 
@@ -220,6 +223,12 @@ def apply_affinity(cpus: str | None) -> list[int] | None:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
+# What bench needs to be told: the host's benchmark settings (BenchmarkSettings in
+# devices/profile.py, the one place they are declared with their defaults), never a default here.
+BENCH_SETTINGS = (("--warmup", int), ("--min-iterations", int), ("--min-seconds", float),
+                  ("--max-seconds", float))
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["bench", "predict"])
@@ -230,11 +239,13 @@ def parse(argv):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin the process to")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--min-iterations", type=int, default=50)
-    parser.add_argument("--min-seconds", type=float, default=1.0)
-    parser.add_argument("--max-seconds", type=float, default=60.0)
-    return parser.parse_args(argv)
+    settings = [parser.add_argument(flag, type=kind, help="bench: required")
+                for flag, kind in BENCH_SETTINGS]
+    args = parser.parse_args(argv)
+    missing = [a.option_strings[0] for a in settings if getattr(args, a.dest) is None]
+    if args.mode == "bench" and missing:
+        parser.error(f"bench needs {', '.join(missing)} (the host's benchmark settings)")
+    return args
 
 
 def main(argv=None) -> None:

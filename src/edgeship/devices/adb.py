@@ -14,9 +14,10 @@ import subprocess
 from pathlib import Path
 
 from edgeship.devices import remote
+from edgeship.devices.facts import CHECK_SNIPPET, with_missing
 from edgeship.devices.profile import AdbTransport
-from edgeship.devices.transports import (CHECK_SNIPPET, RUNNER, RunnerCall, RunnerFailed,
-                                         parse_result, run_process, with_missing)
+from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, parse_result,
+                                          run_process, tail)
 
 PLATFORM_TOOLS = "https://developer.android.com/tools/releases/platform-tools"
 
@@ -99,7 +100,7 @@ class Adb:
                                               f"(device {self.serial or 'any'})") from None
         if proc.returncode != 0:
             raise RunnerFailed("error", f"adb {what} failed with exit code {proc.returncode}: "
-                                        f"{remote.tail(proc.stderr or proc.stdout)}")
+                                        f"{tail(proc.stderr or proc.stdout)}")
         return proc.stdout
 
     def _shell(self, command: str, what: str, timeout_seconds: float | None = None) -> str:

@@ -10,37 +10,65 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic.fields import FieldInfo
 
+from edgeship.config import Section, validation_problems
 from edgeship.errors import UserError
-from edgeship.recipe import BenchmarkSection, validation_problems
 from edgeship.targets import Format
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class BenchmarkSettings(Section):
+    """How a device measures an artifact. Declared once: a profile's [benchmark] table, the
+    recipe's overrides (BenchmarkOverrides) and the runner's arguments all come from these fields."""
 
-
-class BenchmarkDefaults(_Section):
     threads: int = Field(1, ge=1, description="Intra-op threads of the runtime.")
     cpus: list[int] | None = Field(None, description="CPU ids to pin the runner to (big cores).")
     warmup_iterations: int = Field(10, ge=0, description="Untimed runs before timing.")
-    min_iterations: int = Field(50, ge=1, description="Timed runs, at least.")
+    min_iterations: int = Field(100, ge=1, description="Timed runs, at least.")
     min_seconds: float = Field(1.0, ge=0, description="Seconds of timed runs, at least.")
     timeout_seconds: float = Field(120.0, gt=0, description="Kill a measurement after this.")
 
-    def overridden(self, recipe: BenchmarkSection) -> BenchmarkDefaults:
-        changes = {k: v for k, v in recipe.model_dump().items() if v is not None}
-        return self.model_copy(update=changes)
+    def overridden(self, overrides: BenchmarkOverrides) -> BenchmarkSettings:
+        """These settings with the recipe's overrides (the fields it sets) put in."""
+        return self.model_copy(update=overrides.model_dump(exclude_none=True))
+
+    def runner_args(self) -> tuple[str, ...]:
+        """The runner's bench arguments for these settings (it has no defaults of its own)."""
+        args = ["--threads", str(self.threads), "--warmup", str(self.warmup_iterations),
+                "--min-iterations", str(self.min_iterations), "--min-seconds", str(self.min_seconds),
+                # the runner stops itself (and says the run is not valid) before the hard kill
+                "--max-seconds", str(max(self.min_seconds, self.timeout_seconds / 2))]
+        if self.cpus:
+            args += ["--cpus", ",".join(map(str, self.cpus))]
+        return tuple(args)
 
 
-class LocalTransport(_Section):
+# Pinning to CPU ids is a fact of one device: a recipe's overrides apply to every device of a run.
+_PER_DEVICE = {"cpus"}
+
+
+def _optional(field: FieldInfo) -> tuple:
+    """The field, unset by default, with its constraints and description."""
+    return Annotated[field.annotation, *field.metadata] | None, \
+        Field(None, description=field.description)
+
+
+BenchmarkOverrides = create_model(
+    "BenchmarkOverrides", __base__=Section,
+    __doc__="The recipe's [benchmark]: overrides of the device profiles' benchmark settings, for "
+            "every device of this run.",
+    **{name: _optional(field) for name, field in BenchmarkSettings.model_fields.items()
+       if name not in _PER_DEVICE})
+
+
+class LocalTransport(Section):
     kind: Literal["local"]
     python: str | None = Field(None, description="Python to run the runner with; default: "
                                                  "the one running edgeship.")
 
 
-class SshTransport(_Section):
+class SshTransport(Section):
     kind: Literal["ssh"]
     host: str = Field(min_length=1, description="Host name or address of the device.")
     port: int = Field(22, ge=1, le=65535, description="sshd port on the device.")
@@ -69,7 +97,7 @@ class SshTransport(_Section):
         return value.rstrip("/")
 
 
-class AdbTransport(_Section):
+class AdbTransport(Section):
     kind: Literal["adb"]
     serial: str | None = Field(None, description="Device serial (`adb devices`); default: the one "
                                                  "device attached.")
@@ -93,7 +121,7 @@ TRANSPORT_KINDS = ("local", "ssh", "adb")
 Transport = Annotated[LocalTransport | SshTransport | AdbTransport, Field(discriminator="kind")]
 
 
-class DeviceProfile(_Section):
+class DeviceProfile(Section):
     name: str
     description: str = ""
     arch: Literal["x86_64", "aarch64", "auto"] = Field(description="'auto': read from the host.")
@@ -104,8 +132,9 @@ class DeviceProfile(_Section):
     int8_engines: list[Literal["fbgemm", "qnnpack", "xnnpack", "onnxruntime"]] = Field(
         description="int8 kernel libraries present on the device.")
     runtimes: list[Format] = Field(description="Artifact formats the device can run.")
-    benchmark: BenchmarkDefaults = Field(default_factory=BenchmarkDefaults)
     transport: Transport
+    # after transport: report.json's devices[] have always listed it there
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
 
     @field_validator("transport", mode="before")
     @classmethod

@@ -14,26 +14,25 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from edgeship.devices.transports import RunnerCall, RunnerFailed
+from edgeship.devices.runner_call import RunnerCall, RunnerFailed
+from edgeship.fileio import sha256_file
 
 # A device-side deadline this much later than the host's, for when the host is gone and cannot
 # kill the runner itself.
 DEVICE_DEADLINE_SLACK_SECONDS = 30
 
-_hashes: dict[tuple[str, int, int], str] = {}
+_hashes: dict[tuple[str, int, int, int], str] = {}
 
 
-def sha256_file(path: Path) -> str:
-    """Content hash, remembered per (path, size, mtime) so a large artifact is read once."""
+def _stored_hash(path: Path) -> str:
+    """fileio.sha256_file, remembered per (path, inode, size, mtime) so that a large artifact sent
+    to several devices is read once."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key not in _hashes:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
+        _hashes[key] = sha256_file(path)
     return _hashes[key]
 
 
@@ -44,8 +43,9 @@ def q(path: str) -> str:
     return shlex.quote(path)
 
 
-@dataclass(frozen=True)
-class Upload:
+class Upload(NamedTuple):
+    """A file on the host, and where it is stored on the device (under its content hash)."""
+
     local: Path
     remote: str
 
@@ -65,9 +65,9 @@ def _bundle(files: list[Path], workdir: str) -> list[Upload]:
     if len(set(names)) != len(names):
         raise ValueError(f"two files of one artifact share a name: {sorted(names)}")
     if len(files) == 1:
-        key = sha256_file(files[0])
+        key = _stored_hash(files[0])
     else:
-        manifest = "".join(f"{f.name}\0{sha256_file(f)}\n" for f in sorted(files, key=lambda f: f.name))
+        manifest = "".join(f"{f.name}\0{_stored_hash(f)}\n" for f in sorted(files, key=lambda f: f.name))
         key = hashlib.sha256(manifest.encode()).hexdigest()
     return [Upload(f, f"{workdir}/{key[:16]}/{f.name}") for f in files]
 
@@ -133,10 +133,6 @@ def finish_command(run_dir: str) -> str:
 
 def check_command(python: str, snippet: str) -> str:
     return f"{q(python)} -c {shlex.quote(snippet)}"
-
-
-def tail(text: str, lines: int = 5) -> str:
-    return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
 def runner_failure(error: RunnerFailed, exit_status: str, where: str) -> RunnerFailed:

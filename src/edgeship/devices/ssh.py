@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 
 from edgeship.devices import remote
+from edgeship.devices.facts import CHECK_SNIPPET, with_missing
 from edgeship.devices.profile import SshTransport
-from edgeship.devices.transports import (CHECK_SNIPPET, RUNNER, RunnerCall, RunnerFailed,
-                                         parse_result, run_process, with_missing)
+from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, parse_result,
+                                          run_process, tail)
 
 # How long a control connection outlives its last use, in seconds.
 CONTROL_PERSIST_SECONDS = 60
@@ -84,10 +85,10 @@ class Ssh:
         err = proc.stderr.decode(errors="replace").strip()
         if proc.returncode == 255:
             raise RunnerFailed("unreachable", f"cannot reach {self.where} over ssh: "
-                                              f"{remote.tail(err)}")
+                                              f"{tail(err)}")
         if proc.returncode != 0:
             raise RunnerFailed("error", f"ssh {self.where}: command failed with exit code "
-                                        f"{proc.returncode}: {remote.tail(err)}")
+                                        f"{proc.returncode}: {tail(err)}")
         return "" if stdout else out
 
     def _connect(self) -> None:

@@ -1,7 +1,8 @@
 """Check a report's measured figures against the recipe's budgets. Pure: report in, gate out.
 
-`checks` yields every check (budget × target × device × limit) with its outcome; `evaluate`, the
-JUnit writer and the recommendation are all built on it, so there is one source of truth.
+`checks` yields every check (budget × target × device × limit) with its outcome; the gate, the
+JUnit writer and the recommendation are all built on it (gate.decide runs it once for all three),
+so there is one source of truth.
 
 Something a budget needs but the run could not measure (a failed artifact, a benchmark that timed
 out or was not valid) is a violation too: a release is never passed on a figure nobody saw.
@@ -11,15 +12,16 @@ without one they are skipped, never violated."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import ValidationError
 
+from edgeship.config import validation_problems
 from edgeship.errors import ExitCode, UserError
-from edgeship.gate.expressions import Metric, Regression
-from edgeship.recipe import Budget, validation_problems
+from edgeship.recipe import Budget
+from edgeship.regression import Metric, Regression
 from edgeship.report.schema import Artifact, Benchmark, Gate, Report, Violation
 from edgeship.targets import get_target
 
@@ -121,6 +123,13 @@ def applies(budget: Budget, artifact: Artifact) -> bool:
     return get_target(artifact.target).is_int8
 
 
+def concerns(budget: Budget, artifact: Artifact) -> bool:
+    """A budget concerns the targets it names, or every artifact when it names none: the scope of
+    the recommendation, where an fp32 twin shipped instead of its int8 target must fit too. Wider
+    than `applies`: every check the gate makes is one of these."""
+    return budget.targets is None or artifact.target in budget.targets
+
+
 def _not_measured(figure: _Figure, artifact: Artifact, bench: Benchmark | None) -> str | None:
     """Why the figure cannot be read, or None when it can."""
     if artifact.status != "ok":
@@ -135,8 +144,7 @@ def _not_measured(figure: _Figure, artifact: Artifact, bench: Benchmark | None) 
 
 def _benches(budget: Budget, artifact: Artifact, report: Report) -> list[Benchmark]:
     """The artifact's benchmarks on the budget's devices, a `missing` one for each not run."""
-    expected = budget.devices if budget.devices is not None else \
-        [d["name"] for d in report.devices if "name" in d]
+    expected = budget.devices if budget.devices is not None else [d.name for d in report.devices]
     benches = [b for b in artifact.benchmarks if budget.devices is None or b.device in budget.devices]
     missing = sorted(set(expected) - {b.device for b in benches})
     return benches + [Benchmark(device=d, status="missing", error="no benchmark on this device")
@@ -255,19 +263,23 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
                     yield _relative(index, rule, artifact, bench, baseline)
 
 
-def evaluate(budgets: list[Budget], report: Report, baseline: Report | None = None) -> Gate:
-    violations = [c.violation() for c in checks(budgets, report, baseline)
-                  if c.outcome is Outcome.FAILED]
+def gate_of(gated: Iterable[Check]) -> Gate:
+    """The verdict of the gate's checks: every failed one is a violation, in their order."""
+    violations = [c.violation() for c in gated if c.outcome is Outcome.FAILED]
     return Gate(passed=not violations, violations=violations)
 
 
-def exit_code(report: Report) -> int:
+def evaluate(budgets: list[Budget], report: Report, baseline: Report | None = None) -> Gate:
+    return gate_of(checks(budgets, report, baseline))
+
+
+def exit_code(report: Report, gate: Gate | None) -> int:
     """0 passed, 1 a budget failed, 3 an artifact or a benchmark failed (the user must look)."""
     broken = any(a.status != "ok" or any(b.status not in ("ok", "skipped") for b in a.benchmarks)
                  for a in report.artifacts)
     if broken:
         return ExitCode.DEVICE_FAILURE
-    return ExitCode.PASSED if report.gate is None or report.gate.passed else ExitCode.BUDGET_FAILED
+    return ExitCode.PASSED if gate is None or gate.passed else ExitCode.BUDGET_FAILED
 
 
 def budgets_of(report: Report) -> list[Budget]:

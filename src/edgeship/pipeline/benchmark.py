@@ -6,18 +6,22 @@ its own results and the others go on."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgeship.benchmarks.stats import latency_summary
+from edgeship.devices.profile import BenchmarkSettings, DeviceProfile
+from edgeship.devices.transports import DeviceTransport, RunnerCall, RunnerFailed, transport_for
 from edgeship.fileio import sha256_file
-from edgeship.pipeline.cache import StageCache, digest
-from edgeship.devices.profile import BenchmarkDefaults, DeviceProfile
-from edgeship.devices.transports import RunnerCall, RunnerFailed, transport_for
-from edgeship.exporters.base import ExportedArtifact
-from edgeship.pipeline.verify import runner_engine_args
+from edgeship.formats import ExportedArtifact, spec_for
+from edgeship.pipeline.cache import StageCache, digest, tensors_digest
+from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.values import Exported
 from edgeship.progress import Progress
 from edgeship.report.schema import Benchmark, Latency
-from edgeship.targets import Target
+from edgeship.targets import Target, get_target
 
 
 def _skip_reason(profile: DeviceProfile, target: Target) -> str | None:
@@ -28,16 +32,6 @@ def _skip_reason(profile: DeviceProfile, target: Target) -> str | None:
         return f"device has no {target.engine} int8 engine (profile int8_engines: " \
                f"{', '.join(profile.int8_engines)})"
     return None
-
-
-def _runner_args(settings: BenchmarkDefaults, target: Target) -> tuple[str, ...]:
-    args = ["--threads", str(settings.threads), "--warmup", str(settings.warmup_iterations),
-            "--min-iterations", str(settings.min_iterations), "--min-seconds", str(settings.min_seconds),
-            # the runner stops itself (and says the run is not valid) before the hard kill
-            "--max-seconds", str(max(settings.min_seconds, settings.timeout_seconds / 2))]
-    if settings.cpus:
-        args += ["--cpus", ",".join(map(str, settings.cpus))]
-    return tuple(args + runner_engine_args(target))
 
 
 def to_benchmark(device: str, result: dict) -> Benchmark:
@@ -51,16 +45,42 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
         samples_ms=result["samples_ms"])
 
 
-def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
+@dataclass(frozen=True)
+class _Measurement:
+    """How one device measures: its profile, settings, transport, and the stage cache to use."""
+
+    profile: DeviceProfile
+    settings: BenchmarkSettings
+    transport: DeviceTransport
+    inputs_npz: Path
+    cache: StageCache | None
+    key_base: str
+
+    def measure(self, target: Target, artifact: ExportedArtifact) -> Benchmark:
+        """Cached, or run on the device; RunnerFailed when the runner gave no result."""
+        key = digest("benchmark", self.key_base, sha256_file(artifact.path), self.profile, self.settings)
+        found = self.cache.load_json("benchmark", key) if self.cache is not None else None
+        if found is not None:
+            return Benchmark(**{**found, "cached": True})
+        args = self.settings.runner_args() + spec_for(target.format).runner_args(target)
+        call = RunnerCall("bench", artifact.path, artifact.files, self.inputs_npz, args,
+                          timeout_seconds=self.settings.timeout_seconds)
+        result = to_benchmark(self.profile.name, self.transport.run(call))
+        if self.cache is not None:
+            self.cache.store_json("benchmark", key, result.model_dump(mode="json"))
+        return result
+
+
+def benchmark_device(profile: DeviceProfile, settings: BenchmarkSettings,
                      artifacts: list[tuple[Target, ExportedArtifact]], inputs_npz: Path,
                      progress: Progress, cache: StageCache | None = None,
                      key_base: str = "") -> dict[str, Benchmark]:
     """`key_base` hashes what else the measurement depends on (library versions, inputs)."""
-    transport = transport_for(profile)
+    device = _Measurement(profile, settings, transport_for(profile), inputs_npz, cache, key_base)
+    results: dict[str, Benchmark] = {}
+    unreachable: RunnerFailed | None = None
     try:
-        results: dict[str, Benchmark] = {}
         with progress.task(f"benchmark on {profile.name}", total=len(artifacts)) as advance:
-            unreachable: RunnerFailed | None = None
             for target, artifact in artifacts:
                 reason = _skip_reason(profile, target)
                 if unreachable is not None:  # one connect timeout per device, not per artifact
@@ -68,29 +88,19 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkDefaults,
                                                      error=str(unreachable))
                 elif reason:
                     results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
-                elif cache is not None and (found := cache.load_json(
-                        "benchmark", key := digest("benchmark", key_base, sha256_file(artifact.path),
-                                                   profile, settings))) is not None:
-                    results[target.name] = Benchmark(**{**found, "cached": True})
                 else:
-                    call = RunnerCall("bench", artifact.path, artifact.files, inputs_npz,
-                                      _runner_args(settings, target),
-                                      timeout_seconds=settings.timeout_seconds)
                     try:
-                        results[target.name] = to_benchmark(profile.name, transport.run(call))
-                        if cache is not None:
-                            cache.store_json("benchmark", key, results[target.name].model_dump(mode="json"))
+                        results[target.name] = device.measure(target, artifact)
                     except RunnerFailed as e:
                         results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
-                        if e.status == "unreachable":
-                            unreachable = e
+                        unreachable = e if e.status == "unreachable" else None
                 advance()
     finally:
-        transport.close()  # ends an ssh control connection
+        device.transport.close()  # ends an ssh control connection
     return results
 
 
-def benchmark_all(devices: list[tuple[DeviceProfile, BenchmarkDefaults]],
+def benchmark_all(devices: list[tuple[DeviceProfile, BenchmarkSettings]],
                   artifacts: list[tuple[Target, ExportedArtifact]], inputs_npz: Path,
                   progress: Progress, cache: StageCache | None = None,
                   key_base: str = "") -> dict[str, dict[str, Benchmark]]:
@@ -100,3 +110,21 @@ def benchmark_all(devices: list[tuple[DeviceProfile, BenchmarkDefaults]],
                                        cache, key_base)
                    for p, s in devices}
         return {name: f.result() for name, f in futures.items()}
+
+
+def measure(ctx: RunContext, tmp: Path, examples: tuple, ready: dict[str, Exported]) -> dict[str, list[Benchmark]]:
+    """Benchmark stage: {target name: its benchmarks, in the plan's device order}."""
+    if not ready:
+        ctx.log.skipped("benchmark", "no artifact passed verification")
+        return {}
+    inputs = tmp / "bench-inputs.npz"
+    np.savez(inputs, **{f"input_{i}": x.numpy() for i, x in enumerate(examples)})
+    with ctx.log.stage("benchmark") as notes:
+        key_base = digest(ctx.env_key, tensors_digest(list(examples)))
+        by_device = benchmark_all([(d.profile, d.settings) for d in ctx.plan.devices],
+                                  [(get_target(n), e.artifact) for n, e in ready.items()],
+                                  inputs, ctx.progress, ctx.cache, key_base)
+        reused = sum(b.cached for results in by_device.values() for b in results.values())
+        total = sum(len(results) for results in by_device.values())
+        notes.cached = 0 < reused == total
+    return {name: [results[name] for results in by_device.values() if name in results] for name in ready}

@@ -1,42 +1,23 @@
-"""Load stage: the user's model and data, checked against the recipe's example inputs."""
+"""Load stage: the user's model and data, checked against the recipe's example inputs and the
+plan, then the float model trained when the recipe says so (or taken from the stage cache)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from edgeship.data import Splits, as_inputs
+from edgeship.data import Splits, as_inputs, stack
 from edgeship.errors import UserError
-from edgeship.pipeline.imports import resolve_callable
+from edgeship.factories import load_data, load_model
+from edgeship.pipeline.cache import digest, tensors_digest
+from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.plan import check_model
+from edgeship.pipeline.stages import StageNotes
+from edgeship.pipeline.values import Loaded
+from edgeship.quantize.training import TrainingDiverged, train
 from edgeship.recipe import Recipe
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
-
-
-def load_model(recipe: Recipe) -> nn.Module:
-    factory = resolve_callable(recipe.model.factory, "model.factory", recipe.base_dir)
-    torch.manual_seed(recipe.seed)
-    try:
-        model = factory(**recipe.model.kwargs)
-    except Exception as e:  # noqa: BLE001 - the user's factory failed
-        raise UserError(f"model.factory {recipe.model.factory!r} raised {type(e).__name__}: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model.factory {recipe.model.factory!r} returned {type(model).__name__}; "
-                        f"expected a torch.nn.Module")
-    return model
-
-
-def load_data(recipe: Recipe) -> Splits:
-    factory = resolve_callable(recipe.data.factory, "data.factory", recipe.base_dir)
-    try:
-        value = factory(**recipe.data.kwargs)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"data.factory {recipe.data.factory!r} raised {type(e).__name__}: {e}") from None
-    splits = Splits.coerce(value, recipe.data.factory)
-    for name in ("train", "calibration", "test"):
-        if len(getattr(splits, name)) == 0:
-            raise UserError(f"data.factory {recipe.data.factory!r}: the {name} split is empty")
-    return splits
 
 
 def example_inputs(recipe: Recipe) -> tuple[torch.Tensor, ...]:
@@ -70,3 +51,44 @@ def fill_examples(examples: tuple[torch.Tensor, ...], splits: Splits) -> tuple[t
     batch = examples[0].shape[0]
     rows = [as_inputs(splits.test[i % len(splits.test)][0]) for i in range(batch)]
     return tuple(torch.stack([r[k] for r in rows]) for k in range(len(examples)))
+
+
+def load(ctx: RunContext) -> Loaded:
+    recipe = ctx.recipe
+    with ctx.log.stage("load") as notes:
+        model = load_model(recipe)
+        splits = load_data(recipe)
+        examples = example_inputs(recipe)
+        check_fit(model, examples, splits)
+        check_model(ctx.plan, model)
+        examples = fill_examples(examples, splits)
+        data = [stack(getattr(splits, name)) for name in ("train", "calibration", "test")]
+        key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
+                     tensors_digest(model.state_dict()),
+                     tensors_digest([a for d in data for a in (*d.inputs, d.labels)]))
+        loss = _train_float(ctx, model, splits, key, notes) if recipe.model.train else None
+        model.eval()
+        notes.append(f"{len(splits.train)} train / {len(splits.calibration)} calibration / "
+                     f"{len(splits.test)} test samples")
+    return Loaded(model, splits, examples, data[2], key, loss)
+
+
+def _train_float(ctx: RunContext, model: nn.Module, splits: Splits, key: str,
+                 notes: StageNotes) -> float | None:
+    """Trains `model` in place, or loads its trained state from the cache (then: None)."""
+    recipe, config = ctx.recipe, ctx.recipe.model.train
+    state = ctx.cache.load_state("float", key)
+    if state is not None:
+        model.load_state_dict(state)
+        notes.cached = True
+        return None
+    torch.manual_seed(recipe.seed)
+    try:
+        loss = train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+                     epochs=config.epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
+                     progress=ctx.progress, label="train float model", schedule=config.schedule)
+    except TrainingDiverged as e:  # nothing to ship: say which key to change
+        raise UserError(f"model.train: {e}") from None
+    ctx.cache.store_state("float", key, model)
+    notes.append(f"trained {config.epochs} epochs, loss {loss:.4f}")
+    return loss

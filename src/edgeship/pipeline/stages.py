@@ -1,13 +1,43 @@
-"""Timing and status of each stage, as the report records them."""
+"""Timing and status of each stage, as the report records them, and the rule for work that fails
+inside a stage: bad input stops the run, a failing flow or target is recorded and the others go on."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
+from edgeship.errors import UserError
+from edgeship.pipeline.values import Results
 from edgeship.progress import Progress
 from edgeship.report.schema import Stage
+
+K = TypeVar("K")
+X = TypeVar("X")
+V = TypeVar("V")
+
+
+def describe(e: BaseException, limit: int = 600) -> str:
+    """The first lines of an exception: they name the op or the line that failed."""
+    text = " ".join(line.strip() for line in str(e).strip().splitlines()[:4] if line.strip())
+    text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def each(items: Iterable[tuple[K, X]], work: Callable[[K, X], V],
+         failed: Callable[[K, str], dict[str, str]]) -> Results[K, V]:
+    """`work` on each item. An item whose work raises fails the targets `failed` names, with the
+    exception described; the others go on. Bad input (UserError) stops the run."""
+    out: Results[K, V] = Results()
+    for key, item in items:
+        try:
+            out.ok[key] = work(key, item)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - this flow or target fails, the others go on
+            out.failed.update(failed(key, describe(e)))
+    return out
 
 
 class StageNotes(list):

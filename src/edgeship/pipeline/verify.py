@@ -8,30 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeship.data import Arrays
 from edgeship.devices.profile import LocalTransport
 from edgeship.devices.transports import Local, RunnerCall, RunnerFailed
-from edgeship.exporters.base import ExportedArtifact
-from edgeship.pipeline.evaluate import top1
+from edgeship.formats import ExportedArtifact, spec_for
+from edgeship.pipeline.cache import digest, tensors_digest
+from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.values import Exported, Results, Source, Verified
+from edgeship.quantize.evaluate import top1
 from edgeship.report.schema import Parity
-from edgeship.targets import Format, Target
+from edgeship.targets import Target, get_target
 
 
 class VerificationFailed(Exception):
     pass
 
 
-def runner_engine_args(target: Target) -> list[str]:
-    """TorchScript int8 needs its engine set before load: weights are packed for it."""
-    if target.format is Format.TORCHSCRIPT and target.is_int8:
-        return ["--engine", target.engine]
-    return []
-
-
 def predict(artifact: ExportedArtifact, target: Target, inputs_npz: Path, workdir: Path,
             batch_size: int, timeout_seconds: float = 600.0) -> np.ndarray:
     outputs = workdir / f"{target.name}-outputs.npz"
     args = ("--batch-size", str(batch_size), "--threads", str(os.cpu_count() or 1),
-            *runner_engine_args(target))
+            *spec_for(target.format).runner_args(target))
     Local(LocalTransport(kind="local")).run(RunnerCall(
         "predict", artifact.path, artifact.files, inputs_npz, args, outputs, timeout_seconds))
     with np.load(outputs) as data:
@@ -55,3 +52,35 @@ def verify(artifact: ExportedArtifact, target: Target, inputs_npz: Path, labels:
                     top1_agreement=float((scores.argmax(1) == reference.argmax(1)).mean()),
                     max_abs_error=float(np.abs(scores - reference).max()))
     return top1(scores, labels), parity
+
+
+def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, sources: dict[str, Source],
+               exported: dict[str, Exported]) -> Results[str, Verified]:
+    inputs = tmp / "test-inputs.npz"
+    np.savez(inputs, **test.npz_dict())
+    test_key = tensors_digest(list(test.inputs) + [test.labels])
+    out: Results[str, Verified] = Results()
+    reused = 0
+    with ctx.log.stage("verify") as notes, \
+            ctx.progress.task("verify in each runtime", total=len(exported)) as advance:
+        for name, made in exported.items():
+            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
+            found = ctx.cache.load_json("verify", key)
+            try:
+                out.ok[name] = Verified(found["accuracy"], Parity(**found["parity"])) if found else \
+                    _verify(ctx, key, made, name, sources[name], inputs, test.labels, tmp, batch_size)
+                notes.append(f"{name} {out.ok[name].accuracy:.4f}")
+            except VerificationFailed as e:
+                out.failed[name] = f"verify: {e}"
+            reused += found is not None
+            advance()
+        notes.cached = reused > 0 and reused == len(exported)
+    return out
+
+
+def _verify(ctx: RunContext, key: str, made: Exported, name: str, source: Source, inputs: Path,
+            labels: np.ndarray, tmp: Path, batch_size: int) -> Verified:
+    result = Verified(*verify(made.artifact, get_target(name), inputs, labels, source.reference,
+                              source.reference_name, tmp, batch_size))
+    ctx.cache.store_json("verify", key, {"accuracy": result.accuracy, "parity": result.parity.model_dump()})
+    return result

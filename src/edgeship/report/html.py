@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 from edgeship.fileio import write_atomic
+from edgeship.gate.recommend import devices
 from edgeship.recipe import Budget
 from edgeship.report import plots
 from edgeship.report.analysis import SENSITIVITY_HEADERS, fallback_lines, prune_line, sensitivity_rows
@@ -83,7 +84,7 @@ def _summary(report: Report) -> list[str]:
 
 def _pareto(report: Report) -> str:
     items = []
-    for device in plots.devices(report):
+    for device in devices(report):
         front = plots.pareto_front(plots.points(report, device))
         if front:
             items.append(f"<li>{_e(device)}: {_e(', '.join(front))}</li>")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgeship import __version__
+from edgeship.config import validation_problems
 from edgeship.errors import UserError
-from edgeship.recipe import validation_problems
 from edgeship.report.schema import Report
+from edgeship.version import __version__
 
 
 def _major(version: str) -> str:

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 from matplotlib.figure import Figure  # noqa: E402
 
+from edgeship.gate.recommend import devices  # noqa: E402
 from edgeship.recipe import Budget  # noqa: E402
 from edgeship.report.schema import Report  # noqa: E402
 from edgeship.targets import TARGETS, get_target  # noqa: E402
@@ -54,11 +55,6 @@ def pareto_front(pts: list[tuple[str, float, float]]) -> list[str]:
     front = [t for t, lat, acc in pts
              if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for _, l2, a2 in pts)]
     return sorted(front, key=lambda t: next(lat for n, lat, _ in pts if n == t))
-
-
-def devices(report: Report) -> list[str]:
-    names = [d["name"] for d in report.devices if "name" in d]
-    return list(dict.fromkeys(names + [b.device for a in report.artifacts for b in a.benchmarks]))
 
 
 def _limits(budgets: list[Budget], device: str, name: str) -> list[float]:

@@ -4,13 +4,25 @@ Units are in the key names; MB means 10^6 bytes."""
 from __future__ import annotations
 
 import builtins
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from edgeship.devices.profile import DeviceProfile
+
+# Every status edgeship writes. A stage is `cached` when all its work came from the stage cache.
+StageStatus = Literal["ok", "cached", "skipped", "failed"]
+ArtifactStatus = Literal["ok", "failed"]
+# A runner that gave no result says how (RunnerFailed.status: timeout, crashed, error,
+# unreachable); `skipped`: the device lacks the runtime or engine; `missing`: a budget expected a
+# benchmark on a device that has none; `failed`: shown for an artifact that never got measured.
+BenchmarkStatus = Literal["ok", "skipped", "missing", "timeout", "crashed", "error", "unreachable",
+                          "failed"]
 
 
 class Stage(BaseModel):
     name: str
-    status: str  # ok, failed, skipped
+    status: StageStatus
     seconds: float
     detail: str = ""
 
@@ -39,7 +51,7 @@ class Latency(BaseModel):
 
 class Benchmark(BaseModel):
     device: str
-    status: str  # ok, failed, timeout, crashed, skipped
+    status: BenchmarkStatus
     error: str = ""
     latency_ms: Latency | None = None
     iterations: int | None = None
@@ -65,7 +77,7 @@ class Artifact(BaseModel):
     engine: str
     precision: str
     flow: str | None = None
-    status: str  # ok, failed
+    status: ArtifactStatus
     error: str = ""
     path: str | None = None  # relative to the run folder
     files: list[str] = Field(default_factory=list)
@@ -75,6 +87,75 @@ class Artifact(BaseModel):
     parity: Parity | None = None
     details: dict = Field(default_factory=dict)
     benchmarks: list[Benchmark] = Field(default_factory=list)
+
+
+class Sparsity(BaseModel):
+    overall: float  # zero weights over all pruned layers, a fraction
+    layers: dict[str, float]  # per pruned layer
+
+
+class PruneResult(BaseModel):
+    """The prune stage: what was pruned and the float accuracy before, pruned, and fine-tuned."""
+
+    method: str
+    amount: dict[str, float]  # per layer type (conv, linear)
+    sparsity: Sparsity
+    accuracy_before: float
+    accuracy_pruned: float
+    accuracy_finetuned: float
+
+
+class SensitivityRow(BaseModel):
+    layer: str
+    type: str
+    only_this_quantized_drop_points: float
+    all_but_this_quantized_drop_points: float
+
+
+class SensitivityResult(BaseModel):
+    """Per-layer accuracy cost of one flow's post-training int8, worst first."""
+
+    flow: str
+    split: str  # the split it was measured on (calibration: the test split stays unseen)
+    float_accuracy: float
+    rows: list[SensitivityRow]
+
+
+class FallbackStep(BaseModel):
+    float_layers: list[str]
+    drop_points: float
+
+
+class FallbackResult(BaseModel):
+    """Accuracy-aware fallback of one flow: the float layers kept and the drops tried."""
+
+    flow: str
+    max_accuracy_drop: float
+    met: bool
+    float_layers: list[str]
+    drop_points: float
+    steps: list[FallbackStep]
+
+
+class QuantizationDetails(BaseModel):
+    """How an int8 artifact was quantized; report.json has it in the artifact's
+    `details.quantization` (the fields that apply to its mode)."""
+
+    mode: Literal["static", "dynamic"]
+    qat: bool
+    per_channel: bool
+    observer: str | None = None  # static: fake-quant (QAT) or the calibration observer
+    float_layers: list[str] | None = None  # static: module names left float
+    float_layers_required: dict[str, str] | None = None  # static: left float by the flow, and why
+    qat_distributed: dict | None = None  # static with distributed QAT: how it ran
+    layers: str | None = None  # dynamic: which layer types its path quantizes
+
+
+class DeviceFacts(DeviceProfile):
+    """A device profile as a run used it: benchmark settings with the recipe's overrides, and
+    for `arch = "auto"` the host's facts read at run time."""
+
+    cpu: str | None = None
 
 
 class Violation(BaseModel):
@@ -123,10 +204,10 @@ class Report(BaseModel):
     float: FloatResult | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
     gate: Gate | None = None
-    devices: list[dict] = Field(default_factory=list)
-    prune: dict | None = None  # method, amounts, sparsity, accuracy before and after fine-tuning
-    sensitivity: list[dict] = Field(default_factory=list)  # per flow: rows worst first
-    fallback: list[dict] = Field(default_factory=list)  # per flow: float layers kept, steps tried
+    devices: list[DeviceFacts] = Field(default_factory=list)
+    prune: PruneResult | None = None
+    sensitivity: list[SensitivityResult] = Field(default_factory=list)  # per flow
+    fallback: list[FallbackResult] = Field(default_factory=list)  # per flow
     budgets: list[dict] = Field(default_factory=list)  # the recipe's [[budgets]], as validated
     recommendations: list[Recommendation] = Field(default_factory=list)
     exit_code: int = 0

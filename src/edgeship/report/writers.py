@@ -1,13 +1,9 @@
-"""report.json, report.md and the console table, from one Report."""
+"""report.json and report.md from one Report, and the results table they and the console show."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from edgeship.fileio import write_atomic
 from edgeship.report.analysis import analysis_markdown
@@ -136,26 +132,3 @@ def append_step_summary(report: Report) -> None:
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
             f.write(markdown(report) + "\n")
-
-
-def print_console(report: Report, console: Console) -> None:
-    table = Table(title=f"edgeship · {report.recipe_name}", title_justify="left")
-    for h in HEADERS:
-        table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
-    for r in rows(report):
-        table.add_row(*map(escape, r))
-    console.print(table)
-    for line in int8_slower(report):
-        console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
-    if report.float:
-        console.print(f"float accuracy {report.float.accuracy:.4f}")
-    for a in report.artifacts:
-        if a.status != "ok":
-            console.print(f"[yellow]{a.target} failed:[/] {escape(a.error)}", highlight=False)
-    if report.gate is not None:
-        for v in report.gate.violations:
-            console.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False)
-        for r in report.recommendations:
-            console.print(f"[bold]recommendation[/] {escape(r.statement)}", highlight=False)
-        word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
-        console.print(f"gate {word} · exit code {report.exit_code}")

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeship.exporters.base import ExportedArtifact
-from edgeship.targets import Target
+from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.spec import DynamicModel, FormatSpec
+from edgeship.quantize.dynamic import pt2e_xnnpack_dynamic
+from edgeship.targets import Format, Target
 
 
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
@@ -20,7 +22,7 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
     program = torch.export.export(module, examples)  # already in eval mode: flows leave it so
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     details = {"delegation": delegation(lowered.exported_program().graph_module)}
-    path = workdir / f"{target.name}{target.suffix}"
+    path = workdir / f"{target.name}{SPEC.suffix}"
     path.write_bytes(lowered.to_executorch().buffer)
     return ExportedArtifact(path, (path,), details)
 
@@ -37,3 +39,25 @@ def delegation(graph_module: torch.fx.GraphModule) -> dict:
         "delegated_ops": {op: b.delegated for op, b in sorted(ops.items()) if b.delegated},
         "non_delegated_ops": {op: b.non_delegated for op, b in sorted(ops.items()) if b.non_delegated},
     }
+
+
+def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
+    return DynamicModel(pt2e_xnnpack_dynamic(model, examples), export,
+                        "dynamically quantized PyTorch model")
+
+
+_CONV_5D = ("aten.convolution with 5-D input: XNNPACK does not delegate it and ExecuTorch's "
+            "portable kernel takes only 3-D or 4-D input ('Expect input tensor to be 3-D or 4-D, "
+            "but got, 5'); int8 fails earlier, at to_executorch: 'Missing out variants: "
+            "{'quantized_decomposed::dequantize_per_channel'}'")
+
+SPEC = FormatSpec(
+    format=Format.EXECUTORCH, suffix=".pte", runtime_packages=("numpy", "torch", "executorch"),
+    export=export, quantize_dynamic=quantize_dynamic,
+    dynamic_layers="Linear (XNNPACK dynamic fully-connected)",
+    unsupported_layers={
+        nn.Conv3d: _CONV_5D,
+        nn.MaxPool3d: "aten.max_pool3d_with_indices: no ExecuTorch kernel, XNNPACK does not "
+                      "delegate it ('Missing operator: aten::max_pool3d_with_indices.out' when the "
+                      "program loads)",
+    })

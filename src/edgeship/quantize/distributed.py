@@ -7,7 +7,7 @@ writes the trained state back. Graph modules are rebuilt, not pickled: torch.sav
 an FX-prepared graph, and an exported one would tie the job to this process's modules.
 
 Run as a worker: python -m torch.distributed.run --standalone --nproc-per-node N \\
-                     -m edgeship.pipeline.distributed_qat JOB_FOLDER
+                     -m edgeship.quantize.distributed JOB_FOLDER
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ import torch
 from torch import nn
 
 from edgeship.errors import UserError
+from edgeship.factories import load_data, load_model
 from edgeship.fileio import write_atomic
-from edgeship.pipeline.flows import QuantFlow, QuantSettings, flow_for
-from edgeship.recipe import Distributed, Recipe
+from edgeship.quantize.flow import QuantFlow, QuantSettings
+from edgeship.quantize.flows import flow_for
+from edgeship.quantize.qat import finetune
+from edgeship.quantize.training import Shard
+from edgeship.recipe import Distributed, Recipe, parse_recipe
 from edgeship.targets import Flow
 
 
@@ -73,7 +77,7 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
             said = [f"{e.stem}: {e.read_text().strip()}" for e in sorted(job.glob("rank*.error"))]
             said = said or (job / "workers.log").read_text().strip().splitlines()[-8:]
             raise RuntimeError(f"torchrun exited with {code}: " + " | ".join(said))
-        prepared.load_state_dict(torch.load(job / "trained.pt"))
+        prepared.load_state_dict(torch.load(job / "trained.pt", weights_only=True))
         result = json.loads((job / "result.json").read_text())
     flow.set_eval(prepared)
     return result
@@ -89,14 +93,8 @@ def _worker(job: Path) -> None:
 
 
 def _train_rank(job: Path) -> None:
-    # Imported here: the parent needs none of the worker's machinery.
     import torch.distributed as dist
     from torch.utils.data import DistributedSampler
-
-    from edgeship.pipeline.load import load_data, load_model
-    from edgeship.pipeline.quantize import finetune
-    from edgeship.pipeline.training import Shard
-    from edgeship.recipe import parse_recipe
 
     spec = json.loads((job / "job.json").read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -106,21 +104,7 @@ def _train_rank(job: Path) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(spec["backend"])
     try:
-        recipe = parse_recipe(spec["recipe"], str(job / "job.json"), Path(spec["base_dir"]))
-        model = load_model(recipe)
-        model.load_state_dict(torch.load(job / "float.pt"))
-        model.eval()
-        train_split = load_data(recipe).train
-        examples = torch.load(job / "examples.pt")
-        settings = spec["settings"]
-        flow = flow_for(Flow(spec["flow"]), QuantSettings(
-            observer=settings["observer"], per_channel=settings["per_channel"],
-            float_layers=frozenset(settings["float_layers"])))
-        prepared = flow.prepare(model, examples, qat=True)
-        prepared.load_state_dict(torch.load(job / "prepared.pt"))
-        if device is not None:
-            prepared.to(device)
-            model.to(device)
+        recipe, model, train_split, flow, prepared = _rebuild(job, spec, device)
         loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
                         batch_size=recipe.data.batch_size, seed=recipe.seed, teacher=model,
                         shard=Shard(rank, world), device=device)
@@ -130,17 +114,41 @@ def _train_rank(job: Path) -> None:
         shards: list = [None] * world
         dist.all_gather_object(shards, seen)
         if rank == 0:
-            buffer = io.BytesIO()
-            torch.save({k: v.cpu() for k, v in prepared.state_dict().items()}, buffer)
-            write_atomic(job / "trained.pt", buffer.getvalue())
-            flat = [i for shard in shards for i in shard]
-            # Written last: the parent takes its presence as the sign that the state is complete.
-            write_atomic(job / "result.json", json.dumps({
-                "loss": loss, "processes": world, "backend": spec["backend"],
-                "ranks": [{"rank": r, "samples_per_epoch": len(s)} for r, s in enumerate(shards)],
-                "shared_samples": len(flat) - len(set(flat))}))
+            _write_result(job, prepared, {"loss": loss, "processes": world, "backend": spec["backend"]},
+                          shards)
     finally:
         dist.destroy_process_group()
+
+
+def _rebuild(job: Path, spec: dict, device: torch.device | None) -> tuple:
+    """The recipe, float model, train split, flow and calibrated fake-quant graph, as the parent
+    had them."""
+    recipe = parse_recipe(spec["recipe"], str(job / "job.json"), Path(spec["base_dir"]))
+    model = load_model(recipe)
+    model.load_state_dict(torch.load(job / "float.pt", weights_only=True))
+    model.eval()
+    examples = torch.load(job / "examples.pt", weights_only=True)
+    settings = spec["settings"]
+    flow = flow_for(Flow(spec["flow"]), QuantSettings(
+        observer=settings["observer"], per_channel=settings["per_channel"],
+        float_layers=frozenset(settings["float_layers"])))
+    prepared = flow.prepare(model, examples, qat=True)
+    prepared.load_state_dict(torch.load(job / "prepared.pt", weights_only=True))
+    if device is not None:
+        prepared.to(device)
+        model.to(device)
+    return recipe, model, load_data(recipe).train, flow, prepared
+
+
+def _write_result(job: Path, prepared: nn.Module, result: dict, shards: list[list[int]]) -> None:
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in prepared.state_dict().items()}, buffer)
+    write_atomic(job / "trained.pt", buffer.getvalue())
+    flat = [i for shard in shards for i in shard]
+    # Written last: the parent takes its presence as the sign that the state is complete.
+    write_atomic(job / "result.json", json.dumps({
+        **result, "ranks": [{"rank": r, "samples_per_epoch": len(s)} for r, s in enumerate(shards)],
+        "shared_samples": len(flat) - len(set(flat))}))
 
 
 if __name__ == "__main__":

@@ -12,24 +12,26 @@ latency limit)."""
 
 from __future__ import annotations
 
-from edgeship.gate.budgets import Check, Outcome, checks
+from edgeship.gate.budgets import Check, Outcome, checks, concerns
 from edgeship.recipe import Budget
 from edgeship.report.schema import Artifact, ClosestBudget, Recommendation, Report
 
 
-def _concerns(budget: Budget, artifact: Artifact) -> bool:
-    return budget.targets is None or artifact.target in budget.targets
-
-
-def _devices(report: Report) -> list[str]:
-    names = [d["name"] for d in report.devices if "name" in d]
+def devices(report: Report) -> list[str]:
+    """The run's devices, then any other a benchmark names, each once, in order."""
+    names = [d.name for d in report.devices]
     names += [b.device for a in report.artifacts for b in a.benchmarks]
     return list(dict.fromkeys(names))
 
 
+def recommendations(report: Report, concerning: list[Check]) -> list[Recommendation]:
+    """One per device, from every check of the budgets on the artifacts they concern."""
+    every = [c for c in concerning if c.outcome is not Outcome.SKIPPED]
+    return [_for_device(device, report, every) for device in devices(report)]
+
+
 def recommend(budgets: list[Budget], report: Report, baseline: Report | None = None) -> list[Recommendation]:
-    every = [c for c in checks(budgets, report, baseline, scope=_concerns) if c.outcome is not Outcome.SKIPPED]
-    return [_for_device(device, report, every) for device in _devices(report)]
+    return recommendations(report, list(checks(budgets, report, baseline, scope=concerns)))
 
 
 def _for_device(device: str, report: Report, every: list[Check]) -> Recommendation:

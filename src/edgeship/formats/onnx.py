@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeship.exporters.base import ExportedArtifact
-from edgeship.targets import Target
+from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.spec import DynamicModel, FormatSpec
+from edgeship.targets import Format, Target
 
 
 def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
@@ -31,7 +32,7 @@ def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: 
 
 
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
-    path = workdir / f"{target.name}{target.suffix}"
+    path = workdir / f"{target.name}{SPEC.suffix}"
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
@@ -57,3 +58,16 @@ def _artifact(path: Path, workdir: Path) -> ExportedArtifact:
     files = (path, *(workdir / name for name in external))
     return ExportedArtifact(path, files, {"onnx_ops": dict(sorted(ops.items())),
                                           "external_data_files": external})
+
+
+def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
+    """ONNX Runtime quantizes the float model's export itself: the artifact answers like the
+    float model, quantized after export."""
+    return DynamicModel(model, export_dynamic, "float model (quantized after export)")
+
+
+SPEC = FormatSpec(
+    format=Format.ONNX, suffix=".onnx", runtime_packages=("numpy", "onnxruntime"), export=export,
+    quantize_dynamic=quantize_dynamic,
+    dynamic_layers="MatMul/Gemm and the other op types of onnxruntime.quantization.quantize_dynamic",
+    unsupported_layers={})

@@ -1,6 +1,6 @@
-"""Where accuracy is lost, layer by layer, and accuracy-aware fallback.
+"""Where accuracy is lost, layer by layer (and the probe fallback.py uses too).
 
-Both measure post-training quantization in PyTorch on the calibration split: decisions are taken
+It measures post-training quantization in PyTorch on the calibration split: decisions are taken
 on data the model did not train on, and the test split stays unseen until artifacts are verified.
 """
 
@@ -12,9 +12,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from edgeship.data import Arrays
-from edgeship.pipeline.evaluate import logits, top1
-from edgeship.pipeline.flows import QuantSettings, flow_for
-from edgeship.pipeline.quantize import calibrate
+from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.flow import QuantSettings
+from edgeship.quantize.flows import flow_for
+from edgeship.quantize.calibrate import calibrate
 from edgeship.targets import Flow
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -64,26 +65,3 @@ def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accu
                      "only_this_quantized_drop_points": (float_accuracy - only) * 100,
                      "all_but_this_quantized_drop_points": (float_accuracy - all_but) * 100})
     return sorted(rows, key=lambda r: -r["only_this_quantized_drop_points"])
-
-
-def _within(step: dict, max_drop_points: float) -> bool:
-    return round(step["drop_points"], 6) <= max_drop_points  # 1.0000000000000009 is one point
-
-
-def fallback(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accuracy: float,
-             ranking: list[str], max_drop_points: float, max_float_layers: int) -> dict:
-    """Leave layers in float, most sensitive first, one at a time, until the drop is within
-    `max_drop_points` or `max_float_layers` are float. Never ends with nothing: if the target is
-    not met, the best set tried is kept."""
-    chosen: list[str] = []
-    steps = [{"float_layers": [], "drop_points": (float_accuracy - probe.accuracy(flow, settings)) * 100}]
-    for name in ranking:
-        if _within(steps[-1], max_drop_points) or len(chosen) >= max_float_layers:
-            break
-        chosen.append(name)
-        accuracy = probe.accuracy(flow, settings.with_float_layers(chosen))
-        steps.append({"float_layers": list(chosen), "drop_points": (float_accuracy - accuracy) * 100})
-    met = [s for s in steps if _within(s, max_drop_points)]
-    best = met[0] if met else min(steps, key=lambda s: s["drop_points"])
-    return {"flow": flow.value, "max_accuracy_drop": max_drop_points, "met": bool(met),
-            "float_layers": best["float_layers"], "drop_points": best["drop_points"], "steps": steps}

@@ -80,7 +80,7 @@ def _machine_info(report: Report) -> dict:
         "release": release or None, "python_implementation": "CPython",
         "python_version": env.get("python"),
         "cpu": {"brand_raw": host.get("cpu"), "count": host.get("cores"), "arch": host.get("arch")},
-        "edgeship_devices": report.devices,
+        "edgeship_devices": [d.model_dump(mode="json") for d in report.devices],
     }
 
 

@@ -1,18 +1,18 @@
-"""The exporter protocol and the atomic publication of what an exporter wrote."""
+"""What an exporter makes (ExportedArtifact), the exporter protocol, and the atomic publication
+of what an exporter wrote."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from torch import nn
 
-from edgeship.targets import Format, Target
+from edgeship.targets import Target
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,6 @@ class Exporter(Protocol):
     def __call__(self, module: nn.Module, examples: tuple, target: Target,
                  workdir: Path) -> ExportedArtifact:
         """Write the artifact for `target` into the empty folder `workdir`."""
-
-
-def exporter_for(fmt: Format) -> Exporter:
-    from edgeship.exporters import executorch, onnx, torchscript
-
-    table: dict[Format, Callable] = {
-        Format.TORCHSCRIPT: torchscript.export,
-        Format.ONNX: onnx.export,
-        Format.EXECUTORCH: executorch.export,
-    }
-    return table[fmt]
 
 
 def export_atomically(exporter: Exporter, module: nn.Module, examples: tuple, target: Target,

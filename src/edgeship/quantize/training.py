@@ -46,6 +46,56 @@ class Shard:
     world: int
 
 
+def _loader(dataset: Dataset, batch_size: int, seed: int,
+            shard: Shard | None) -> tuple[DataLoader, DistributedSampler | None]:
+    if shard is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed)), None
+    sampler = DistributedSampler(dataset, num_replicas=shard.world, rank=shard.rank, shuffle=True, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size // shard.world, sampler=sampler), sampler
+
+
+def _diverged(label: str, loss: torch.Tensor, epoch: int, step: int) -> TrainingDiverged:
+    # Under fake quantization this is usually a value that rounds to zero and is then divided by
+    # (or its log taken); otherwise a learning rate too high.
+    return TrainingDiverged(
+        f"{label}: the loss is {loss.item()} at epoch {epoch + 1}, step {step}: the forward pass "
+        f"gives NaN/Inf (a division by a value that can round to zero under fake quantization?) or "
+        f"the learning rate is too high")
+
+
+@dataclass
+class _Loop:
+    """One training run's fixed parts; `epoch` runs one pass over the loader."""
+
+    module: nn.Module
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    label: str
+    device: torch.device | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+
+    def epoch(self, epoch: int, advance: Callable[[], None]) -> torch.Tensor:
+        """Returns (sum of loss x samples, samples) over this process's batches."""
+        sums = torch.zeros(2, dtype=torch.float64)
+        for step, (inputs, labels) in enumerate(self.loader, start=1):
+            inputs = as_inputs(inputs)
+            if self.device:
+                inputs, labels = tuple(x.to(self.device) for x in inputs), labels.to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.module(*inputs), labels, inputs)
+            if not torch.isfinite(loss):
+                raise _diverged(self.label, loss, epoch, step)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            sums += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
+            advance()
+        return sums
+
+
 def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimizer, epochs: int,
           batch_size: int, seed: int, progress: Progress, label: str,
           set_train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
@@ -57,15 +107,10 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
 
     With a shard, `module` is a DistributedDataParallel wrapper and each process takes
     batch_size / world samples a step, so a step sees as many samples as one process would."""
-    if shard is None:
-        sampler, loader = None, DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                           generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = DistributedSampler(dataset, num_replicas=shard.world, rank=shard.rank,
-                                     shuffle=True, seed=seed)
-        loader = DataLoader(dataset, batch_size=batch_size // shard.world, sampler=sampler)
+    loader, sampler = _loader(dataset, batch_size, seed, shard)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
                  if schedule == "cosine" else None)
+    loop = _Loop(module, loader, optimizer, loss_fn, label, device, scheduler)
     set_train_mode(module)
     mean_loss = float("nan")
     with progress.task(label, total=epochs * len(loader)) as advance:
@@ -73,25 +118,7 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
             if sampler is not None:
                 sampler.set_epoch(epoch)
             on_epoch_start(epoch)
-            sums = torch.zeros(2, dtype=torch.float64)  # loss * samples, samples
-            for step, (inputs, labels) in enumerate(loader, start=1):
-                inputs = tuple(x.to(device) for x in as_inputs(inputs)) if device else as_inputs(inputs)
-                labels = labels.to(device) if device else labels
-                optimizer.zero_grad()
-                loss = loss_fn(module(*inputs), labels, inputs)
-                if not torch.isfinite(loss):
-                    # Under fake quantization this is usually a value that rounds to zero and is
-                    # then divided by (or its log taken); otherwise a learning rate too high.
-                    raise TrainingDiverged(
-                        f"{label}: the loss is {loss.item()} at epoch {epoch + 1}, step {step}: the "
-                        f"forward pass gives NaN/Inf (a division by a value that can round to zero "
-                        f"under fake quantization?) or the learning rate is too high")
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                sums += torch.tensor([loss.item() * len(labels), len(labels)], dtype=torch.float64)
-                advance()
+            sums = loop.epoch(epoch, advance)
             if shard is not None:
                 summed = sums.to(device) if device else sums  # nccl reduces device tensors only
                 torch.distributed.all_reduce(summed)

@@ -1,4 +1,5 @@
-"""Resolve the 'package.module:function' or 'path/file.py:function' strings a recipe names."""
+"""The user's model and data: the 'package.module:function' or 'path/file.py:function' factories
+a recipe names, resolved and called; what goes wrong is the user's, said in one line (UserError)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from edgeship.data import Splits
 from edgeship.errors import UserError
+from edgeship.recipe import Recipe
 
 
 def resolve_callable(spec: str, key: str, base_dir: Path) -> Callable:
@@ -43,3 +49,29 @@ def _module_from_file(path: Path, key: str, spec: str):
         del sys.modules[name]
         raise UserError(f"{key} {spec!r}: {path} failed to import: {type(e).__name__}: {e}") from None
     return module
+
+
+def load_model(recipe: Recipe) -> nn.Module:
+    factory = resolve_callable(recipe.model.factory, "model.factory", recipe.base_dir)
+    torch.manual_seed(recipe.seed)
+    try:
+        model = factory(**recipe.model.kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed
+        raise UserError(f"model.factory {recipe.model.factory!r} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.factory {recipe.model.factory!r} returned {type(model).__name__}; "
+                        f"expected a torch.nn.Module")
+    return model
+
+
+def load_data(recipe: Recipe) -> Splits:
+    factory = resolve_callable(recipe.data.factory, "data.factory", recipe.base_dir)
+    try:
+        value = factory(**recipe.data.kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"data.factory {recipe.data.factory!r} raised {type(e).__name__}: {e}") from None
+    splits = Splits.coerce(value, recipe.data.factory)
+    for name in ("train", "calibration", "test"):
+        if len(getattr(splits, name)) == 0:
+            raise UserError(f"data.factory {recipe.data.factory!r}: the {name} split is empty")
+    return splits

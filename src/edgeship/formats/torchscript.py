@@ -1,0 +1,33 @@
+"""TorchScript: traced and frozen; int8 weights packed for the target's engine (fbgemm, qnnpack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.spec import DynamicModel, FormatSpec
+from edgeship.quantize.dynamic import torch_ao_dynamic
+from edgeship.targets import Format, Target
+
+
+def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
+    with SPEC.running(target), torch.no_grad():
+        scripted = torch.jit.freeze(torch.jit.trace(module, examples))
+    path = workdir / f"{target.name}{SPEC.suffix}"
+    scripted.save(str(path))
+    return ExportedArtifact(path, (path,))
+
+
+def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
+    return DynamicModel(torch_ao_dynamic(model, target.engine), export,
+                        "dynamically quantized PyTorch model")
+
+
+SPEC = FormatSpec(
+    format=Format.TORCHSCRIPT, suffix=".pt", runtime_packages=("numpy", "torch"), export=export,
+    quantize_dynamic=quantize_dynamic,
+    dynamic_layers="Linear, LSTM, GRU (torch.ao quantize_dynamic)",
+    unsupported_layers={}, packs_for_engine=True)

@@ -1,0 +1,77 @@
+"""The report's records, assembled from the stages' typed values: one Artifact per target, the
+device facts, the fp32 ratios. The only place report records are built during a run."""
+
+from __future__ import annotations
+
+from edgeship.devices.profile import DeviceProfile
+from edgeship.environment import environment
+from edgeship.formats import spec_for
+from edgeship.pipeline.plan import Device, Plan
+from edgeship.pipeline.runfolder import RunFolder
+from edgeship.pipeline.values import Converted, Exported, FloatModel, Source, Verified
+from edgeship.report.schema import Artifact, Benchmark, DeviceFacts
+from edgeship.report.writers import twin_benchmark
+from edgeship.targets import Flow, Target
+
+
+def device_facts(device: Device) -> DeviceFacts:
+    profile: DeviceProfile = device.profile
+    facts = profile.model_dump(mode="json", exclude={"benchmark"})
+    facts["benchmark"] = device.settings.model_dump(mode="json")
+    if profile.arch == "auto":
+        host = environment()["host"]
+        facts.update(arch=host["arch"], cores=host["cores"], memory_mb=host["memory_mb"], cpu=host["cpu"])
+    return DeviceFacts.model_validate(facts)
+
+
+def artifact(target: Target, folder: RunFolder, failed: dict[str, str], source: Source | None,
+             exported: Exported | None, verified: Verified | None,
+             benchmarks: list[Benchmark]) -> Artifact:
+    """What is known of one target's artifact, from every stage it reached."""
+    record = Artifact(target=target.name, format=target.format.value, engine=target.engine,
+                      precision=target.precision.value, flow=target.flow.value if target.flow else None,
+                      status="failed" if target.name in failed else "ok",
+                      error=failed.get(target.name, ""), benchmarks=benchmarks)
+    if exported is not None:
+        made = exported.artifact
+        record.path = folder.relative(made.path)
+        record.files = [folder.relative(f) for f in made.files]
+        record.sha256, record.size_bytes = exported.sha256, made.size_bytes
+        record.details = dict(made.details)
+        if source is not None and source.quantization is not None:
+            record.details["quantization"] = source.quantization.model_dump(mode="json", exclude_none=True)
+    if verified is not None:
+        record.accuracy, record.parity = verified.accuracy, verified.parity
+    return record
+
+
+def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
+    """Sets each int8 benchmark's `vs_fp32`: its latency p50 and peak RSS over those of its fp32
+    twin on the same device (> 1: int8 is slower or bigger). None where either was not measured."""
+    artifacts = list(records.values())
+    for record in artifacts:
+        for bench in record.benchmarks:
+            base = twin_benchmark(artifacts, record, bench)
+            if base is None or not (bench.latency_ms and base.latency_ms and base.latency_ms.p50):
+                continue
+            rss = bench.peak_rss_mb / base.peak_rss_mb if bench.peak_rss_mb and base.peak_rss_mb else None
+            bench.vs_fp32 = {"latency_p50_ratio": bench.latency_ms.p50 / base.latency_ms.p50,
+                             "peak_rss_ratio": rss}
+
+
+def sources(plan: Plan, float_model: FloatModel, converted: dict[Flow, Converted],
+            dynamic: dict[str, Source]) -> dict[str, Source]:
+    """What each target's artifact is made from, in the plan's target order: the float model for
+    fp32 targets, the converted model of its flow for static int8, its own for dynamic int8."""
+    out = {}
+    for t in plan.targets:
+        if not t.is_int8:
+            out[t.name] = Source(float_model.module, spec_for(t.format).export, "float model",
+                                 float_model.logits, float_model.key)
+        elif t.name in dynamic:
+            out[t.name] = dynamic[t.name]
+        elif t.flow in converted and t in plan.static:
+            c = converted[t.flow]
+            out[t.name] = Source(c.module, spec_for(t.format).export,
+                                 f"converted PyTorch model ({t.flow.value})", c.reference, c.key, c.quantization)
+    return out

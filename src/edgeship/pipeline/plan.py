@@ -1,0 +1,83 @@
+"""The plan: which stages run, for which flows and targets, on which devices. Built from the
+recipe and checked before any stage runs (as ExecuTorch's export pipeline checks its stage order
+up front); what needs the model is checked right after loading it, before any training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, load_profile
+from edgeship.errors import UserError
+from edgeship.formats import unsupported_layers
+from edgeship.quantize.distributed import backend_for
+from edgeship.quantize.dynamic import check_quantizable
+from edgeship.recipe import Recipe
+from edgeship.targets import Flow, Target, get_target, with_twins
+
+
+@dataclass(frozen=True)
+class Device:
+    profile: DeviceProfile
+    settings: BenchmarkSettings  # the profile's benchmark settings with the recipe's overrides
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets: tuple[Target, ...]  # the recipe's, then the fp32 twins they need
+    static: tuple[Target, ...]  # int8 targets quantized with calibration (and QAT)
+    dynamic: tuple[Target, ...]  # int8 targets quantized dynamically
+    devices: tuple[Device, ...]
+    prune: bool
+    analyse: bool  # per-layer sensitivity or accuracy-aware fallback
+    qat: bool
+
+    @property
+    def static_flows(self) -> list[Flow]:
+        """The flows of the statically quantized targets, each calibrated once."""
+        return list(dict.fromkeys(t.flow for t in self.static))
+
+    def targets_of(self, flow: Flow) -> list[Target]:
+        return [t for t in self.static if t.flow is flow]
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages that will run, in order."""
+        flows = self.static_flows
+        names = ["load", "evaluate-float", *(["prune"] if self.prune else []),
+                 *(["sensitivity"] if self.analyse and flows else [])]
+        if flows:
+            names += ["calibrate", *(["qat"] if self.qat else []), "convert"]
+        names += ["quantize-dynamic"] if self.dynamic else []
+        return names + ["export", "verify", "benchmark", "gate", "report"]
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    """Everything a user can get wrong in the recipe that no validator saw: unknown device
+    profiles, a distributed backend this machine lacks. UserError names it."""
+    targets = with_twins(recipe.targets) if recipe.fp32_twins else [get_target(n) for n in recipe.targets]
+    int8 = [t for t in targets if t.is_int8]
+    q = recipe.quantization
+    if q.qat.enabled and q.qat.distributed:
+        backend_for(q.qat.distributed)
+    profiles = [load_profile(d, recipe.base_dir) for d in recipe.devices]
+    return Plan(targets=tuple(targets),
+                static=tuple(t for t in int8 if recipe.mode(t.name) == "static"),
+                dynamic=tuple(t for t in int8 if recipe.mode(t.name) == "dynamic"),
+                devices=tuple(Device(p, p.benchmark.overridden(recipe.benchmark)) for p in profiles),
+                prune=recipe.prune is not None, analyse=bool(q.sensitivity or q.fallback),
+                qat=q.qat.enabled)
+
+
+def check_model(plan: Plan, model: nn.Module) -> None:
+    """Before any training: what a target cannot do with this model is said now."""
+    check_quantizable(model, list(plan.dynamic))
+    problems = []
+    for t in plan.targets:
+        for name, reason in unsupported_layers(model, t).items():
+            kind = type(dict(model.named_modules())[name]).__name__
+            problems.append(f"target {t.name} cannot run layer {name!r} ({kind}): {reason}; "
+                            f"remove {t.name} from targets")
+    if problems:
+        raise UserError("\n".join(problems))

@@ -1,0 +1,120 @@
+"""Static quantization, once per flow for the targets quantized with calibration: calibrate →
+[QAT fine-tune] → convert. A flow whose calibrated (and fine-tuned) state is in the stage cache
+skips both; a flow that fails fails its targets, and the other flows go on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgeship.pipeline.analyse import quant_settings
+from edgeship.pipeline.cache import digest
+from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.stages import StageNotes, each
+from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
+from edgeship.quantize import calibrate as calibration
+from edgeship.quantize.distributed import finetune_distributed
+from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.float_layers import required_float_layers
+from edgeship.quantize.flows import flow_for
+from edgeship.quantize.qat import finetune as qat_finetune
+from edgeship.report.schema import QuantizationDetails
+from edgeship.targets import Flow
+
+
+def _failed(ctx: RunContext, stage: str):
+    return lambda flow, why: {t.name: f"{stage} ({flow.value}): {why}" for t in ctx.plan.targets_of(flow)}
+
+
+def calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
+              float_layers: FloatLayers) -> Results[Flow, Calibrated]:
+    flows = ctx.plan.static_flows
+    if not flows:
+        ctx.log.skipped("calibrate", "no statically quantized int8 target")
+        return Results()
+    with ctx.log.stage("calibrate") as notes:
+        out = each(((f, float_layers.per_flow.get(f, [])) for f in flows),
+                   lambda flow, chosen: _calibrate(ctx, loaded, float_model, flow, chosen, notes),
+                   _failed(ctx, "calibrate"))
+        notes.cached = bool(out.ok) and not any(c.fresh for c in out.ok.values())
+    return out
+
+
+def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: Flow,
+               chosen: list[str], notes: StageNotes) -> Calibrated:
+    recipe, q, model, examples = ctx.recipe, ctx.recipe.quantization, float_model.module, loaded.examples
+    required = required_float_layers(model, flow)
+    qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
+    key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
+                 recipe.data.batch_size, recipe.seed)
+    captured = qf.capture(model, examples, qat=ctx.plan.qat)
+    state = ctx.cache.load_state("quantize", key)
+    if state is None:
+        prepared = calibration.calibrate(
+            qf, model, examples, loaded.splits.calibration, batches=q.calibration_batches,
+            batch_size=recipe.data.batch_size, qat=ctx.plan.qat, progress=ctx.progress, captured=captured)
+        return Calibrated(qf, prepared, key, True, required)
+    prepared = qf.prepare_captured(captured, examples, qat=ctx.plan.qat)
+    prepared.load_state_dict(state)
+    qf.set_eval(prepared)
+    notes.append(f"{flow.value} reused")
+    distributed = ctx.cache.load_json("qat-distributed", key) if q.qat.distributed else None
+    return Calibrated(qf, prepared, key, False, required, distributed)
+
+
+def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
+             calibrated: Results[Flow, Calibrated]) -> Results[Flow, Calibrated]:
+    """QAT for the flows calibrated in this run; then every fresh state goes to the stage cache."""
+    if not ctx.plan.static_flows:
+        return Results(dict(calibrated.ok))
+    if not ctx.plan.qat:
+        ctx.log.skipped("qat", "quantization.qat.enabled = false: post-training quantization")
+        tuned = Results(dict(calibrated.ok))
+    else:
+        with ctx.log.stage("qat") as notes:
+            tuned = each(calibrated.ok.items(),
+                         lambda flow, c: _finetune(ctx, loaded, float_model, c, notes) if c.fresh else c,
+                         _failed(ctx, "qat"))
+            notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
+    for c in (c for c in tuned.ok.values() if c.fresh):
+        ctx.cache.store_state("quantize", c.key, c.prepared)
+        if c.qat_distributed is not None:
+            ctx.cache.store_json("qat-distributed", c.key, c.qat_distributed)
+    return tuned
+
+
+def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
+              notes: StageNotes) -> Calibrated:
+    """Trains `c.prepared` in place."""
+    recipe, qat, name = ctx.recipe, ctx.recipe.quantization.qat, c.flow.flow.value
+    if qat.distributed is None:
+        loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
+                            batch_size=recipe.data.batch_size, seed=recipe.seed,
+                            teacher=float_model.module, progress=ctx.progress)
+        notes.append(f"{name} loss {loss:.4f}")
+        return c
+    run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples, recipe,
+                               log=ctx.progress.log)
+    notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
+    return dataclasses.replace(c, qat_distributed=run)
+
+
+def convert(ctx: RunContext, loaded: Loaded, tuned: Results[Flow, Calibrated]) -> Results[Flow, Converted]:
+    if not ctx.plan.static_flows:
+        return Results()
+    with ctx.log.stage("convert") as notes:
+        return each(tuned.ok.items(), lambda flow, c: _convert(ctx, loaded, c, notes),
+                    _failed(ctx, "convert"))
+
+
+def _convert(ctx: RunContext, loaded: Loaded, c: Calibrated, notes: StageNotes) -> Converted:
+    q = ctx.recipe.quantization
+    module = c.flow.convert(c.prepared)
+    with c.flow.engine():
+        reference = logits(module, loaded.test)
+    details = QuantizationDetails(
+        mode="static", qat=ctx.plan.qat, per_channel=q.per_channel,
+        observer="fake-quant" if ctx.plan.qat else (q.observer or "histogram"),
+        float_layers=sorted(c.flow.settings.float_layers), float_layers_required=c.required_float_layers,
+        qat_distributed=c.qat_distributed if ctx.plan.qat else None)
+    notes.append(f"{c.flow.flow.value} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch")
+    return Converted(module, reference, c.key, details)

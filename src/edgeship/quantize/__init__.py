@@ -1,0 +1,13 @@
+"""The quantization techniques, one module each, independent of the pipeline that runs them:
+
+- flow.py: what every quantization flow does (QuantFlow), its settings, and `flow_for`;
+  fx.py (torch.ao FX graph mode: fbgemm, qnnpack) and pt2e.py (torchao PT2E with the XNNPACK
+  quantizer) implement it;
+- calibrate.py: observers see calibration batches;  qat.py: fake-quant fine-tuning;
+  distributed.py: the same fine-tuning on several processes (torchrun + DDP);
+- dynamic.py: int8 weights, activations quantized at run time;
+- prune.py: magnitude pruning before quantization;
+- sensitivity.py: per-layer accuracy cost;  fallback.py: accuracy-aware float layers;
+- float_layers.py: layers a flow cannot make int8 (they stay float);
+- training.py: the loop and losses;  evaluate.py: logits and top-1 in PyTorch.
+"""

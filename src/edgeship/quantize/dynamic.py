@@ -1,0 +1,44 @@
+"""Dynamic quantization: int8 weights, activations quantized at run time from their own range.
+No calibration, no QAT. For models dominated by Linear (and LSTM/GRU) layers: language models.
+
+Each runtime has its own support, so each format chooses its path (its FormatSpec's
+`quantize_dynamic`): torch.ao's `quantize_dynamic` for TorchScript (quantized::linear_dynamic on
+fbgemm or qnnpack), PT2E with the XNNPACK quantizer's dynamic config for ExecuTorch (XNNPACK's
+dynamically quantized fully-connected; Linear only), and ONNX Runtime's own `quantize_dynamic` on
+the fp32 ONNX export (no PyTorch model in between).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from edgeship.engines import quantized_engine
+from edgeship.errors import UserError
+from edgeship.quantize.fx import quiet_fx_deprecation
+from edgeship.quantize.pt2e import Pt2eXnnpackFlow
+from edgeship.targets import Target
+
+DYNAMIC_TYPES = {nn.Linear, nn.LSTM, nn.GRU}
+
+
+def check_quantizable(model: nn.Module, targets: list[Target]) -> None:
+    """Before any training: dynamic quantization of a model without such layers does nothing."""
+    if targets and not any(isinstance(m, tuple(DYNAMIC_TYPES)) for m in model.modules()):
+        names = ", ".join(t.name for t in targets)
+        raise UserError(f"quantization.mode dynamic ({names}): the model has no Linear, LSTM or GRU "
+                        f"layer to quantize dynamically; use mode = 'static'")
+
+
+def torch_ao_dynamic(model: nn.Module, engine: str) -> nn.Module:
+    """Linear, LSTM and GRU with int8 weights packed for `engine` (fbgemm, qnnpack)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with quiet_fx_deprecation(), quantized_engine(engine):
+        return quantize_dynamic(copy.deepcopy(model).eval(), DYNAMIC_TYPES)
+
+
+def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple) -> nn.Module:
+    """Linear layers with int8 weights, as XNNPACK's dynamically quantized fully-connected."""
+    return Pt2eXnnpackFlow().convert_dynamic(model, examples)

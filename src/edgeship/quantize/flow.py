@@ -1,0 +1,70 @@
+"""Quantization flows: how a float model is prepared (observers or fake-quant), switched between
+training and evaluation, and converted to int8 for one family of kernels.
+
+Two flows exist in PyTorch today and edgeship needs both: torch.ao's FX graph mode (fx.py) is the
+path to int8 TorchScript (fbgemm, qnnpack); torchao's PT2E (pt2e.py) is the path to ExecuTorch and
+ONNX QDQ. flows.py finds the one a target names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgeship.targets import Flow
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """What the recipe chose about how to quantize, the same for every flow."""
+
+    observer: str | None = None  # minmax, moving_average_minmax, histogram; None: the flow's own
+    per_channel: bool = True
+    float_layers: frozenset[str] = frozenset()  # module names left in float
+
+    def with_float_layers(self, names) -> QuantSettings:
+        return dataclasses.replace(self, float_layers=frozenset(names))
+
+
+class QuantFlow(ABC):
+    flow: Flow
+
+    def __init__(self, settings: QuantSettings = QuantSettings()) -> None:
+        self.settings = settings
+
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        """The graph this flow quantizes; reusable by many prepare_captured calls."""
+        return model
+
+    @abstractmethod
+    def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        """A copy of the captured graph with observers (PTQ) or fake-quant (QAT) inserted."""
+
+    def prepare(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        return self.prepare_captured(self.capture(model, example_inputs, qat=qat), example_inputs, qat=qat)
+
+    @abstractmethod
+    def set_train(self, prepared: nn.Module) -> None: ...
+
+    @abstractmethod
+    def set_eval(self, prepared: nn.Module) -> None: ...
+
+    @abstractmethod
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        """The int8 model, in eval mode. `prepared` is left as it was."""
+
+    @abstractmethod
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        """Batch norm stops updating its statistics; training goes on."""
+
+    @abstractmethod
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        """Quantization ranges stop moving; fake quantization goes on."""
+
+    def engine(self):
+        """Context in which the converted model must be built and run."""
+        return nullcontext()

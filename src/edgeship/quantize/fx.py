@@ -1,0 +1,141 @@
+"""torch.ao FX graph mode quantization: the path to int8 TorchScript, with the fbgemm (x86) or
+qnnpack (ARM) backend config."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from edgeship.engines import quantized_engine
+from edgeship.quantize.flow import QuantFlow, QuantSettings
+from edgeship.targets import Flow
+
+
+@contextmanager
+def quiet_fx_deprecation() -> Iterator[None]:
+    # torch.ao FX quantization warns on every call that it is deprecated; edgeship knows, and
+    # says so once in its README. Other warnings still show.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*deprecated.*")
+        yield
+
+
+class FxFlow(QuantFlow):
+    def __init__(self, flow: Flow, engine: str, settings: QuantSettings = QuantSettings()) -> None:
+        super().__init__(settings)
+        self.flow = flow
+        self.engine_name = engine
+
+    def _backend_config(self):
+        from torch.ao.quantization.backend_config import (
+            get_fbgemm_backend_config,
+            get_qnnpack_backend_config,
+        )
+
+        return {"fbgemm": get_fbgemm_backend_config,
+                "qnnpack": get_qnnpack_backend_config}[self.engine_name]()
+
+    def engine(self):
+        return quantized_engine(self.engine_name)
+
+    def qconfig_mapping(self, *, qat: bool):
+        from torch.ao.quantization import (
+            QConfig,
+            fake_quantize,
+            get_default_qat_qconfig_mapping,
+            get_default_qconfig_mapping,
+            observer,
+        )
+
+        settings = self.settings
+        if qat:
+            mapping = get_default_qat_qconfig_mapping(self.engine_name)
+            weight = (fake_quantize.default_fused_per_channel_wt_fake_quant if settings.per_channel
+                      else fake_quantize.default_fused_wt_fake_quant)
+            mapping.set_global(QConfig(activation=mapping.global_qconfig.activation, weight=weight))
+        else:
+            mapping = get_default_qconfig_mapping(self.engine_name)
+            activation = {
+                None: observer.HistogramObserver,
+                "histogram": observer.HistogramObserver,
+                "minmax": observer.MinMaxObserver,
+                "moving_average_minmax": observer.MovingAverageMinMaxObserver,
+            }[settings.observer]
+            # fbgemm without VNNI saturates 16-bit accumulators at full 8-bit range: 7-bit
+            # activations, as torch's own fbgemm default does.
+            activation = activation.with_args(reduce_range=self.engine_name == "fbgemm")
+            weight = (observer.default_per_channel_weight_observer if settings.per_channel
+                      else observer.default_weight_observer)
+            mapping.set_global(QConfig(activation=activation, weight=weight))
+        # Embeddings take weight-only float-qparams quantization, not int8 activations; the global
+        # qconfig would make QAT refuse them ("Embedding weights requires a qscheme of
+        # torch.per_channel_affine_float_qparams"). They stay float, as in the PT2E flow.
+        mapping.set_object_type(nn.Embedding, None)
+        for name in settings.float_layers:
+            mapping.set_module_name(name, None)
+        return mapping
+
+    def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+        model = copy.deepcopy(model)
+        with quiet_fx_deprecation(), self.engine():
+            mapping = self.qconfig_mapping(qat=qat)
+            if qat:
+                return prepare_qat_fx(model.train(), mapping, example_inputs,
+                                      backend_config=self._backend_config())
+            return prepare_fx(model.eval(), mapping, example_inputs,
+                              backend_config=self._backend_config())
+
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+
+        prepared.apply(freeze_bn_stats)
+
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        from torch.ao.quantization import disable_observer
+
+        prepared.apply(disable_observer)
+
+    def set_train(self, prepared: nn.Module) -> None:
+        prepared.train()
+
+    def set_eval(self, prepared: nn.Module) -> None:
+        prepared.eval()
+
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        with quiet_fx_deprecation(), self.engine():
+            converted = convert_fx(copy.deepcopy(prepared).eval(), backend_config=self._backend_config())
+        if self.engine_name == "qnnpack":
+            _contiguous_before_clamps(converted)
+        return converted
+
+
+_CLAMP_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_CLAMP_FUNCTIONS = {torch.relu, torch.clamp, torch.clip, nn.functional.relu, nn.functional.relu6,
+                    nn.functional.hardtanh}
+
+
+def _contiguous_before_clamps(graph_module: torch.fx.GraphModule) -> None:
+    """qnnpack's quantized conv returns channels-last tensors, and in torch 2.13 its unfused
+    quantized relu/relu6/hardtanh/clamp read a channels-last input as if it were NCHW: the channels
+    come out scrambled (a Conv-BN-ReLU6 lost all accuracy). A contiguous copy before each gives
+    them the layout they assume; on an NCHW tensor it costs nothing."""
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        clamps = (node.op == "call_module" and isinstance(modules[node.target], _CLAMP_MODULES)) or \
+                 (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS) or \
+                 (node.op == "call_method" and node.target in ("relu", "clamp", "clip"))
+        if clamps and node.args and isinstance(node.args[0], torch.fx.Node):
+            with graph.inserting_before(node):
+                node.update_arg(0, graph.call_method("contiguous", (node.args[0],)))
+    graph_module.recompile()

@@ -1,0 +1,45 @@
+"""What edgeship prints on the console: a run's results table, and the verdict, the same after
+`edgeship run` and `edgeship gate` (each budget violated, the recommendation per device, the
+gate's word with the exit code)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgeship.report.schema import Report
+from edgeship.report.writers import HEADERS, int8_slower, rows
+
+
+def print_verdict(report: Report, console: Console, summary: str | None = None) -> None:
+    """Nothing for a report that was not gated. `summary`: one line said before the verdict (what
+    `edgeship gate` checked)."""
+    if report.gate is None:
+        return
+    for v in report.gate.violations:
+        console.print(f"[red]budget violated:[/] {escape(v.message)}", highlight=False, soft_wrap=True)
+    for r in report.recommendations:
+        console.print(f"[bold]recommendation[/] {escape(r.statement)}", highlight=False, soft_wrap=True)
+    if summary is not None:
+        console.print(escape(summary), highlight=False, soft_wrap=True)
+    word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
+    console.print(f"gate {word} · exit code {report.exit_code}")
+
+
+def print_console(report: Report, console: Console) -> None:
+    """A run's results: the table, int8 slower than fp32, failed artifacts, the verdict."""
+    table = Table(title=f"edgeship · {report.recipe_name}", title_justify="left")
+    for h in HEADERS:
+        table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
+    for r in rows(report):
+        table.add_row(*map(escape, r))
+    console.print(table)
+    for line in int8_slower(report):
+        console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
+    if report.float:
+        console.print(f"float accuracy {report.float.accuracy:.4f}")
+    for a in report.artifacts:
+        if a.status != "ok":
+            console.print(f"[yellow]{a.target} failed:[/] {escape(a.error)}", highlight=False)
+    print_verdict(report, console)
