@@ -37,7 +37,7 @@ def data():
 def trained(data):
     torch.manual_seed(0)
     model = digits.cnn(width=8)
-    train(model, data.train, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), epochs=4,
+    train(model, data.train, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), epochs=8,
           batch_size=64, seed=0, progress=QUIET, label="float")
     return model.eval()
 
