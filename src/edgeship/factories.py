@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeship.data import Splits
+from edgeship.data import Splits, sample_digests
 from edgeship.errors import UserError
 from edgeship.recipe import Recipe
 
@@ -71,7 +71,13 @@ def load_data(recipe: Recipe) -> Splits:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"data.factory {recipe.data.factory!r} raised {type(e).__name__}: {e}") from None
     splits = Splits.coerce(value, recipe.data.factory)
-    for name in ("train", "calibration", "test"):
-        if len(getattr(splits, name)) == 0:
+    for name, split in splits.present().items():
+        if len(split) == 0:
             raise UserError(f"data.factory {recipe.data.factory!r}: the {name} split is empty")
+    if splits.validation is not None:
+        shared = len(sample_digests(splits.validation) & sample_digests(splits.train))
+        if shared:
+            raise UserError(f"data.factory {recipe.data.factory!r}: the validation split shares "
+                            f"{shared} samples with the train split; QAT is scored on it, so it "
+                            f"must hold samples QAT never trains on")
     return splits

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 
+from edgeship.data import Arrays, stack
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.stages import StageNotes, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
 from edgeship.quantize import calibrate as calibration
+from edgeship.quantize.best_state import BestState
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.evaluate import logits, top1
 from edgeship.quantize.float_layers import required_float_layers
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.qat import finetune as qat_finetune
-from edgeship.report.schema import QuantizationDetails
+from edgeship.report.analysis import qat_outcome
+from edgeship.report.schema import QatEpoch, QatHistory, QuantizationDetails
 from edgeship.targets import Flow
 
 
@@ -44,8 +47,9 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     recipe, q, model, examples = ctx.recipe, ctx.recipe.quantization, float_model.module, loaded.examples
     required = required_float_layers(model, flow)
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
+    # "best-state": QAT ships its best-scoring epoch (states cached before that are not reused)
     key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed)
+                 recipe.data.batch_size, recipe.seed, "best-state")
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
     if state is None:
@@ -57,45 +61,66 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     prepared.load_state_dict(state)
     qf.set_eval(prepared)
     notes.append(f"{flow.value} reused")
-    distributed = ctx.cache.load_json("qat-distributed", key) if q.qat.distributed else None
-    return Calibrated(qf, prepared, key, False, required, distributed)
+    qat = ctx.cache.load_json("qat", key) if ctx.plan.qat else None
+    history = QatHistory.model_validate(qat["history"]) if qat and qat["history"] else None
+    return Calibrated(qf, prepared, key, False, required, qat["distributed"] if qat else None, history)
 
 
 def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
              calibrated: Results[Flow, Calibrated]) -> Results[Flow, Calibrated]:
-    """QAT for the flows calibrated in this run; then every fresh state goes to the stage cache."""
+    """QAT for the flows calibrated in this run, each keeping its best-scoring state; then every
+    fresh state goes to the stage cache."""
     if not ctx.plan.static_flows:
         return Results(dict(calibrated.ok))
     if not ctx.plan.qat:
         ctx.log.skipped("qat", "quantization.qat.enabled = false: post-training quantization")
         tuned = Results(dict(calibrated.ok))
     else:
+        split = _scoring_split(loaded)
         with ctx.log.stage("qat") as notes:
             tuned = each(calibrated.ok.items(),
-                         lambda flow, c: _finetune(ctx, loaded, float_model, c, notes) if c.fresh else c,
+                         lambda flow, c: _finetune(ctx, loaded, float_model, c, split, notes) if c.fresh else c,
                          _failed(ctx, "qat"))
             notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
     for c in (c for c in tuned.ok.values() if c.fresh):
         ctx.cache.store_state("quantize", c.key, c.prepared)
-        if c.qat_distributed is not None:
-            ctx.cache.store_json("qat-distributed", c.key, c.qat_distributed)
+        if ctx.plan.qat:
+            ctx.cache.store_json("qat", c.key, {
+                "distributed": c.qat_distributed,
+                "history": c.qat_history.model_dump(mode="json") if c.qat_history else None})
     return tuned
 
 
+def _scoring_split(loaded: Loaded) -> tuple[str, Arrays]:
+    """What QAT is scored on: the data factory's validation split, else the calibration split;
+    never the train split it fine-tunes on, never the test split the artifacts answer."""
+    if loaded.splits.validation is not None:
+        return "validation", stack(loaded.splits.validation)
+    return "calibration", stack(loaded.splits.calibration)
+
+
 def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
-              notes: StageNotes) -> Calibrated:
-    """Trains `c.prepared` in place."""
+              split: tuple[str, Arrays], notes: StageNotes) -> Calibrated:
+    """Trains `c.prepared` in place and leaves its best-scoring state in it."""
     recipe, qat, name = ctx.recipe, ctx.recipe.quantization.qat, c.flow.flow.value
+    tracker = BestState(c.flow, c.prepared, split[1])
+    tracker.score(0)
+    run = None
     if qat.distributed is None:
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
                             batch_size=recipe.data.batch_size, seed=recipe.seed,
-                            teacher=float_model.module, progress=ctx.progress)
+                            teacher=float_model.module, progress=ctx.progress, on_epoch_end=tracker.score)
         notes.append(f"{name} loss {loss:.4f}")
-        return c
-    run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples, recipe,
-                               log=ctx.progress.log)
-    notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
-    return dataclasses.replace(c, qat_distributed=run)
+    else:  # the workers train; the parent scores what they give back against calibration
+        run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples, recipe,
+                                   log=ctx.progress.log)
+        tracker.score(qat.epochs, run["loss"])
+        notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
+    shipped = tracker.restore()
+    history = QatHistory(split=split[0], shipped_epoch=shipped.epoch,
+                         epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history])
+    notes.append(f"{name} {qat_outcome(history)}")
+    return dataclasses.replace(c, qat_distributed=run, qat_history=history)
 
 
 def convert(ctx: RunContext, loaded: Loaded, tuned: Results[Flow, Calibrated]) -> Results[Flow, Converted]:
@@ -115,6 +140,6 @@ def _convert(ctx: RunContext, loaded: Loaded, c: Calibrated, notes: StageNotes) 
         mode="static", qat=ctx.plan.qat, per_channel=q.per_channel,
         observer="fake-quant" if ctx.plan.qat else (q.observer or "histogram"),
         float_layers=sorted(c.flow.settings.float_layers), float_layers_required=c.required_float_layers,
-        qat_distributed=c.qat_distributed if ctx.plan.qat else None)
+        qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=c.qat_history)
     notes.append(f"{c.flow.flow.value} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch")
     return Converted(module, reference, c.key, details)

@@ -20,8 +20,8 @@ from torch import nn
 from edgeship.data import Arrays, Splits
 from edgeship.formats import ExportedArtifact, Exporter
 from edgeship.quantize.flow import QuantFlow
-from edgeship.report.schema import (FallbackResult, Parity, PruneResult, QuantizationDetails,
-                                    SensitivityResult)
+from edgeship.report.schema import (FallbackResult, Parity, PruneResult, QatHistory,
+                                    QuantizationDetails, SensitivityResult)
 from edgeship.targets import Flow
 
 K = TypeVar("K")
@@ -76,6 +76,7 @@ class Calibrated:
     fresh: bool  # calibrated in this run; False: the (fine-tuned) state came from the cache
     required_float_layers: dict[str, str]  # layers the flow cannot make int8, and why
     qat_distributed: dict | None = None  # how a distributed fine-tune ran
+    qat_history: QatHistory | None = None  # QAT's scores per epoch, and which state it kept
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ optionally only some layers trained, optionally distilled from the float model).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -55,10 +57,12 @@ def _freezer(flow: QuantFlow, prepared: nn.Module, qat: QATSection):
 def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QATSection,
              batch_size: int, seed: int, teacher: nn.Module | None = None,
              progress: Progress | None = None, shard: Shard | None = None,
-             device: torch.device | None = None) -> float:
+             device: torch.device | None = None,
+             on_epoch_end: Callable[[int, float], object] = lambda epoch, loss: None) -> float:
     """Fake-quant training at a small learning rate, on the recipe's schedule; returns the last
     epoch's mean loss. With `shard`, this process is one rank of a distributed run (see
-    distributed.py) and trains `prepared` through DistributedDataParallel."""
+    distributed.py) and trains `prepared` through DistributedDataParallel. `on_epoch_end` sees
+    each epoch's end (best_state.BestState.score keeps the best state)."""
     torch.manual_seed(seed)
     params = _trainable_parameters(prepared, qat.trainable)
     trained = prepared
@@ -72,6 +76,6 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
                  batch_size=batch_size, seed=seed, progress=progress or Progress(enabled=False),
                  label=f"QAT {flow.flow.value}", set_train_mode=lambda m: flow.set_train(prepared),
                  loss_fn=_loss(qat, teacher), on_epoch_start=_freezer(flow, prepared, qat),
-                 shard=shard, device=device)
+                 on_epoch_end=on_epoch_end, shard=shard, device=device)
     flow.set_eval(prepared)
     return loss

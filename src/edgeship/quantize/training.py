@@ -101,9 +101,11 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
           set_train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
           loss_fn: LossFn = cross_entropy,
           on_epoch_start: Callable[[int], None] = lambda epoch: None,
+          on_epoch_end: Callable[[int, float], object] = lambda epoch, loss: None,
           shard: Shard | None = None, device: torch.device | None = None,
           schedule: str = "constant") -> float:
     """Returns the last epoch's mean loss (over all shards when `shard` is given).
+    `on_epoch_end(epoch, mean_loss)` is called after each epoch, counting from 1.
 
     With a shard, `module` is a DistributedDataParallel wrapper and each process takes
     batch_size / world samples a step, so a step sees as many samples as one process would."""
@@ -124,4 +126,5 @@ def train(module: nn.Module, dataset: Dataset, *, optimizer: torch.optim.Optimiz
                 torch.distributed.all_reduce(summed)
                 sums = summed.cpu()
             mean_loss = float(sums[0] / sums[1])
+            on_epoch_end(epoch + 1, mean_loss)
     return mean_loss

@@ -1,9 +1,9 @@
-"""The accuracy analyses of a run (pruning, per-layer sensitivity, fallback) as table rows, for
-report.md and report.html alike."""
+"""The accuracy analyses of a run (pruning, per-layer sensitivity, fallback, QAT's trajectory)
+as lines and table rows, for report.md and report.html alike."""
 
 from __future__ import annotations
 
-from edgeship.report.schema import Report
+from edgeship.report.schema import QatHistory, Report
 
 SENSITIVITY_HEADERS = ["flow", "layer", "type", "drop pts, only this layer int8",
                        "drop pts, all but this layer int8"]
@@ -35,8 +35,29 @@ def prune_line(report: Report) -> str | None:
             f"{p.accuracy_finetuned:.4f} after fine-tuning")
 
 
+def qat_outcome(history: QatHistory) -> str:
+    """Which state shipped and why, with the score after calibration and after every epoch."""
+    scores = " → ".join(f"{e.accuracy:.4f}" for e in history.epochs)
+    tried = f"top-1 on the {history.split} split after calibration and each epoch: {scores}"
+    if history.shipped_epoch == 0:
+        return f"fine-tuning did not beat calibration, the calibrated state shipped ({tried})"
+    return f"epoch {history.shipped_epoch} of {history.epochs[-1].epoch} shipped ({tried})"
+
+
+def qat_lines(report: Report) -> list[str]:
+    """One line per flow fine-tuned with QAT: `fx-fbgemm: epoch 2 of 2 shipped (top-1 …)`."""
+    out: dict[str, str] = {}
+    for a in report.artifacts:
+        found = (a.details.get("quantization") or {}).get("qat_history")
+        if found is not None and a.flow not in out:
+            out[a.flow] = f"{a.flow}: QAT {qat_outcome(QatHistory.model_validate(found))}"
+    return list(out.values())
+
+
 def analysis_markdown(report: Report) -> list[str]:
     lines = []
+    if qat := qat_lines(report):
+        lines += ["**Quantization-aware training**", ""] + [f"- {line}" for line in qat] + [""]
     if (line := prune_line(report)) is not None:
         lines += [f"- {line}", ""]
     if report.fallback:

@@ -13,7 +13,8 @@ from edgeship.fileio import write_atomic
 from edgeship.gate.recommend import devices
 from edgeship.recipe import Budget
 from edgeship.report import plots
-from edgeship.report.analysis import SENSITIVITY_HEADERS, fallback_lines, prune_line, sensitivity_rows
+from edgeship.report.analysis import (SENSITIVITY_HEADERS, fallback_lines, prune_line, qat_lines,
+                                      sensitivity_rows)
 from edgeship.report.schema import Report
 from edgeship.report.writers import HEADERS, rows
 
@@ -94,6 +95,23 @@ def _pareto(report: Report) -> str:
             f"and more accurate), fastest first, circled in green:</p><ul>{''.join(items)}</ul>")
 
 
+def _list(title: str, lines: list[str]) -> list[str]:
+    return [f"<h2>{_e(title)}</h2>", "<ul>", *(f"<li>{_e(line)}</li>" for line in lines), "</ul>"]
+
+
+def _analyses(report: Report) -> list[str]:
+    """QAT's trajectory, pruning, fallback, sensitivity: the sections a run has."""
+    parts = _list("Quantization-aware training", qat) if (qat := qat_lines(report)) else []
+    if report.prune is not None:
+        parts += ["<h2>Pruning</h2>", f"<p>{_e(prune_line(report))}</p>"]
+    if report.fallback:
+        parts += _list("Accuracy-aware fallback", fallback_lines(report))
+    if report.sensitivity:
+        parts += ["<h2>Sensitivity per layer</h2><p class=\"muted\">post-training int8 on the "
+                  "calibration split, worst first</p>", _table(SENSITIVITY_HEADERS, sensitivity_rows(report))]
+    return parts
+
+
 def html_page(report: Report, budgets: list[Budget]) -> str:
     parts = _summary(report)
     float_text = f" · float accuracy {report.float.accuracy:.4f}" if report.float else ""
@@ -106,14 +124,7 @@ def html_page(report: Report, budgets: list[Budget]) -> str:
               _img(plots.latency_distribution(report), "latency distribution per artifact"),
               "<h2>Size against the fp32 twin</h2>",
               _img(plots.size_vs_twin(report, budgets), "size per target against its fp32 twin")]
-    if report.prune is not None:
-        parts += ["<h2>Pruning</h2>", f"<p>{_e(prune_line(report))}</p>"]
-    if report.fallback:
-        parts += ["<h2>Accuracy-aware fallback</h2>", "<ul>"]
-        parts += [f"<li>{_e(line)}</li>" for line in fallback_lines(report)] + ["</ul>"]
-    if report.sensitivity:
-        parts += ["<h2>Sensitivity per layer</h2><p class=\"muted\">post-training int8 on the "
-                  "calibration split, worst first</p>", _table(SENSITIVITY_HEADERS, sensitivity_rows(report))]
+    parts += _analyses(report)
     if report.budgets:
         parts += ["<h2>Budgets</h2>", "<ol start=\"0\">"]
         parts += [f"<li><code>{_e(json.dumps(b))}</code></li>" for b in report.budgets]

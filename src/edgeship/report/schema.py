@@ -137,6 +137,21 @@ class FallbackResult(BaseModel):
     steps: list[FallbackStep]
 
 
+class QatEpoch(BaseModel):
+    epoch: int  # 0: the calibrated state, before any fine-tuning
+    accuracy: float  # top-1 of the fake-quant model on the scoring split
+    loss: float | None = None  # that epoch's mean training loss
+
+
+class QatHistory(BaseModel):
+    """One flow's QAT, scored after calibration and after every epoch on a split it never trains
+    on; the best state ships (a tie keeps the earlier one)."""
+
+    split: Literal["validation", "calibration"]
+    epochs: list[QatEpoch]
+    shipped_epoch: int  # 0: fine-tuning did not beat calibration, the calibrated state shipped
+
+
 class QuantizationDetails(BaseModel):
     """How an int8 artifact was quantized; report.json has it in the artifact's
     `details.quantization` (the fields that apply to its mode)."""
@@ -148,6 +163,7 @@ class QuantizationDetails(BaseModel):
     float_layers: list[str] | None = None  # static: module names left float
     float_layers_required: dict[str, str] | None = None  # static: left float by the flow, and why
     qat_distributed: dict | None = None  # static with distributed QAT: how it ran
+    qat_history: QatHistory | None = None  # static with QAT: its scores, and which state shipped
     layers: str | None = None  # dynamic: which layer types its path quantizes
 
 

@@ -1,0 +1,130 @@
+"""QAT cannot make things worse: each flow is scored after calibration and after every epoch on a
+split it never trains on, and the best state ships — the calibrated one when fine-tuning loses."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from edgeship.data import Splits, stack
+from edgeship.examples import digits
+from edgeship.progress import Progress
+from edgeship.quantize.best_state import BestState
+from edgeship.quantize.calibrate import calibrate
+from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.flows import flow_for
+from edgeship.quantize.qat import finetune
+from edgeship.quantize.training import train
+from edgeship.recipe import QATSection
+from edgeship.targets import Flow
+
+from support import demo_recipe, run_cli, write_recipe
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits.splits()
+
+
+@pytest.fixture(scope="module")
+def undertrained(data):
+    """A float model two short epochs into training (0.855 top-1 on calibration): QAT has room
+    to improve it."""
+    torch.manual_seed(0)
+    model = digits.cnn(width=8)
+    train(model, data.train, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), epochs=2,
+          batch_size=64, seed=0, progress=Progress(enabled=False), label="float")
+    return model.eval()
+
+
+def _tracked_qat(model, data, flow: Flow, qat: QATSection):
+    qf = flow_for(flow)
+    prepared = calibrate(qf, model, (data.test[0][0].unsqueeze(0),), data.calibration, batches=2,
+                         batch_size=64, qat=True)
+    calibrated = copy.deepcopy(prepared.state_dict())
+    tracker = BestState(qf, prepared, stack(data.calibration))
+    tracker.score(0)
+    finetune(qf, prepared, data.train, qat=qat, batch_size=64, seed=0, on_epoch_end=tracker.score)
+    return qf, prepared, calibrated, tracker
+
+
+@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.PT2E_XNNPACK])
+def test_a_fine_tune_that_ruins_the_model_ships_the_calibrated_state(undertrained, data, flow):
+    qf, prepared, calibrated, tracker = _tracked_qat(undertrained, data, flow,
+                                                     QATSection(epochs=2, lr=20.0, momentum=0.9))
+    assert [s.epoch for s in tracker.history] == [0, 1, 2]
+    assert max(s.accuracy for s in tracker.history[1:]) < tracker.history[0].accuracy - 0.2
+    assert tracker.restore().epoch == 0
+    for key, value in prepared.state_dict().items():
+        assert torch.equal(value, calibrated[key]), key
+    test = stack(data.test)
+    with qf.engine():
+        assert top1(logits(qf.convert(prepared), test), test.labels) > 0.6
+
+
+@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.PT2E_XNNPACK])
+def test_a_fine_tune_that_helps_ships_its_best_epoch(undertrained, data, flow):
+    qf, prepared, calibrated, tracker = _tracked_qat(undertrained, data, flow,
+                                                     QATSection(epochs=2, lr=3e-3, optimizer="adam"))
+    best = tracker.restore()
+    assert best.epoch > 0 and best.accuracy > tracker.history[0].accuracy
+    assert best.accuracy == max(s.accuracy for s in tracker.history)
+    assert all(s.loss is not None for s in tracker.history[1:])
+    # What ships is the state that scored best, not merely the last one
+    rescored = BestState(qf, prepared, stack(data.calibration)).score(best.epoch)
+    assert rescored.accuracy == best.accuracy
+
+
+def test_the_report_shows_each_flows_trajectory_and_what_shipped(tmp_path):
+    recipe = demo_recipe(quantization__qat={"enabled": True, "epochs": 2, "lr": 20.0},
+                         targets=["torchscript-fbgemm", "executorch-xnnpack"], fp32_twins=False)
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr
+    report = result.report()
+    for artifact in report["artifacts"]:
+        history = artifact["details"]["quantization"]["qat_history"]
+        assert history["split"] == "calibration"
+        assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
+        assert history["shipped_epoch"] == 0, history  # lr 20 ruins it: calibration ships
+        assert report["float"]["accuracy"] - artifact["accuracy"] < 0.02
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "fx-fbgemm: QAT fine-tuning did not beat calibration, the calibrated state shipped" in md
+    assert "pt2e-xnnpack: QAT fine-tuning did not beat calibration" in md
+    assert "Quantization-aware training" in (tmp_path / "run" / "report.html").read_text()
+
+
+def _factory_module(tmp_path, body: str) -> str:
+    (tmp_path / "splits_factory.py").write_text(
+        "from edgeship.examples import digits\nfrom edgeship.data import Splits\n"
+        "from torch.utils.data import Subset\n\n" + body)
+    return "splits_factory.py:splits"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def splits():\n    s = digits.splits()\n    return Splits(s.train, s.calibration, s.test, "
+     "validation=Subset(s.test, []))\n", "the validation split is empty"),
+    ("def splits():\n    s = digits.splits()\n    return Splits(s.train, s.calibration, s.test, "
+     "validation=Subset(s.train, range(40)))\n",
+     "the validation split shares 40 samples with the train split"),
+])
+def test_a_validation_split_that_is_empty_or_holds_train_samples_is_bad_input(tmp_path, body, message):
+    recipe = demo_recipe(data__factory=_factory_module(tmp_path, body))
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_validation_split_is_what_qat_is_scored_on(tmp_path):
+    body = ("def splits():\n    s = digits.splits()\n    n = len(s.calibration)\n"
+            "    return Splits(s.train, Subset(s.calibration, range(n // 2)), s.test,\n"
+            "                  validation=Subset(s.calibration, range(n // 2, n)))\n")
+    recipe = demo_recipe(data__factory=_factory_module(tmp_path, body), targets=["torchscript-fbgemm"],
+                         fp32_twins=False, quantization__qat={"enabled": True, "epochs": 1})
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr
+    history = result.report()["artifacts"][0]["details"]["quantization"]["qat_history"]
+    assert history["split"] == "validation" and len(history["epochs"]) == 2
