@@ -4,7 +4,6 @@ device facts, the fp32 ratios. The only place report records are built during a 
 from __future__ import annotations
 
 from edgeship.devices.profile import DeviceProfile
-from edgeship.environment import environment
 from edgeship.formats import spec_for
 from edgeship.pipeline.plan import Device, Plan
 from edgeship.pipeline.runfolder import RunFolder
@@ -14,12 +13,12 @@ from edgeship.report.writers import twin_benchmark
 from edgeship.targets import Flow, Target
 
 
-def device_facts(device: Device) -> DeviceFacts:
+def device_facts(device: Device, host: dict) -> DeviceFacts:
+    """`host`: the run's environment()["host"], for a profile whose facts are read from it."""
     profile: DeviceProfile = device.profile
     facts = profile.model_dump(mode="json", exclude={"benchmark"})
     facts["benchmark"] = device.settings.model_dump(mode="json")
     if profile.arch == "auto":
-        host = environment()["host"]
         facts.update(arch=host["arch"], cores=host["cores"], memory_mb=host["memory_mb"], cpu=host["cpu"])
     return DeviceFacts.model_validate(facts)
 

@@ -64,7 +64,8 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Prog
                for t in ctx.plan.targets}
     assemble.attach_fp32_ratios(records)
     report = Report(edgeship_version=__version__, recipe_name=recipe.name, recipe_sha256=recipe.sha256(),
-                    environment=env, devices=[assemble.device_facts(d) for d in ctx.plan.devices],
+                    environment=env,
+                    devices=[assemble.device_facts(d, env["host"]) for d in ctx.plan.devices],
                     float=FloatResult(accuracy=float_model.accuracy, train_loss=loaded.train_loss),
                     artifacts=list(records.values()), prune=float_model.prune,
                     sensitivity=float_layers.sensitivity, fallback=float_layers.fallback)
