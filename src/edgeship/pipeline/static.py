@@ -5,6 +5,7 @@ skips both; a flow that fails fails its targets, and the other flows go on."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from edgeship.data import Arrays, stack
 from edgeship.pipeline.analyse import quant_settings
@@ -76,10 +77,11 @@ def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
         ctx.log.skipped("qat", "quantization.qat.enabled = false: post-training quantization")
         tuned = Results(dict(calibrated.ok))
     else:
-        split = _scoring_split(loaded)
+        split = functools.cache(lambda: _scoring_split(loaded))  # stacked once, if a flow trains
         with ctx.log.stage("qat") as notes:
             tuned = each(calibrated.ok.items(),
-                         lambda flow, c: _finetune(ctx, loaded, float_model, c, split, notes) if c.fresh else c,
+                         lambda flow, c: (_finetune(ctx, loaded, float_model, c, split(), notes)
+                                          if c.fresh else c),
                          _failed(ctx, "qat"))
             notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
     for c in (c for c in tuned.ok.values() if c.fresh):
