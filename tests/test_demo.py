@@ -65,7 +65,9 @@ def test_accuracy_is_kept_in_every_runtime(demo_run):
         a = artifacts[name]
         assert (float_accuracy - a["accuracy"]) * 100 <= 0.5, (name, a["accuracy"])
         assert a["parity"]["top1_agreement"] >= 0.99
-        assert a["parity"]["reference"].startswith("converted PyTorch model")
+        # onnx-int8 is quantized by ONNX Runtime at export: it answers like the float model
+        reference = "float model with the ort-qdq" if name == "onnx-int8" else "converted PyTorch model"
+        assert a["parity"]["reference"].startswith(reference)
     for name in FP32:  # the same float model in another runtime answers the same
         assert artifacts[name]["accuracy"] == pytest.approx(float_accuracy, abs=0.0021)
         assert artifacts[name]["parity"]["max_abs_error"] < 1e-3

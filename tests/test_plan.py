@@ -30,8 +30,9 @@ def test_the_demo_plan_runs_every_static_stage_once_per_flow():
     assert [t.name for t in plan.targets] == [
         "torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack",
         "torchscript-fp32", "onnx-fp32", "executorch-fp32"]
-    assert plan.static_flows == [Flow.FX_FBGEMM, Flow.FX_QNNPACK, Flow.PT2E_XNNPACK]
-    assert [t.name for t in plan.targets_of(Flow.PT2E_XNNPACK)] == ["onnx-int8", "executorch-xnnpack"]
+    assert plan.static_flows == [Flow.FX_FBGEMM, Flow.FX_QNNPACK, Flow.ORT_QDQ, Flow.PT2E_XNNPACK]
+    assert [t.name for t in plan.targets_of(Flow.ORT_QDQ)] == ["onnx-int8"]
+    assert [t.name for t in plan.targets_of(Flow.PT2E_XNNPACK)] == ["executorch-xnnpack"]
     assert plan.dynamic == ()
     assert plan.stages == ["load", "evaluate-float", "calibrate", "qat", "convert", "export", "verify",
                            "benchmark", "gate", "report"]

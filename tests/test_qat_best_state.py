@@ -80,19 +80,32 @@ def test_a_fine_tune_that_helps_ships_its_best_epoch(undertrained, data, flow):
 
 def test_the_report_shows_each_flows_trajectory_and_what_shipped(tmp_path):
     recipe = demo_recipe(quantization__qat={"enabled": True, "epochs": 2, "lr": 20.0},
-                         targets=["torchscript-fbgemm", "executorch-xnnpack"], fp32_twins=False)
+                         targets=["torchscript-fbgemm", "executorch-xnnpack", "onnx-int8"], fp32_twins=False)
     result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
     assert result.code == 0, result.stderr
     report = result.report()
+    md = (tmp_path / "run" / "report.md").read_text()
     for artifact in report["artifacts"]:
-        history = artifact["details"]["quantization"]["qat_history"]
+        quantization = artifact["details"]["quantization"]
+        history = quantization["qat_history"]
         assert history["split"] == "calibration"
         assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2]
         assert history["shipped_epoch"] == 0, history  # lr 20 ruins it: calibration ships
         assert report["float"]["accuracy"] - artifact["accuracy"] < 0.02
-    md = (tmp_path / "run" / "report.md").read_text()
-    assert "fx-fbgemm: QAT fine-tuning did not beat calibration, the calibrated state shipped" in md
-    assert "pt2e-xnnpack: QAT fine-tuning did not beat calibration" in md
+        qat, post_training = history.get("qat_accuracy"), history.get("post_training_accuracy")
+        calibrated = f"{artifact['flow']}: QAT fine-tuning did not beat calibration, the calibrated state shipped"
+        if artifact["flow"] == "ort-qdq":  # the calibrated weights are the float weights: one artifact
+            assert history["shipped"] == "post-training" and qat is None and post_training is None  # left out of report.json
+            assert calibrated in md
+            continue
+        # Converted, the calibrated QAT state meets the post-training model; the better ships
+        assert 0.5 < qat <= 1 and 0.5 < post_training <= 1
+        assert history["shipped"] == ("qat" if qat > post_training else "post-training")
+        line = {"qat": calibrated,
+                "post-training": f"{artifact['flow']}: QAT did not beat calibration alone after "
+                                 f"conversion, the post-training model shipped"}[history["shipped"]]
+        assert line in md and f"calibration only {post_training:.4f}" in md
+        assert quantization["observer"] == ("fake-quant" if history["shipped"] == "qat" else "histogram")
     assert "Quantization-aware training" in (tmp_path / "run" / "report.html").read_text()
 
 

@@ -21,7 +21,9 @@ class Flow(str, Enum):
 
     FX_FBGEMM = "fx-fbgemm"  # torch.ao FX graph mode, fbgemm backend config (x86)
     FX_QNNPACK = "fx-qnnpack"  # torch.ao FX graph mode, qnnpack backend config (ARM)
-    PT2E_XNNPACK = "pt2e-xnnpack"  # torchao PT2E with the XNNPACK quantizer (ExecuTorch, ONNX QDQ)
+    PT2E_XNNPACK = "pt2e-xnnpack"  # torchao PT2E with the XNNPACK quantizer (ExecuTorch)
+    # PT2E fine-tuning under ONNX Runtime's int8 config; ONNX Runtime's quantize_static at export
+    ORT_QDQ = "ort-qdq"
 
 
 class Precision(str, Enum):
@@ -48,7 +50,7 @@ _ALL = [
            "torchscript-fp32"),
     Target("torchscript-qnnpack", Format.TORCHSCRIPT, "qnnpack", Precision.INT8, Flow.FX_QNNPACK,
            "torchscript-fp32"),
-    Target("onnx-int8", Format.ONNX, "onnxruntime", Precision.INT8, Flow.PT2E_XNNPACK,
+    Target("onnx-int8", Format.ONNX, "onnxruntime", Precision.INT8, Flow.ORT_QDQ,
            "onnx-fp32"),
     Target("executorch-xnnpack", Format.EXECUTORCH, "xnnpack", Precision.INT8, Flow.PT2E_XNNPACK,
            "executorch-fp32"),

@@ -1,17 +1,16 @@
-"""ONNX: the dynamo exporter; int8 models become QDQ graphs (QuantizeLinear/DequantizeLinear)
-that ONNX Runtime fuses into its int8 kernels. Checked with onnx's checker."""
+"""ONNX: the dynamo exporter; int8 models are QDQ graphs (QuantizeLinear/DequantizeLinear) made by
+ONNX Runtime's own quantizer (static: onnx_static.py; dynamic: quantize_dynamic), which its
+optimizer fuses into int8 kernels. Checked with onnx's checker."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections import Counter
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from edgeship.formats import onnx_static
 from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.onnx_graph import artifact_of, onnx_program, strip_debug_metadata
 from edgeship.formats.spec import DynamicModel, FormatSpec
 from edgeship.targets import Format, Target
 
@@ -28,36 +27,15 @@ def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: 
     for f in exported.files:
         f.unlink()
     float_dir.rmdir()
-    return _artifact(path, workdir)
+    return artifact_of(path, workdir)
 
 
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
     path = workdir / f"{target.name}{SPEC.suffix}"
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
-        # torch.export froze it in eval form, so this warning is wrong for it.
-        warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
-        program = torch.onnx.export(module, examples, dynamo=True, verbose=False)
-    # The exporter annotates every node with its FX node, name scopes and stack trace: debug
-    # information a device never reads, 20% of a small int8 model's file.
-    for node in program.model.graph.all_nodes():
-        node.metadata_props.clear()
+    program = onnx_program(module, examples)
+    strip_debug_metadata(program)
     program.save(str(path))
-    return _artifact(path, workdir)
-
-
-def _artifact(path: Path, workdir: Path) -> ExportedArtifact:
-    import onnx
-
-    onnx.checker.check_model(str(path), full_check=True)
-    model = onnx.load(str(path), load_external_data=False)
-    external = sorted({entry.value for init in model.graph.initializer
-                       for entry in init.external_data if entry.key == "location"})
-    ops = Counter(node.op_type for node in model.graph.node)
-    files = (path, *(workdir / name for name in external))
-    return ExportedArtifact(path, files, {"onnx_ops": dict(sorted(ops.items())),
-                                          "external_data_files": external})
+    return artifact_of(path, workdir)
 
 
 def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
@@ -68,6 +46,6 @@ def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> Dynam
 
 SPEC = FormatSpec(
     format=Format.ONNX, suffix=".onnx", runtime_packages=("numpy", "onnxruntime"), export=export,
-    quantize_dynamic=quantize_dynamic,
+    quantize_dynamic=quantize_dynamic, quantize_static=onnx_static.quantize_static,
     dynamic_layers="MatMul/Gemm and the other op types of onnxruntime.quantization.quantize_dynamic",
     unsupported_layers={})

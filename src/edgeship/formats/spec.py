@@ -7,10 +7,12 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.formats.artifact import Exporter
+from edgeship.quantize.flow import QuantSettings
 from edgeship.targets import Format, Target
 
 
@@ -35,6 +37,10 @@ class FormatSpec:
     unsupported_layers: Mapping[type[nn.Module], str]
     # int8 weights are packed for one torch quantized engine: the runner must set it before load
     packs_for_engine: bool = False
+    # Where the format's own runtime quantizes (a flow with quantizes_at_export): from the
+    # calibration inputs, the recipe's settings and how many samples to calibrate on, the exporter
+    # that quantizes the float model, and what it chose, for the report
+    quantize_static: Callable[[tuple[np.ndarray, ...], QuantSettings, int], tuple[Exporter, dict]] | None = None
 
     def torch_engine(self, target: Target) -> str | None:
         """The torch quantized engine `target`'s artifact is packed for, or None."""

@@ -71,6 +71,8 @@ def sources(plan: Plan, float_model: FloatModel, converted: dict[Flow, Converted
             out[t.name] = dynamic[t.name]
         elif t.flow in converted and t in plan.static:
             c = converted[t.flow]
-            out[t.name] = Source(c.module, spec_for(t.format).export,
-                                 f"converted PyTorch model ({t.flow.value})", c.reference, c.key, c.quantization)
+            made = (f"converted PyTorch model ({t.flow.value})" if c.export is None else
+                    f"float model with the {t.flow.value} weights (quantized after export)")
+            out[t.name] = Source(c.module, c.export or spec_for(t.format).export, made, c.reference,
+                                 c.key, c.quantization)
     return out

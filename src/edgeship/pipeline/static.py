@@ -11,6 +11,7 @@ from edgeship.data import Arrays, stack
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.post_training import against_post_training, candidate
 from edgeship.pipeline.stages import StageNotes, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
 from edgeship.quantize import calibrate as calibration
@@ -125,23 +126,34 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     return dataclasses.replace(c, qat_distributed=run, qat_history=history)
 
 
-def convert(ctx: RunContext, loaded: Loaded, tuned: Results[Flow, Calibrated]) -> Results[Flow, Converted]:
+def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
+            tuned: Results[Flow, Calibrated]) -> Results[Flow, Converted]:
     if not ctx.plan.static_flows:
         return Results()
+    split = functools.cache(lambda: _scoring_split(loaded))
     with ctx.log.stage("convert") as notes:
-        return each(tuned.ok.items(), lambda flow, c: _convert(ctx, loaded, c, notes),
+        return each(tuned.ok.items(), lambda flow, c: _convert(ctx, loaded, float_model, c, split, notes),
                     _failed(ctx, "convert"))
 
 
-def _convert(ctx: RunContext, loaded: Loaded, c: Calibrated, notes: StageNotes) -> Converted:
-    q = ctx.recipe.quantization
-    module = c.flow.convert(c.prepared)
-    with c.flow.engine():
-        reference = logits(module, loaded.test)
+def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
+             split, notes: StageNotes) -> Converted:
+    q, name = ctx.recipe.quantization, c.flow.flow.value
+    shipped, history = candidate(ctx, loaded, c.flow, c.prepared, c.key), c.qat_history
+    if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
+        shipped, history = against_post_training(ctx, loaded, float_model, c, shipped, split()[1])
+        if history.post_training_accuracy is not None:
+            notes.append(f"{name} QAT {history.qat_accuracy:.4f} vs calibration only "
+                         f"{history.post_training_accuracy:.4f} converted: {history.shipped} ships")
+    qat_shipped = ctx.plan.qat and (history is None or history.shipped == "qat")
+    with shipped.flow.engine():
+        reference = logits(shipped.module, loaded.test)
     details = QuantizationDetails(
         mode="static", qat=ctx.plan.qat, per_channel=q.per_channel,
-        observer="fake-quant" if ctx.plan.qat else (q.observer or "histogram"),
+        observer="fake-quant" if qat_shipped else (q.observer or "histogram"),
         float_layers=sorted(c.flow.settings.float_layers), float_layers_required=c.required_float_layers,
-        qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=c.qat_history)
-    notes.append(f"{c.flow.flow.value} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch")
-    return Converted(module, reference, c.key, details)
+        qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
+        runtime_quantizer=shipped.runtime_quantizer)
+    what = "float with its weights" if shipped.export else "int8"
+    notes.append(f"{name} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch ({what})")
+    return Converted(shipped.module, reference, shipped.key, details, shipped.export)

@@ -81,12 +81,15 @@ class Calibrated:
 
 @dataclass(frozen=True)
 class Converted:
-    """One flow's int8 PyTorch model, the reference its targets' artifacts are compared with."""
+    """One flow's int8 PyTorch model, the reference its targets' artifacts are compared with. For
+    a flow whose targets' runtime quantizes at export: the float model with the fine-tuned
+    weights, and the exporter that quantizes it."""
 
     module: nn.Module
     reference: np.ndarray  # its answers on the test split
     key: str
     quantization: QuantizationDetails
+    export: Exporter | None = None  # None: the target format's own exporter
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 training and evaluation, and converted to int8 for one family of kernels.
 
 Two flows exist in PyTorch today and edgeship needs both: torch.ao's FX graph mode (fx.py) is the
-path to int8 TorchScript (fbgemm, qnnpack); torchao's PT2E (pt2e.py) is the path to ExecuTorch and
-ONNX QDQ. flows.py finds the one a target names.
+path to int8 TorchScript (fbgemm, qnnpack); torchao's PT2E (pt2e.py) is the path to ExecuTorch, and
+fine-tunes for ONNX Runtime, whose own quantizer makes the QDQ graph at export. flows.py finds the
+one a target names.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class QuantSettings:
 
 class QuantFlow(ABC):
     flow: Flow
+    # True: `convert` gives a float model (with the fine-tuned weights) and the target's format
+    # quantizes it at export, calibrating in its own runtime
+    quantizes_at_export: bool = False
 
     def __init__(self, settings: QuantSettings = QuantSettings()) -> None:
         self.settings = settings
@@ -56,6 +60,10 @@ class QuantFlow(ABC):
     @abstractmethod
     def convert(self, prepared: nn.Module) -> nn.Module:
         """The int8 model, in eval mode. `prepared` is left as it was."""
+
+    def int8_in_pytorch(self, prepared: nn.Module) -> nn.Module:
+        """The int8 model as PyTorch runs it, for probes that score int8 before any export."""
+        return self.convert(prepared)
 
     @abstractmethod
     def freeze_bn(self, prepared: nn.Module) -> None:

@@ -1,10 +1,13 @@
-"""torchao PT2E with the XNNPACK quantizer: the path to ExecuTorch (lowered to XNNPACK) and to
-ONNX QDQ (the same quantized graph, exported to ONNX)."""
+"""torchao PT2E flows. With the XNNPACK quantizer: the path to ExecuTorch (lowered to XNNPACK).
+With the x86 quantizer's config (U8 activations, S8 per-channel weights, what ONNX Runtime's int8
+kernels take): the fine-tuning half of the ONNX Runtime flow, whose int8 graph ONNX Runtime's own
+quantizer makes at export."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from abc import abstractmethod
 
 import torch
 from torch import nn
@@ -13,8 +16,8 @@ from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
 
-class Pt2eXnnpackFlow(QuantFlow):
-    flow = Flow.PT2E_XNNPACK
+class Pt2eFlow(QuantFlow):
+    """A PT2E flow; subclasses choose the quantizer."""
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         model = copy.deepcopy(model).train() if qat else copy.deepcopy(model).eval()
@@ -25,10 +28,49 @@ class Pt2eXnnpackFlow(QuantFlow):
         return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
 
     def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-        graph = copy.deepcopy(captured)
+        graph, quantizer = copy.deepcopy(captured), self.quantizer(qat=qat)
+        return prepare_qat_pt2e(graph, quantizer) if qat else prepare_pt2e(graph, quantizer)
+
+    @abstractmethod
+    def quantizer(self, *, qat: bool):
+        """The torchao quantizer, with the recipe's float layers left out."""
+
+    def freeze_bn(self, prepared: nn.Module) -> None:
+        # An exported graph has no module to flip: batch norm in eval form uses its running
+        # statistics, and gradients still flow, which is what freezing them means.
+        self.set_eval(prepared)
+
+    def freeze_observers(self, prepared: nn.Module) -> None:
+        from torchao.quantization.pt2e import disable_observer
+
+        prepared.apply(disable_observer)
+
+    def set_train(self, prepared: nn.Module) -> None:
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
+        move_exported_model_to_train(prepared)
+
+    def set_eval(self, prepared: nn.Module) -> None:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(prepared)
+
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        prepared = copy.deepcopy(prepared)
+        self.set_eval(prepared)
+        return convert_pt2e(prepared)
+
+
+class Pt2eXnnpackFlow(Pt2eFlow):
+    flow = Flow.PT2E_XNNPACK
+
+    def quantizer(self, *, qat: bool):
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
         quantizer = XNNPACKQuantizer().set_global(self.quantization_config(qat=qat))
         if self.settings.float_layers:
             # set_module_name(name, None) is "not supported yet" in XNNPACKQuantizer: a filter
@@ -37,7 +79,7 @@ class Pt2eXnnpackFlow(QuantFlow):
 
             inside = [get_module_name_filter(name) for name in self.settings.float_layers]
             quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
-        return prepare_qat_pt2e(graph, quantizer) if qat else prepare_pt2e(graph, quantizer)
+        return quantizer
 
     def convert_dynamic(self, model: nn.Module, examples: tuple) -> nn.Module:
         """Linear layers with int8 weights and activations quantized at run time."""
@@ -68,29 +110,49 @@ class Pt2eXnnpackFlow(QuantFlow):
                                          observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
         return dataclasses.replace(config, input_activation=activation, output_activation=activation)
 
-    def freeze_bn(self, prepared: nn.Module) -> None:
-        # An exported graph has no module to flip: batch norm in eval form uses its running
-        # statistics, and gradients still flow, which is what freezing them means.
-        self.set_eval(prepared)
 
-    def freeze_observers(self, prepared: nn.Module) -> None:
-        from torchao.quantization.pt2e import disable_observer
+class OrtQdqFlow(Pt2eFlow):
+    """The ONNX Runtime flow. In PyTorch, calibration and QAT use the config of ONNX Runtime's x86
+    int8 kernels (torchao's X86InductorQuantizer: U8 asymmetric activations, S8 symmetric
+    per-channel weights), so fine-tuning learns against the grid the artifact runs on. `convert`
+    gives the float model carrying the fine-tuned weights: ONNX Runtime's own quantize_static makes
+    the int8 QDQ graph from it at export, the graph its optimizer fuses into QLinearConv,
+    QLinearAdd and QGemm kernels, with ReLU and Clip folded into their producers."""
 
-        prepared.apply(disable_observer)
+    flow = Flow.ORT_QDQ
+    quantizes_at_export = True
 
-    def set_train(self, prepared: nn.Module) -> None:
-        from torchao.quantization.pt2e import move_exported_model_to_train
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        self._float_model, self._fine_tuned = model, qat  # what `convert` gives back
+        return super().capture(model, example_inputs, qat=qat)
 
-        move_exported_model_to_train(prepared)
+    def quantizer(self, *, qat: bool):
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer,
+            get_default_x86_inductor_quantization_config,
+        )
 
-    def set_eval(self, prepared: nn.Module) -> None:
-        from torchao.quantization.pt2e import move_exported_model_to_eval
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
+        for name in sorted(self.settings.float_layers):
+            quantizer.set_module_name_qconfig(name, None)
+        return quantizer
 
-        move_exported_model_to_eval(prepared)
+    def int8_in_pytorch(self, prepared: nn.Module) -> nn.Module:
+        """ONNX Runtime's int8 as PyTorch simulates it: PT2E's reference model on the same U8/S8
+        grid (ONNX Runtime's own calibration and `reduce_range` aside)."""
+        return super().convert(prepared)
 
     def convert(self, prepared: nn.Module) -> nn.Module:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-        prepared = copy.deepcopy(prepared)
-        self.set_eval(prepared)
-        return convert_pt2e(prepared)
+        """The float model with `prepared`'s weights and batch-norm statistics: torch.export keeps
+        the float model's parameter names, and fake quantization only adds entries beside them.
+        Calibration alone changes no weight (and prepare_pt2e folds batch norm away): the float model."""
+        model = copy.deepcopy(self._float_model).eval()
+        if not self._fine_tuned:
+            return model
+        trained = prepared.state_dict()
+        lost = [name for name in model.state_dict() if name not in trained]
+        if lost:
+            raise RuntimeError(f"the fine-tuned graph has no {lost[0]!r}: cannot give its weights "
+                               f"back to the float model")
+        model.load_state_dict({name: trained[name] for name in model.state_dict()})
+        return model

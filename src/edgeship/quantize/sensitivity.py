@@ -47,7 +47,7 @@ class PtqProbe:
             self._captured[flow] = qf.capture(self.model, self.examples, qat=False)
         prepared = calibrate(qf, self.model, self.examples, self.calibration, batches=self.batches,
                              batch_size=self.batch_size, qat=False, captured=self._captured[flow])
-        converted = qf.convert(prepared)
+        converted = qf.int8_in_pytorch(prepared)
         with qf.engine():
             return top1(logits(converted, self.validation), self.validation.labels)
 

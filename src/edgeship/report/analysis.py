@@ -39,6 +39,11 @@ def qat_outcome(history: QatHistory) -> str:
     """Which state shipped and why, with the score after calibration and after every epoch."""
     scores = " → ".join(f"{e.accuracy:.4f}" for e in history.epochs)
     tried = f"top-1 on the {history.split} split after calibration and each epoch: {scores}"
+    if history.post_training_accuracy is not None:
+        tried += (f"; converted: QAT {history.qat_accuracy:.4f}, calibration only "
+                  f"{history.post_training_accuracy:.4f}")
+    if history.shipped == "post-training" and history.post_training_accuracy is not None:
+        return f"did not beat calibration alone after conversion, the post-training model shipped ({tried})"
     if history.shipped_epoch == 0:
         return f"fine-tuning did not beat calibration, the calibrated state shipped ({tried})"
     return f"epoch {history.shipped_epoch} of {history.epochs[-1].epoch} shipped ({tried})"

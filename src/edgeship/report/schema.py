@@ -150,6 +150,11 @@ class QatHistory(BaseModel):
     split: Literal["validation", "calibration"]
     epochs: list[QatEpoch]
     shipped_epoch: int  # 0: fine-tuning did not beat calibration, the calibrated state shipped
+    # After conversion, on the same split: the best QAT state against the same flow's
+    # post-training (calibration only) model; the better ships, a tie ships post-training
+    qat_accuracy: float | None = None
+    post_training_accuracy: float | None = None
+    shipped: Literal["qat", "post-training"] = "qat"
 
 
 class QuantizationDetails(BaseModel):
@@ -164,6 +169,7 @@ class QuantizationDetails(BaseModel):
     float_layers_required: dict[str, str] | None = None  # static: left float by the flow, and why
     qat_distributed: dict | None = None  # static with distributed QAT: how it ran
     qat_history: QatHistory | None = None  # static with QAT: its scores, and which state shipped
+    runtime_quantizer: dict | None = None  # static, made by the runtime's own quantizer: its settings
     layers: str | None = None  # dynamic: which layer types its path quantizes
 
 

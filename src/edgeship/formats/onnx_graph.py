@@ -1,0 +1,75 @@
+"""ONNX graphs as edgeship writes and reads them: the dynamo exporter's program, the checked
+artifact with its external data, and the kernels ONNX Runtime's optimizer makes of it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeship.formats.artifact import ExportedArtifact
+
+
+def onnx_program(module: nn.Module, examples: tuple):
+    """The dynamo exporter's ONNXProgram of `module`, quietly."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
+        # torch.export froze it in eval form, so this warning is wrong for it.
+        warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
+        return torch.onnx.export(module, examples, dynamo=True, verbose=False)
+
+
+def strip_debug_metadata(program) -> None:
+    # The exporter annotates every node with its FX node, name scopes and stack trace: debug
+    # information a device never reads, 20% of a small int8 model's file.
+    for node in program.model.graph.all_nodes():
+        node.metadata_props.clear()
+
+
+def artifact_of(path: Path, workdir: Path) -> ExportedArtifact:
+    """The checked artifact at `path` with its external data files, its ONNX op counts and the
+    kernels ONNX Runtime's optimizer makes of it on this machine."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path), load_external_data=False)
+    external = sorted({entry.value for init in model.graph.initializer
+                       for entry in init.external_data if entry.key == "location"})
+    ops = Counter(node.op_type for node in model.graph.node)
+    files = (path, *(workdir / name for name in external))
+    return ExportedArtifact(path, files, {"onnx_ops": dict(sorted(ops.items())),
+                                          "external_data_files": external,
+                                          "onnxruntime_kernels": runtime_kernels(path, workdir)})
+
+
+# Compute ops ONNX Runtime runs in int8, and their float counterparts, after its graph optimizer
+INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "ConvInteger",
+                "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+                "DynamicQuantizeLSTM", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool",
+                "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSoftmax")
+FLOAT_KERNELS = ("Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
+                 "LSTM", "GRU", "Attention")
+
+
+def runtime_kernels(path: Path, workdir: Path) -> dict:
+    """What ONNX Runtime's optimizer (all levels, as the runner loads it) turns the graph into here:
+    the counts of int8 and of float compute kernels, and every op. A DequantizeLinear feeding a
+    float Conv is a layer the QDQ graph meant int8 that ONNX Runtime runs in float."""
+    import onnx
+    import onnxruntime as ort
+
+    optimized = workdir / f".{path.stem}.ort-optimized.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.log_severity_level = 3  # its note that the file is specific to this CPU: we know
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node)
+    for leftover in workdir.glob(f".{path.stem}.ort-optimized.onnx*"):
+        leftover.unlink()
+    return {"int8_compute": sum(ops[k] for k in INT8_KERNELS),
+            "float_compute": sum(ops[k] for k in FLOAT_KERNELS), "ops": dict(sorted(ops.items()))}

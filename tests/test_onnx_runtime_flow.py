@@ -1,0 +1,112 @@
+"""onnx-int8 is made by ONNX Runtime's own quantizer: a QDQ graph its optimizer turns into int8
+kernels, at least as accurate as ONNX Runtime's documented flow on the same weights, with the
+recipe's float layers left float and the CPU-dependent choice (reduce_range) recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import edgeship
+from edgeship.data import stack
+from edgeship.environment import int8_saturates
+from edgeship.examples import digits
+from edgeship.formats.onnx_static import quantize_static
+from edgeship.quantize.flow import QuantSettings
+from edgeship.recipe import parse_recipe
+from edgeship.targets import get_target
+from peers import ort_quantize_static
+from support import demo_recipe
+
+
+def _answers(path, inputs: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i:i + 1]})[0] for i in range(len(inputs))])
+
+
+def test_onnx_int8_is_onnx_runtimes_int8_and_no_worse_than_its_own_flow(tmp_path):
+    data = demo_recipe(targets=["onnx-int8"])
+    data["quantization"]["qat"]["enabled"] = False
+    report = edgeship.run(parse_recipe(data, "ort", tmp_path), tmp_path / "run", quiet=True)
+    int8, fp32 = report.artifact("onnx-int8"), report.artifact("onnx-fp32")
+    assert int8.status == "ok" and fp32.status == "ok", (int8.error, fp32.error)
+
+    chosen = int8.details["quantization"]["runtime_quantizer"]
+    assert chosen["activations"] == "uint8" and chosen["weights"] == "int8" and chosen["per_channel"]
+    assert chosen["reduce_range"] is int8_saturates()
+    splits = digits.splits()
+    assert chosen["calibration_samples"] == min(4 * 64, len(splits.calibration))  # as many as PyTorch sees
+    kernels = int8.details["onnxruntime_kernels"]
+    assert kernels["ops"].get("QLinearConv", 0) >= 2 and kernels["float_compute"] == 0, kernels
+    assert int8.parity.reference.startswith("float model with the ort-qdq weights")
+    assert (report.float.accuracy - int8.accuracy) * 100 <= 1.0
+
+    # The same float weights (the fp32 twin) through ONNX Runtime's documented flow, as a user
+    # without edgeship would run it: default reduce_range=False, the same calibration samples.
+    calibration = stack(splits.calibration).inputs[0][:chosen["calibration_samples"]]
+    test = stack(splits.test)
+    theirs = ort_quantize_static(tmp_path / "run" / fp32.path, calibration, tmp_path)
+    their_accuracy = float((_answers(theirs, test.inputs[0]).argmax(1) == test.labels).mean())
+    assert int8.accuracy >= their_accuracy, (int8.accuracy, their_accuracy)
+    if not chosen["reduce_range"]:  # then both are the same procedure: the same answers
+        assert int8.accuracy == their_accuracy
+
+
+class _ConvBnNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("float_layers, int8, float_", [((), 2, 0), (("conv",), 1, 1), (("head",), 1, 1)])
+def test_float_layers_stay_float_in_onnx_runtime(tmp_path, float_layers, int8, float_):
+    """A float layer is excluded from ONNX Runtime's quantizer, found by its module name: also a
+    convolution whose batch norm the exporter folded into it (the node carries the batch norm's
+    name)."""
+    torch.manual_seed(0)
+    model = _ConvBnNet().eval()
+    calibration = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    export, chosen = quantize_static((calibration,), QuantSettings(float_layers=frozenset(float_layers)), 16)
+    assert chosen["calibration_samples"] == 16
+    made = export(model, (torch.zeros(1, 1, 8, 8),), get_target("onnx-int8"), tmp_path)
+    kernels = made.details["onnxruntime_kernels"]
+    assert (kernels["int8_compute"], kernels["float_compute"]) == (int8, float_), kernels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx-int8.onnx"]  # no scratch left
+
+
+def test_int8_saturates_on_x86_without_vnni_only():
+    assert int8_saturates("x86_64", frozenset({"avx2", "fma"}))
+    assert not int8_saturates("x86_64", frozenset({"avx2", "avx512_vnni"}))
+    assert not int8_saturates("x86_64", frozenset({"avx2", "avx_vnni"}))
+    assert not int8_saturates("aarch64", frozenset({"asimd", "asimddp"}))
+
+
+def test_the_onnx_runtime_flow_converts_to_float_weights_and_probes_int8():
+    """`convert` gives the float model (ONNX Runtime quantizes at export); sensitivity and fallback
+    probe the int8 grid in PyTorch, not that float model."""
+    from edgeship.quantize.calibrate import calibrate
+    from edgeship.quantize.flows import flow_for
+    from edgeship.targets import Flow
+
+    torch.manual_seed(0)
+    model = _ConvBnNet().eval()
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8), torch.zeros(64, dtype=torch.int64))
+    flow = flow_for(Flow.ORT_QDQ)
+    prepared = calibrate(flow, model, (torch.zeros(1, 1, 8, 8),), data, batches=1, batch_size=64, qat=False)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(flow.convert(prepared)(x), model(x))
+        simulated = flow.int8_in_pytorch(prepared)
+        assert "quantize_per_tensor" in str(simulated.graph)
+        assert not torch.equal(simulated(x), model(x))
