@@ -98,14 +98,22 @@ def test_the_report_shows_each_flows_trajectory_and_what_shipped(tmp_path):
             assert history["shipped"] == "post-training" and qat is None and post_training is None  # left out of report.json
             assert calibrated in md
             continue
-        # Converted, the calibrated QAT state meets the post-training model; the better ships
+        # Converted, the calibrated QAT state meets the post-training model; QAT ships only when
+        # it wins beyond the split's noise
         assert 0.5 < qat <= 1 and 0.5 < post_training <= 1
-        assert history["shipped"] == ("qat" if qat > post_training else "post-training")
+        wins = history["p_value"] < 0.05 and qat >= post_training
+        assert history["shipped"] == ("qat" if wins else "post-training")
+        assert history["qat_loss"] > 0 and history["post_training_loss"] > 0
+        lead = history["qat_only_right"] - history["post_training_only_right"]
+        assert lead == round((qat - post_training) * len(digits.splits().calibration))
         line = {"qat": calibrated,
-                "post-training": f"{artifact['flow']}: QAT did not beat calibration alone after "
-                                 f"conversion, the post-training model shipped"}[history["shipped"]]
+                "post-training": f"{artifact['flow']}: QAT did not beat calibration alone beyond the "
+                                 f"split's noise after conversion, the post-training model shipped"}[history["shipped"]]
         assert line in md and f"calibration only {post_training:.4f}" in md
         assert quantization["observer"] == ("fake-quant" if history["shipped"] == "qat" else "histogram")
+        # The recipe's rate is obeyed and no probe runs; the freezes it left out are defaults
+        assert history["settings"]["lr"] == {"value": 20.0, "source": "recipe"} and "probe" not in history
+        assert history["settings"]["freeze_bn_after_epochs"] == {"value": 1, "source": "default"}
     assert "Quantization-aware training" in (tmp_path / "run" / "report.html").read_text()
 
 
@@ -141,3 +149,12 @@ def test_a_validation_split_is_what_qat_is_scored_on(tmp_path):
     assert result.code == 0, result.stderr
     history = result.report()["artifacts"][0]["details"]["quantization"]["qat_history"]
     assert history["split"] == "validation" and len(history["epochs"]) == 2
+    # The recipe left the rate out: the probe chose it, on the same split, and the report says so
+    trials = history["probe"]["trials"]
+    assert len(trials) == 4 and history["settings"]["lr"]["source"] == "probe"
+    best = min(trials, key=lambda t: t["loss"])
+    assert history["settings"]["lr"]["value"] == best["lr"]
+    assert history["settings"]["optimizer"] == {"value": best["optimizer"], "source": "probe"}
+    # A 1-epoch run freezes nothing (report.json leaves the None value out)
+    assert history["settings"]["freeze_bn_after_epochs"] == {"source": "default"}
+    assert "probe: 4 rates x" in (tmp_path / "run" / "report.md").read_text()

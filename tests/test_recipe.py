@@ -14,7 +14,7 @@ from pathlib import Path
 def test_builtin_recipe_is_valid():
     recipe = parse_recipe_text(demo_recipe_text(), "demo", Path.cwd())
     assert recipe.targets == ["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"]
-    assert recipe.quantization.qat.enabled and recipe.quantization.qat.lr == 0.001
+    assert recipe.quantization.qat.enabled and recipe.quantization.qat.lr is None  # the probe chooses
     assert recipe.budgets[0].limits() == {"max_accuracy_drop": 0.5, "max_size_mb": 0.2,
                                           "max_latency_p90_ms": 20, "max_peak_rss_mb": 1000}
 

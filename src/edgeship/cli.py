@@ -1,10 +1,11 @@
 """The `edgeship` command. Exit codes: 0 passed, 1 a budget failed, 2 bad input,
-3 a device or runtime failure."""
+3 a device or runtime failure, or a crash."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -210,6 +211,11 @@ def main() -> None:
         for line in str(e).splitlines():  # plain text: no markup, no wrapping, one line each
             sys.stderr.write(f"error: {line}\n")
         sys.exit(e.exit_code)
+    except Exception as e:  # a bug of edgeship's, or of a library under it: never exit 1, "a budget failed"
+        traceback.print_exc()
+        sys.stderr.write(f"error: edgeship crashed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         f"the traceback is above. Exit code 3\n")
+        sys.exit(3)
 
 
 if __name__ == "__main__":

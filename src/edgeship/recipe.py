@@ -78,20 +78,38 @@ class Distributed(Section):
 
 
 class QATSection(Section):
+    """Each knob left out is chosen by edgeship (quantize/qat_settings.py) and the report says
+    which values came from the recipe, from the learning-rate probe, or from a default."""
+
     enabled: bool = Field(True, description="Fine-tune with fake quantization after calibration.")
     epochs: int = Field(2, ge=1, description="QAT epochs over the train split.")
-    lr: PositiveFloat = Field(1e-3, description="Learning rate; small, the model is trained.")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="SGD (with momentum) or Adam.")
+    lr: PositiveFloat | None = Field(
+        None, description="Learning rate; default: chosen by a short probe of a few rates on a "
+                          "slice of the train split, scored on the held-out split.")
+    optimizer: Literal["sgd", "adam"] | None = Field(
+        None, description="SGD (with momentum) or Adam; default: chosen by the same probe.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
-    freeze_bn_after_epochs: int | None = Field(
-        None, ge=0, description="Stop updating batch-norm statistics after this many epochs.")
-    freeze_observers_after_epochs: int | None = Field(
-        None, ge=0, description="Stop moving the quantization ranges after this many epochs.")
+    freeze_bn_after_epochs: int | Literal["never"] | None = Field(
+        None, description="Stop updating batch-norm statistics after this many epochs; default: "
+                          "half-way (epochs // 2), none in a 1-epoch run.")
+    freeze_observers_after_epochs: int | Literal["never"] | None = Field(
+        None, description="Stop moving the quantization ranges after this many epochs; default: "
+                          "before the last epoch, none in a 1-epoch run.")
+    anchor: float = Field(
+        0.01, ge=0, description="L2-SP pull toward the calibrated weights: the loss gains "
+                                "anchor / 2 x the squared distance from them; 0 turns it off.")
     trainable: list[str] | None = Field(
         None, description="Train only parameters under these module names (e.g. ['classifier'] "
                           "for the head); default: all.")
     distillation: Distillation | None = Field(None, description="Distil from the float model.")
     distributed: Distributed | None = Field(None, description="Fine-tune on several processes.")
+
+    @field_validator("freeze_bn_after_epochs", "freeze_observers_after_epochs")
+    @classmethod
+    def _non_negative(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0 or 'never'")
+        return value
 
 
 class Fallback(Section):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 
 from edgeship.data import Arrays, stack
 from edgeship.pipeline.analyse import quant_settings
@@ -15,14 +17,17 @@ from edgeship.pipeline.post_training import against_post_training, candidate
 from edgeship.pipeline.stages import StageNotes, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
 from edgeship.quantize import calibrate as calibration
-from edgeship.quantize.best_state import BestState
+from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.evaluate import logits, top1
 from edgeship.quantize.float_layers import required_float_layers
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.qat import finetune as qat_finetune
+from edgeship.quantize.qat_probe import run_probe
+from edgeship.quantize.qat_settings import Chosen, choices, probe_needed, resolved
+from edgeship.recipe import QATSection
 from edgeship.report.analysis import qat_outcome
-from edgeship.report.schema import QatEpoch, QatHistory, QuantizationDetails
+from edgeship.report.schema import QatEpoch, QatHistory, QatProbe, QuantizationDetails
 from edgeship.targets import Flow
 
 
@@ -51,7 +56,7 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
     # "best-state": QAT ships its best-scoring epoch (states cached before that are not reused)
     key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed, "best-state")
+                 recipe.data.batch_size, recipe.seed, "best-state", "probe")
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
     if state is None:
@@ -105,25 +110,49 @@ def _scoring_split(loaded: Loaded) -> tuple[str, Arrays]:
 def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
               split: tuple[str, Arrays], notes: StageNotes) -> Calibrated:
     """Trains `c.prepared` in place and leaves its best-scoring state in it."""
-    recipe, qat, name = ctx.recipe, ctx.recipe.quantization.qat, c.flow.flow.value
-    tracker = BestState(c.flow, c.prepared, split[1])
+    recipe, name = ctx.recipe, c.flow.flow.value
+    scorer = Scorer(c.flow, c.prepared, split[1])
+    qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, notes)
+    tracker = BestState(c.flow, c.prepared, split[1], scorer)
     tracker.score(0)
-    run = None
+    run, started = None, time.perf_counter()
     if qat.distributed is None:
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
                             batch_size=recipe.data.batch_size, seed=recipe.seed,
                             teacher=float_model.module, progress=ctx.progress, on_epoch_end=tracker.score)
         notes.append(f"{name} loss {loss:.4f}")
     else:  # the workers train; the parent scores what they give back against calibration
-        run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples, recipe,
-                                   log=ctx.progress.log)
+        with_qat = recipe.quantization.model_copy(update={"qat": qat})
+        run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples,
+                                   recipe.model_copy(update={"quantization": with_qat}), log=ctx.progress.log)
         tracker.score(qat.epochs, run["loss"])
         notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
-    shipped = tracker.restore()
+    seconds, shipped = time.perf_counter() - started, tracker.restore()
     history = QatHistory(split=split[0], shipped_epoch=shipped.epoch,
-                         epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history])
+                         epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],
+                         settings={k: dataclasses.asdict(v) for k, v in chosen.items()},
+                         probe=probe, train_seconds=round(seconds, 2))
     notes.append(f"{name} {qat_outcome(history)}")
     return dataclasses.replace(c, qat_distributed=run, qat_history=history)
+
+
+def _settings(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated, scorer: Scorer,
+              notes: StageNotes) -> tuple[QATSection, dict[str, Chosen], QatProbe | None]:
+    """QAT's knobs: the recipe's, the probe's learning rate (and optimizer) when the recipe
+    leaves the rate out, and defaults for the rest."""
+    qat, probe, probed = ctx.recipe.quantization.qat, None, None
+    if probe_needed(qat):
+        found = run_probe(c.flow, c.prepared, loaded.splits.train, scorer, qat=qat,
+                          batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
+                          teacher=float_model.module)
+        probe = QatProbe(steps=found.steps, seconds=round(found.seconds, 2),
+                         calibrated_loss=found.calibrated_loss,
+                         trials=[{**dataclasses.asdict(t), "loss": t.loss if math.isfinite(t.loss) else None}
+                                 for t in found.trials])
+        probed = (found.chosen.optimizer, found.chosen.lr)
+        notes.append(f"{c.flow.flow.value} probe chose {probed[0]} lr {probed[1]:g} in {found.seconds:.1f} s")
+    chosen = choices(qat, probed)
+    return resolved(qat, chosen), chosen, probe
 
 
 def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
@@ -144,7 +173,8 @@ def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibr
         shipped, history = against_post_training(ctx, loaded, float_model, c, shipped, split()[1])
         if history.post_training_accuracy is not None:
             notes.append(f"{name} QAT {history.qat_accuracy:.4f} vs calibration only "
-                         f"{history.post_training_accuracy:.4f} converted: {history.shipped} ships")
+                         f"{history.post_training_accuracy:.4f} converted (loss Wilcoxon p = "
+                         f"{history.p_value:.3g}): {history.shipped} ships")
     qat_shipped = ctx.plan.qat and (history is None or history.shipped == "qat")
     with shipped.flow.engine():
         reference = logits(shipped.module, loaded.test)

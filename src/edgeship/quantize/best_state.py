@@ -2,8 +2,8 @@
 trains on, after calibration and after every epoch, and keep the best state. A tie keeps the
 earlier state, so when fine-tuning does not beat calibration the calibrated state ships.
 
-Scoring runs a copy of the prepared graph with its observers frozen and in eval form, so neither
-the ranges nor batch norm learn from the scoring split. It scores fake quantization, not the
+Scoring runs a copy of the prepared graph with its observers frozen and in eval form (Scorer), so
+neither the ranges nor batch norm learn from the scoring split. It scores fake quantization, not the
 converted int8 model: converting a PT2E QAT graph folds conv-BN by re-exporting pattern graphs
 (seconds per epoch), and fake quantization computes the same rounding in float."""
 
@@ -20,6 +20,24 @@ from edgeship.quantize.evaluate import logits, top1
 from edgeship.quantize.flow import QuantFlow
 
 
+class Scorer:
+    """Scores states of one prepared graph on a split: (top-1, mean cross-entropy). It loads each
+    state into an eval-form copy made once, with observers frozen, so scoring neither moves the
+    ranges nor batch norm, and costs no graph copy or train/eval switch per score."""
+
+    def __init__(self, flow: QuantFlow, prepared: nn.Module, split: Arrays):
+        self.flow, self.split = flow, split
+        self.copy = copy.deepcopy(prepared)
+        flow.set_eval(self.copy)
+        self.labels = torch.from_numpy(split.labels).long()
+
+    def __call__(self, prepared: nn.Module) -> tuple[float, float]:
+        self.copy.load_state_dict(prepared.state_dict())
+        self.flow.freeze_observers(self.copy)  # the observers' on/off flags are state: set again
+        scores = torch.from_numpy(logits(self.copy, self.split))
+        return top1(scores.numpy(), self.split.labels), float(nn.functional.cross_entropy(scores, self.labels))
+
+
 @dataclass(frozen=True)
 class Scored:
     epoch: int  # 0: the calibrated state, before any fine-tuning
@@ -34,15 +52,16 @@ class BestState:
     flow: QuantFlow
     prepared: nn.Module
     split: Arrays
+    scorer: Scorer | None = None  # one made for `split` when not given
     history: list[Scored] = field(default_factory=list)
     _best: dict[str, torch.Tensor] | None = None
 
+    def __post_init__(self):
+        self.scorer = self.scorer or Scorer(self.flow, self.prepared, self.split)
+
     def score(self, epoch: int, loss: float | None = None) -> Scored:
         """Scores the current state as `epoch` and remembers it when it beats every earlier one."""
-        probe = copy.deepcopy(self.prepared)
-        self.flow.freeze_observers(probe)
-        self.flow.set_eval(probe)
-        scored = Scored(epoch, top1(logits(probe, self.split), self.split.labels), loss)
+        scored = Scored(epoch, self.scorer(self.prepared)[0], loss)
         if not self.history or scored.accuracy > self.best.accuracy:
             # A deep copy keeps the state dict's _metadata: without its version, torchao's
             # observers take a loaded state for version 1 and reset `eps` to float32's.

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from edgeship.errors import UserError
 from edgeship.progress import Progress
 from edgeship.quantize.flow import QuantFlow
-from edgeship.quantize.training import LossFn, Shard, cross_entropy, distillation_loss, train
+from edgeship.quantize.qat_settings import choices, resolved
+from edgeship.quantize.training import LossFn, Shard, anchored, cross_entropy, distillation_loss, train
 from edgeship.recipe import QATSection
 
 
@@ -37,11 +38,12 @@ def _optimizer(qat: QATSection, params: list[nn.Parameter]) -> torch.optim.Optim
     return torch.optim.Adam(params, lr=qat.lr)
 
 
-def _loss(qat: QATSection, teacher: nn.Module | None) -> LossFn:
-    if qat.distillation is None:
-        return cross_entropy
-    teacher.eval()
-    return distillation_loss(teacher, qat.distillation.weight, qat.distillation.temperature)
+def _loss(qat: QATSection, teacher: nn.Module | None, params: list[nn.Parameter]) -> LossFn:
+    loss = cross_entropy
+    if qat.distillation is not None:
+        teacher.eval()
+        loss = distillation_loss(teacher, qat.distillation.weight, qat.distillation.temperature)
+    return anchored(loss, params, qat.anchor) if qat.anchor > 0 else loss
 
 
 def _freezer(flow: QuantFlow, prepared: nn.Module, qat: QATSection):
@@ -58,11 +60,14 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
              batch_size: int, seed: int, teacher: nn.Module | None = None,
              progress: Progress | None = None, shard: Shard | None = None,
              device: torch.device | None = None,
-             on_epoch_end: Callable[[int, float], object] = lambda epoch, loss: None) -> float:
+             on_epoch_end: Callable[[int, float], object] = lambda epoch, loss: None,
+             end_in_eval: bool = True) -> float:
     """Fake-quant training at a small learning rate, on the recipe's schedule; returns the last
     epoch's mean loss. With `shard`, this process is one rank of a distributed run (see
     distributed.py) and trains `prepared` through DistributedDataParallel. `on_epoch_end` sees
-    each epoch's end (best_state.BestState.score keeps the best state)."""
+    each epoch's end (best_state.BestState.score keeps the best state). Knobs `qat` leaves out
+    take qat_settings' defaults (the pipeline resolves them first, with its probe)."""
+    qat = resolved(qat, choices(qat))
     torch.manual_seed(seed)
     params = _trainable_parameters(prepared, qat.trainable)
     trained = prepared
@@ -75,7 +80,8 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
     loss = train(trained, dataset, optimizer=_optimizer(qat, params), epochs=qat.epochs,
                  batch_size=batch_size, seed=seed, progress=progress or Progress(enabled=False),
                  label=f"QAT {flow.flow.value}", set_train_mode=lambda m: flow.set_train(prepared),
-                 loss_fn=_loss(qat, teacher), on_epoch_start=_freezer(flow, prepared, qat),
+                 loss_fn=_loss(qat, teacher, params), on_epoch_start=_freezer(flow, prepared, qat),
                  on_epoch_end=on_epoch_end, shard=shard, device=device)
-    flow.set_eval(prepared)
+    if end_in_eval:
+        flow.set_eval(prepared)
     return loss

@@ -34,6 +34,18 @@ def distillation_loss(teacher: nn.Module, weight: float, temperature: float) -> 
     return loss
 
 
+def anchored(loss_fn: LossFn, params: list[nn.Parameter], weight: float) -> LossFn:
+    """L2-SP (Li et al., 2018): the loss plus weight / 2 x the squared distance of `params`
+    from where they start, so a short fine-tune stays near the model it starts from."""
+    start = [p.detach().clone() for p in params]
+
+    def loss(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) -> torch.Tensor:
+        drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
+        return loss_fn(outputs, labels, inputs) + weight / 2 * drift
+
+    return loss
+
+
 class TrainingDiverged(RuntimeError):
     """The loss stopped being a finite number: every later step would train on garbage."""
 

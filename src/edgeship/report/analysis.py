@@ -42,11 +42,31 @@ def qat_outcome(history: QatHistory) -> str:
     if history.post_training_accuracy is not None:
         tried += (f"; converted: QAT {history.qat_accuracy:.4f}, calibration only "
                   f"{history.post_training_accuracy:.4f}")
+    if history.p_value is not None:
+        tried += (f"; loss {history.qat_loss:.4f} vs {history.post_training_loss:.4f}, one-sided "
+                  f"Wilcoxon p = {history.p_value:.3g}; right only with QAT {history.qat_only_right}, "
+                  f"only without {history.post_training_only_right}")
     if history.shipped == "post-training" and history.post_training_accuracy is not None:
-        return f"did not beat calibration alone after conversion, the post-training model shipped ({tried})"
+        return (f"did not beat calibration alone beyond the split's noise after conversion, the "
+                f"post-training model shipped ({tried})")
     if history.shipped_epoch == 0:
         return f"fine-tuning did not beat calibration, the calibrated state shipped ({tried})"
     return f"epoch {history.shipped_epoch} of {history.epochs[-1].epoch} shipped ({tried})"
+
+
+def qat_settings(history: QatHistory) -> str:
+    """`lr 0.0001 (probe), optimizer sgd (probe), …; probe …`: what QAT ran with and why."""
+    if not history.settings:
+        return ""
+    said = ", ".join(f"{k} {'never' if v.value is None else f'{v.value:g}' if isinstance(v.value, float) else v.value}"
+                     f" ({v.source})" for k, v in history.settings.items())
+    if (p := history.probe) is not None:
+        tried = ", ".join(f"{t.optimizer} {t.lr:g}: {'diverged' if t.loss is None else f'{t.loss:.4f}'}"
+                          for t in p.trials)
+        said += (f"; probe: {len(p.trials)} rates x {p.steps} steps in {p.seconds:.1f} s"
+                 f"{f' (the fine-tune {history.train_seconds:.1f} s)' if history.train_seconds else ''}"
+                 f", loss on the {history.split} split {p.calibrated_loss:.4f} calibrated → {tried}")
+    return said
 
 
 def qat_lines(report: Report) -> list[str]:
@@ -55,7 +75,9 @@ def qat_lines(report: Report) -> list[str]:
     for a in report.artifacts:
         found = (a.details.get("quantization") or {}).get("qat_history")
         if found is not None and a.flow not in out:
-            out[a.flow] = f"{a.flow}: QAT {qat_outcome(QatHistory.model_validate(found))}"
+            history = QatHistory.model_validate(found)
+            settings = qat_settings(history)
+            out[a.flow] = f"{a.flow}: QAT {qat_outcome(history)}" + (f"; ran with {settings}" if settings else "")
     return list(out.values())
 
 

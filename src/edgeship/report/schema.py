@@ -143,6 +143,28 @@ class QatEpoch(BaseModel):
     loss: float | None = None  # that epoch's mean training loss
 
 
+class QatSetting(BaseModel):
+    value: float | int | str | None = None  # None: never (a freeze that does not happen)
+    source: Literal["recipe", "probe", "default"]
+
+
+class QatTrial(BaseModel):
+    optimizer: str
+    lr: float
+    loss: float | None  # cross-entropy on the scoring split after the probe's steps; None: diverged
+    accuracy: float
+
+
+class QatProbe(BaseModel):
+    """The learning-rate probe: each candidate fine-tuned `steps` steps from the calibrated
+    state, scored on the same split as QAT; the lowest loss was chosen."""
+
+    steps: int
+    seconds: float
+    calibrated_loss: float
+    trials: list[QatTrial]
+
+
 class QatHistory(BaseModel):
     """One flow's QAT, scored after calibration and after every epoch on a split it never trains
     on; the best state ships (a tie keeps the earlier one)."""
@@ -151,10 +173,21 @@ class QatHistory(BaseModel):
     epochs: list[QatEpoch]
     shipped_epoch: int  # 0: fine-tuning did not beat calibration, the calibrated state shipped
     # After conversion, on the same split: the best QAT state against the same flow's
-    # post-training (calibration only) model; the better ships, a tie ships post-training
+    # post-training (calibration only) model
     qat_accuracy: float | None = None
     post_training_accuracy: float | None = None
     shipped: Literal["qat", "post-training"] = "qat"
+    # Both models' mean cross-entropy on the split, the samples only one of them answers right,
+    # and the one-sided Wilcoxon signed-rank p that QAT's per-sample loss is the lower: QAT ships
+    # only when p < 0.05 and its top-1 is no lower (post_training.py)
+    qat_loss: float | None = None
+    post_training_loss: float | None = None
+    qat_only_right: int | None = None
+    post_training_only_right: int | None = None
+    p_value: float | None = None
+    settings: dict[str, QatSetting] = {}  # what QAT ran with, and where each value came from
+    probe: QatProbe | None = None  # when the recipe left the learning rate out
+    train_seconds: float | None = None  # the fine-tune itself, without the probe
 
 
 class QuantizationDetails(BaseModel):

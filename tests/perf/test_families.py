@@ -1,0 +1,77 @@
+"""Defaults on models nobody tuned (issue 10), `make bench`: each family of families.py run
+through the whole pipeline twice with every knob at its default (`devices = []`), once with only
+`qat.enabled = true` and once with calibration only, and the calibration-only float weights also
+quantized by each runtime's own flow (peers.py). Top-1 of every artifact in its own runtime on
+the same test images. About 15 minutes on a 2-core machine.
+
+The issue's targets: with QAT on, within 0.3 points of float and never below calibration only;
+calibration only within 1.0 point of float and no worse than the runtime's own flow. The
+assertions are loose (one image either way); the figures are the evidence."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgeship
+from edgeship.benchmarks.runner import load
+from edgeship.data import stack
+from edgeship.environment import environment
+from peers import INT8, PEER_OF, edgeship_artifact, peer_artifact
+
+import families
+
+HERE = Path(families.__file__)
+FAMILIES = {"resnet": ("images", [1, 1, 16, 16], '{ epochs = 8, lr = 0.01, schedule = "cosine" }'),
+            "mobilenet_v3": ("images", [1, 1, 16, 16], '{ epochs = 8, lr = 0.01, schedule = "cosine" }'),
+            "seqformer": ("rows", [1, 1, 8, 8], "{ epochs = 10, lr = 0.003 }")}
+ALL_INT8 = ["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"]
+
+
+def _recipe(folder: Path, family: str, qat: bool) -> Path:
+    data, shape, train = FAMILIES[family]
+    path = folder / f"{family}-{'qat' if qat else 'ptq'}.toml"
+    path.write_text(f'name = "{family}"\nseed = 0\ntargets = {ALL_INT8}\ndevices = []\n\n'
+                    f'[model]\nfactory = "{HERE}:{family}"\n'
+                    f'example_inputs = [{{ shape = {shape}, dtype = "float32" }}]\ntrain = {train}\n\n'
+                    f'[data]\nfactory = "{HERE}:{data}"\n\n[quantization.qat]\nenabled = {str(qat).lower()}\n')
+    return path
+
+
+def _peers(run: Path, family: str) -> dict[str, float]:
+    """Top-1 of each runtime's own flow on the run's float weights."""
+    model = getattr(families, family)()
+    model.load_state_dict(torch.load(glob.glob(str(run / ".edgeship-cache/float/*.pt"))[0], weights_only=True))
+    data = getattr(families, FAMILIES[family][0])()
+    calibration, test = stack(data.calibration).inputs[0], stack(data.test)
+    float_onnx = edgeship_artifact("onnx-fp32", model.eval(), calibration, run / "peers")
+    top1 = {}
+    for name in INT8:
+        m = load(str(peer_artifact(name, model, calibration, float_onnx, run / "peers")),
+                 "fbgemm" if name == "torchscript-fbgemm" else None, 1)
+        answers = np.concatenate([m(m.to_native([test.inputs[0][i:i + 1]]))[0] for i in range(len(test))])
+        top1[name] = float((answers.argmax(1) == test.labels).mean())
+    return top1
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_defaults_on_a_model_nobody_tuned(benchmark, figure, family, tmp_path):
+    reports = {qat: edgeship.run(_recipe(tmp_path, family, qat), tmp_path / f"run-{qat}", quiet=True)
+               for qat in (True, False)}
+    top1 = {qat: {a.target: a.accuracy for a in r.artifacts} for qat, r in reports.items()}
+    float_top1, one = reports[True].float.accuracy, 1 / 497
+    peers = _peers(tmp_path / "run-False", family)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # figures only; --benchmark-only needs it
+    host = environment()["host"]
+    figure(f"{family}, float {float_top1:.4f}: QAT on " + " / ".join(f"{top1[True][t]:.4f}" for t in ALL_INT8)
+           + "; calibration only " + " / ".join(f"{top1[False][t]:.4f}" for t in ALL_INT8)
+           + "; runtime's own flow " + ", ".join(f"{PEER_OF[t]} {peers[t]:.4f}" for t in INT8)
+           + f" · {host['cpu']}, int8 ISA flags: {' '.join(host['int8_isa']) or 'none'}",
+           float_top1=float_top1, qat=top1[True], calibration_only=top1[False], peers=peers)
+    for target in ALL_INT8:
+        assert top1[True][target] >= top1[False][target] - one, (target, top1)
+        assert float_top1 - top1[False][target] <= 0.01 + one, (target, top1)
