@@ -33,7 +33,7 @@ class RunFolder:
         marker = root / MARKER
         resumed = False
         if marker.exists():
-            previous = json.loads(marker.read_text())
+            previous = self._previous(marker)
             if previous.get("recipe_sha256") == self.recipe_sha256 and not force:
                 self.files, resumed = previous.get("files", []), True
             elif not force:
@@ -52,6 +52,25 @@ class RunFolder:
         if not os.access(root, os.W_OK):
             raise UserError(f"{root}: the run folder is not writable")
         return resumed
+
+    def _previous(self, marker: Path) -> dict:
+        """The earlier run's marker, every file it lists checked to lie inside the run folder: a
+        folder from elsewhere (a CI cache, an archive) must not make --force delete other files."""
+        try:
+            previous = json.loads(marker.read_text())
+            files = previous.get("files", [])
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise ValueError("'files' is not a list of paths")
+        except (ValueError, AttributeError) as e:
+            raise UserError(f"{marker}: not an edgeship run marker ({e}); remove it, or choose "
+                            f"another --out") from None
+        inside = self.root.resolve()
+        for name in files:
+            parent = (self.root / name).parent.resolve()
+            if Path(name).is_absolute() or ".." in Path(name).parts or not parent.is_relative_to(inside):
+                raise UserError(f"{marker}: lists {name!r}, outside the run folder; edgeship deletes "
+                                f"only files inside it. Remove that entry or the marker")
+        return previous
 
     def _save(self) -> None:
         write_atomic(self.root / MARKER, json.dumps({"recipe_sha256": self.recipe_sha256,
