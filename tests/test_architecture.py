@@ -150,6 +150,18 @@ def _function_lengths() -> list[tuple[str, int]]:
     return out
 
 
+def _torch_loads_without_weights_only() -> list[str]:
+    out = []
+    for name, path in modules().items():
+        for node in ast.walk(tree(name)):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                    and not any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                                and k.value.value is True for k in node.keywords)):
+                out.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    return out
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 def test_the_package_is_read():
@@ -190,6 +202,14 @@ def test_no_function_is_longer_than_40_lines():
     long = [f"{where}: {n} lines" for where, n in _function_lengths() if n > MAX_FUNCTION_LINES]
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (def line to last line):\n  " + \
         "\n  ".join(long)
+
+
+def test_every_torch_load_says_weights_only():
+    """A pickle given as weights (a user's weights_path, a run folder from elsewhere) runs its
+    payload under torch.load unless the call says weights_only=True: the default also turns off
+    when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 is in the environment, an explicit argument does not."""
+    unsafe = _torch_loads_without_weights_only()
+    assert not unsafe, "torch.load without weights_only=True:\n  " + "\n  ".join(unsafe)
 
 
 def test_the_checks_themselves():

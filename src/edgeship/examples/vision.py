@@ -29,5 +29,5 @@ def model(name: str, num_classes: int = 1000, weights_path: str | None = None, *
         raise ValueError(f"unknown torchvision classification model {name!r}; known: {', '.join(known)}")
     built = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if weights_path is not None:
-        built.load_state_dict(torch.load(Path(weights_path), map_location="cpu"))
+        built.load_state_dict(torch.load(Path(weights_path), map_location="cpu", weights_only=True))
     return built
