@@ -10,9 +10,8 @@ a few hundred samples it moves in whole samples, and a 2-sample lead there turne
 loss on the test split (MobileNetV2 example, fbgemm), while a sign test on the samples only one
 model answers right (McNemar's) gave the same p = 0.25 to a lead that held (a transformer, +3
 points on test). Every logit's move counts in the loss. Otherwise the post-training model ships,
-the simpler of the two. (Where the
-runtime quantizes at export and fine-tuning did not beat calibration, the two are the same
-artifact.)"""
+the simpler of the two. (Where the runtime quantizes at export and fine-tuning did not beat
+calibration, the two are the same artifact.)"""
 
 from __future__ import annotations
 

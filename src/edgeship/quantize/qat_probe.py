@@ -1,11 +1,13 @@
 """The learning-rate probe: when the recipe leaves QAT's learning rate out, a few candidate
-(optimizer, rate) pairs each fine-tune a copy of the calibrated fake-quant model for the same few
-steps on the same slice of the train split, and the one with the lowest cross-entropy on the
-held-out scoring split wins. Loss, not top-1: on a few hundred samples top-1 moves in whole images
-and ties, while the loss sees every logit move.
+(optimizer, rate) pairs each fine-tune the calibrated fake-quant model (its state restored before
+each) for the same few steps on the same slice of the train split, and the one with the lowest
+cross-entropy on the held-out scoring split wins. Loss, not top-1: on a few hundred samples top-1
+moves in whole images and ties, while the loss sees every logit move.
 
-Its cost is bounded by the fine-tune it serves: all candidates together train on at most
-PROBE_SHARE of the QAT stage's steps, so the probe adds less than half of QAT's own time."""
+Its training is bounded by the fine-tune it serves: all candidates together train on at most
+PROBE_SHARE of the fine-tune's steps. Each candidate also pays fixed costs (its optimizer and
+loader, a score of the split), so on fine-tunes of a few seconds the probe measured 0.5-0.65x of
+the fine-tune's time (tests/perf/test_qat_rate.py), more than PROBE_SHARE."""
 
 from __future__ import annotations
 
