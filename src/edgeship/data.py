@@ -42,8 +42,10 @@ class Splits:
         return named | ({"validation": self.validation} if self.validation is not None else {})
 
 
-def as_inputs(item_inputs: torch.Tensor | tuple) -> tuple[torch.Tensor, ...]:
-    return item_inputs if isinstance(item_inputs, tuple) else (item_inputs,)
+def as_inputs(item_inputs: torch.Tensor | tuple | list) -> tuple[torch.Tensor, ...]:
+    """A sample's or a batch's inputs as a tuple: a DataLoader's default collate turns a sample's
+    (img, vec) tuple into a list [imgs, vecs], so lists count as several inputs too."""
+    return tuple(item_inputs) if isinstance(item_inputs, (tuple, list)) else (item_inputs,)
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,119 @@ class Arrays:
         return {f"input_{i}": a for i, a in enumerate(self.inputs)}
 
 
-def stack(dataset: Dataset) -> Arrays:
-    items = [dataset[i] for i in range(len(dataset))]
-    n_inputs = len(as_inputs(items[0][0]))
-    inputs = tuple(np.stack([as_inputs(x)[k].numpy() for x, _ in items]) for k in range(n_inputs))
-    labels = np.asarray([int(y) for _, y in items], dtype=np.int64)
-    return Arrays(inputs, labels)
+def stack(dataset: Dataset, split: str = "data", like: Arrays | None = None) -> Arrays:
+    """The split `split` stacked, checked sample by sample: UserError naming the split, the
+    sample's index and what is wrong when a sample is not (inputs, label), its inputs differ in
+    shape or dtype from sample 0's (or from `like`'s samples: the test split's), an input holds
+    NaN or Inf, or its label is not an integer >= 0."""
+    if len(dataset) == 0:
+        raise UserError(f"data split {split!r} is empty")
+    samples = [read_sample(dataset, i, split) for i in range(len(dataset))]
+    expected = (_signature_of_arrays(like), "the test split's samples are") if like is not None \
+        else (_signature(samples[0][0]), "sample 0 is")
+    for i, (inputs, _) in enumerate(samples):
+        if _signature(inputs) != expected[0]:
+            raise UserError(f"data split {split!r}, sample {i}: inputs {_describe(_signature(inputs))}, "
+                            f"but {expected[1]} {_describe(expected[0])}; every sample must have "
+                            f"the same number of inputs, shapes and dtypes")
+    inputs = tuple(np.stack([x[k] for x, _ in samples]) for k in range(len(expected[0])))
+    for k, array in enumerate(inputs):
+        check_finite(array, split, k)
+    return Arrays(inputs, np.asarray([y for _, y in samples], dtype=np.int64))
+
+
+def read_sample(dataset: Dataset, index: int, split: str) -> tuple[tuple[np.ndarray, ...], int]:
+    """Sample `index` of `split` as (input arrays, label), or UserError saying what it is instead."""
+    where = f"data split {split!r}, sample {index}"
+    try:
+        item = dataset[index]
+    except Exception as e:  # noqa: BLE001 - the user's dataset failed
+        raise UserError(f"{where}: reading it raised {type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0]}") from None
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise UserError(f"{where}: is {_kind(item)}; a sample must be (inputs, label), inputs a "
+                        f"tensor or a tuple of tensors")
+    arrays = []
+    for k, x in enumerate(as_inputs(item[0])):
+        if not isinstance(x, torch.Tensor):
+            raise UserError(f"{where}: input {k} is {_kind(x)}; inputs must be torch tensors")
+        arrays.append(x.detach().cpu().numpy())
+    return tuple(arrays), _label(item[1], where)
+
+
+def _label(value: object, where: str) -> int:
+    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    if array.size != 1 or array.dtype.kind not in "iu":
+        shown = f"{array.reshape(()).item()!r} ({array.dtype})" if array.size == 1 else \
+            f"of shape {list(array.shape)}"
+        raise UserError(f"{where}: label {shown} is not an integer; labels must be integers >= 0 "
+                        f"(class indices)")
+    label = int(array.reshape(()))
+    if label < 0:
+        raise UserError(f"{where}: label {label} is negative; labels must be integers >= 0 (class indices)")
+    return label
+
+
+def check_finite(array: np.ndarray, split: str, input_index: int) -> None:
+    """NaN or Inf in any sample of a float input: UserError naming the first such sample."""
+    if array.dtype.kind not in "fc":
+        return
+    bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+    if bad.size:
+        what = "NaN" if np.isnan(array[bad[0]]).any() else "Inf"
+        raise UserError(f"data split {split!r}, sample {bad[0]}: input {input_index} holds {what} "
+                        f"({bad.size} of the split's {len(array)} samples hold NaN or Inf); inputs "
+                        f"must be finite numbers")
+
+
+def check_labels(arrays: Arrays, split: str, classes: int) -> None:
+    """Every label a class the model can answer: the model gives `classes` scores per sample."""
+    bad = np.flatnonzero(arrays.labels >= classes)
+    if bad.size:
+        raise UserError(f"data split {split!r}, sample {bad[0]}: label {arrays.labels[bad[0]]} is not "
+                        f"one of the model's {classes} output classes ({bad.size} of the split's "
+                        f"{len(arrays)} labels are not); labels must be integers 0..{classes - 1}")
+
+
+Signature = tuple[tuple[tuple[int, ...], np.dtype], ...]  # (shape, dtype) of each input of a sample
+
+
+def _signature(inputs: tuple[np.ndarray, ...]) -> Signature:
+    return tuple((x.shape, x.dtype) for x in inputs)
+
+
+def _signature_of_arrays(arrays: Arrays) -> Signature:
+    return tuple((a.shape[1:], a.dtype) for a in arrays.inputs)
+
+
+def _describe(signature: Signature) -> str:
+    return ", ".join(f"{list(shape)} {dtype}" for shape, dtype in signature) or "none"
+
+
+def _kind(value: object) -> str:
+    return f"a {type(value).__name__}" + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
 
 
 def sample_digests(dataset: Dataset) -> set[str]:
-    """A content hash per sample (inputs and label): two splits sharing a sample share a digest."""
+    """A content hash per sample (inputs and label): two splits sharing a sample share a digest.
+    Lenient about what a sample holds: the load stage's checks (`stack`) say what is wrong."""
     digests = set()
     for i in range(len(dataset)):
-        inputs, label = dataset[i]
+        item = dataset[i]
         h = hashlib.sha256()
-        for x in as_inputs(inputs):
-            h.update(np.ascontiguousarray(x.numpy()).tobytes())
-        h.update(str(int(label)).encode())
+        for part in item if isinstance(item, (tuple, list)) else (item,):
+            for x in as_inputs(part):
+                h.update(_bytes_of(x))
         digests.add(h.hexdigest())
     return digests
+
+
+def _bytes_of(value: object) -> bytes:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        # a label given as a tensor or as an int hashes alike
+        return str(int(value)).encode() if value.numel() == 1 and not value.is_floating_point() \
+            else np.ascontiguousarray(value.numpy()).tobytes()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)).encode()
+    return repr(value).encode()

@@ -75,7 +75,11 @@ def load_data(recipe: Recipe) -> Splits:
         if len(split) == 0:
             raise UserError(f"data.factory {recipe.data.factory!r}: the {name} split is empty")
     if splits.validation is not None:
-        shared = len(sample_digests(splits.validation) & sample_digests(splits.train))
+        try:
+            shared = len(sample_digests(splits.validation) & sample_digests(splits.train))
+        except Exception as e:  # noqa: BLE001 - the user's dataset: a bad sample is bad input
+            raise UserError(f"data.factory {recipe.data.factory!r}: reading a sample raised "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if shared:
             raise UserError(f"data.factory {recipe.data.factory!r}: the validation split shares "
                             f"{shared} samples with the train split; QAT is scored on it, so it "

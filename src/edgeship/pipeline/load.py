@@ -3,10 +3,11 @@ plan, then the float model trained when the recipe says so (or taken from the st
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from edgeship.data import Splits, as_inputs, stack
+from edgeship.data import Arrays, Splits, as_inputs, check_labels, stack
 from edgeship.errors import UserError
 from edgeship.factories import load_data, load_model
 from edgeship.pipeline.cache import digest, tensors_digest
@@ -42,15 +43,63 @@ def check_fit(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: Spli
             model(*examples)
     except Exception as e:  # noqa: BLE001
         shapes = ", ".join(str(list(x.shape)) for x in examples)
-        raise UserError(f"model.example_inputs {shapes} do not fit the model: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model.example_inputs {shapes} do not fit the model: {_one_line(e)}") from None
 
 
-def fill_examples(examples: tuple[torch.Tensor, ...], splits: Splits) -> tuple[torch.Tensor, ...]:
+def _one_line(error: Exception) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def stack_splits(splits: Splits) -> dict[str, Arrays]:
+    """Every split stacked and checked (see edgeship.data.stack); the test split first, so the
+    others are held to its shapes and dtypes."""
+    test = stack(splits.test, "test")
+    others = {name: stack(dataset, name, like=test) for name, dataset in splits.present().items()
+              if name != "test"}
+    return {"test": test, **others}
+
+
+# Enough samples that a model mixing up the batch dimension shows it
+_PROBE_BATCH = 8
+
+
+def output_classes(model: nn.Module, test: Arrays) -> int:
+    """The number of classes the model scores, from its output on the first test samples: top1
+    needs a [batch, classes] tensor (or a tuple whose first item is one, as evaluation reads it)."""
+    n = min(len(test), _PROBE_BATCH)
+    batch = tuple(torch.from_numpy(a[:n]) for a in test.inputs)
+    where = f"data split 'test', samples 0..{n - 1}"
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*batch)
+    except Exception as e:  # noqa: BLE001 - the user's model failed on their data
+        raise UserError(f"{where}: the model fails on this batch of {n}: {_one_line(e)}") from None
+    scores = out[0] if isinstance(out, (tuple, list)) and out else out
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or scores.shape[0] != n \
+            or scores.shape[1] < 1:
+        shown = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise UserError(f"{where}: the model's output for a batch of {n} is {shown}; data.metric "
+                        f"'top1' needs [batch, classes], here [{n}, classes]")
+    return int(scores.shape[1])
+
+
+def checked_data(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: Splits) -> dict[str, Arrays]:
+    """Every split stacked, once each has passed every check that needs no training: sample
+    format, shapes, finite inputs, labels within the model's output classes."""
+    arrays = stack_splits(splits)
+    check_fit(model, examples, splits)
+    classes = output_classes(model, arrays["test"])
+    for name, split in arrays.items():
+        check_labels(split, name, classes)
+    return arrays
+
+
+def fill_examples(examples: tuple[torch.Tensor, ...], test: Arrays) -> tuple[torch.Tensor, ...]:
     """Real data in the example inputs: observers and tracers see what the model will see."""
-    batch = examples[0].shape[0]
-    rows = [as_inputs(splits.test[i % len(splits.test)][0]) for i in range(batch)]
-    return tuple(torch.stack([r[k] for r in rows]) for k in range(len(examples)))
+    rows = np.arange(examples[0].shape[0]) % len(test)
+    return tuple(torch.from_numpy(a[rows]) for a in test.inputs)
 
 
 def load(ctx: RunContext) -> Loaded:
@@ -59,10 +108,10 @@ def load(ctx: RunContext) -> Loaded:
         model = load_model(recipe)
         splits = load_data(recipe)
         examples = example_inputs(recipe)
-        check_fit(model, examples, splits)
+        arrays = checked_data(model, examples, splits)
         check_model(ctx.plan, model)
-        examples = fill_examples(examples, splits)
-        data = [stack(getattr(splits, name)) for name in ("train", "calibration", "test")]
+        examples = fill_examples(examples, arrays["test"])
+        data = [arrays[name] for name in ("train", "calibration", "test")]
         key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
                      tensors_digest(model.state_dict()),
                      tensors_digest([a for d in data for a in (*d.inputs, d.labels)]))

@@ -16,6 +16,15 @@ from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
 
+def tracing_batch(example_inputs: tuple) -> tuple:
+    """The example inputs with a batch of at least 2: torch.export treats a size of 1 as a
+    constant, so a batch-1 example would fix the batch. A larger example batch is kept as given
+    (expanding it to 2 fails: only a size-1 dimension can be expanded)."""
+    if example_inputs[0].shape[0] >= 2:
+        return example_inputs
+    return tuple(x.expand(2, *x.shape[1:]).contiguous() for x in example_inputs)
+
+
 class Pt2eFlow(QuantFlow):
     """A PT2E flow; subclasses choose the quantizer."""
 
@@ -24,7 +33,7 @@ class Pt2eFlow(QuantFlow):
         # Export with a dynamic batch: a graph specialised to batch 1 makes QAT train one sample
         # at a time, which collapses batch norm (seen: 0.994 -> 0.75 accuracy).
         batch = torch.export.Dim("batch", min=1, max=4096)
-        batched = tuple(x.expand(2, *x.shape[1:]).contiguous() for x in example_inputs)
+        batched = tracing_batch(example_inputs)
         return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
 
     def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
