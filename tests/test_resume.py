@@ -74,7 +74,10 @@ def test_killed_during_qat_then_resumed(recipe, uninterrupted):
     resumed = run_cli("run", str(recipe), out=out)
     assert resumed.code == 0, resumed.stderr[-2000:]
     report = resumed.report()
-    assert {s["name"]: s["status"] for s in report["stages"]}["load"] == "cached"
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["load"]["status"] == "cached"
+    # calibration was cached when it ended, before QAT: the resumed run does not redo it
+    assert stages["calibrate"]["detail"].count("calibration reused") == 3, stages["calibrate"]
     _same_artifacts(report, uninterrupted)
     _no_partial_files(out)
 

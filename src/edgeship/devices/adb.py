@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgeship.devices import remote
 from edgeship.devices.facts import CHECK_SNIPPET, with_missing
+from edgeship.processes import dies_with_parent
 from edgeship.devices.profile import AdbTransport
 from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, parse_result,
                                           run_process, tail)
@@ -94,7 +95,7 @@ class Adb:
         limit = timeout_seconds or self.config.command_timeout_seconds
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=limit, start_new_session=True)
+                                  timeout=limit, start_new_session=True, preexec_fn=dies_with_parent())
         except subprocess.TimeoutExpired:
             raise RunnerFailed("unreachable", f"adb {what} gave no answer within {limit:g} s "
                                               f"(device {self.serial or 'any'})") from None

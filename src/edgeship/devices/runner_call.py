@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeship.benchmarks import runner as runner_module
 from edgeship.errors import DeviceError
+from edgeship.processes import dies_with_parent
 from edgeship.report.schema import BenchmarkStatus
 
 RUNNER = Path(runner_module.__file__)
@@ -45,9 +46,10 @@ def tail(text: str, lines: int = 5) -> str:
 
 
 def run_process(argv: list[str], timeout_seconds: float, cwd: Path | None = None) -> str:
-    """Run, kill the whole process group on timeout, say how it ended; returns stdout."""
+    """Run, kill the whole process group on timeout, say how it ended; returns stdout. The
+    process dies with this one (dies_with_parent)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=cwd)
+                            start_new_session=True, cwd=cwd, preexec_fn=dies_with_parent())
     try:
         out, err = proc.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgeship.devices import remote
 from edgeship.devices.facts import CHECK_SNIPPET, with_missing
+from edgeship.processes import dies_with_parent
 from edgeship.devices.profile import SshTransport
 from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, parse_result,
                                           run_process, tail)
@@ -75,7 +76,7 @@ class Ssh:
             try:
                 proc = subprocess.run(self._argv(command), stdin=fin, stdout=fout,
                                       stderr=subprocess.PIPE, timeout=timeout_seconds,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=dies_with_parent())
             except subprocess.TimeoutExpired:
                 raise RunnerFailed("unreachable", f"ssh {self.where}: no answer within "
                                                   f"{timeout_seconds:g} s") from None
@@ -157,7 +158,8 @@ class Ssh:
     def close(self) -> None:
         """Ends the control master (else it lingers CONTROL_PERSIST_SECONDS)."""
         if self._connected:
-            subprocess.run(self._argv(None), capture_output=True, timeout=HOUSEKEEPING_SECONDS)
+            subprocess.run(self._argv(None), capture_output=True, timeout=HOUSEKEEPING_SECONDS,
+                           preexec_fn=dies_with_parent())
             self._connected = False
         if self._control_dir is not None:
             shutil.rmtree(self._control_dir, ignore_errors=True)

@@ -32,12 +32,18 @@ class Exporter(Protocol):
         """Write the artifact for `target` into the empty folder `workdir`."""
 
 
+# A process's temporary folder: this prefix, its pid, a dash. In a run folder, the next run
+# removes those a killed process left (pipeline/runfolder.py).
+SCRATCH_PREFIX = ".edgeship-tmp-"
+
+
 def export_atomically(exporter: Exporter, module: nn.Module, examples: tuple, target: Target,
                       dest: Path) -> ExportedArtifact:
     """Export into a scratch folder beside `dest`, then move the files in, the loadable file last:
-    a killed run leaves either the whole artifact or none of it."""
+    a killed run leaves either the whole artifact or none of it (and a scratch folder named
+    after its pid, which the next run into the run folder removes)."""
     dest.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=dest, prefix=f".{target.name}."))
+    scratch = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{target.name}-"))
     try:
         made = exporter(module, examples, target, scratch)
         moved = []

@@ -15,7 +15,6 @@ calibration, the two are the same artifact.)"""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def _outputs(ctx: RunContext, loaded: Loaded, cand: Candidate, split: Arrays) ->
         with cand.flow.engine():
             return logits(cand.module, split)
     target = ctx.plan.targets_of(cand.flow.flow)[0]
-    with tempfile.TemporaryDirectory(prefix="edgeship-score-") as tmp:
+    with ctx.folder.temporary() as tmp:
         made = export_atomically(cand.export, cand.module, loaded.examples, target, Path(tmp) / "artifact")
         np.savez(Path(tmp) / "inputs.npz", **split.npz_dict())
         answers = predict(made, target, Path(tmp) / "inputs.npz", Path(tmp), loaded.examples[0].shape[0])

@@ -9,7 +9,6 @@ others go on; the stage cache in the run folder lets an unchanged recipe resume.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Prog
     dynamic = quantize_dynamic(ctx, loaded, float_model)
     sources = assemble.sources(ctx.plan, float_model, converted.ok, dynamic.ok)
     exported = export(ctx, loaded.examples, sources)
-    with tempfile.TemporaryDirectory(prefix="edgeship-") as tmp:
+    with ctx.folder.temporary() as tmp:  # in the run folder: the next run removes it if this one is killed
         verified = verify_all(ctx, Path(tmp), loaded.test, loaded.examples[0].shape[0], sources, exported.ok)
         measured = measure(ctx, Path(tmp), loaded.examples,
                            {n: e for n, e in exported.ok.items() if n in verified.ok})

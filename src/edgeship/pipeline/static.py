@@ -9,6 +9,8 @@ import functools
 import math
 import time
 
+from torch import nn
+
 from edgeship.data import Arrays, stack
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
@@ -21,6 +23,7 @@ from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.evaluate import logits, top1
 from edgeship.quantize.float_layers import required_float_layers
+from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.qat import finetune as qat_finetune
 from edgeship.quantize.qat_probe import run_probe
@@ -60,17 +63,43 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
     if state is None:
-        prepared = calibration.calibrate(
-            qf, model, examples, loaded.splits.calibration, batches=q.calibration_batches,
-            batch_size=recipe.data.batch_size, qat=ctx.plan.qat, progress=ctx.progress, captured=captured)
+        prepared = _calibrated(ctx, loaded, float_model, qf, captured, key, notes)
         return Calibrated(qf, prepared, key, True, required)
-    prepared = qf.prepare_captured(captured, examples, qat=ctx.plan.qat)
-    prepared.load_state_dict(state)
-    qf.set_eval(prepared)
+    prepared = _restored(qf, captured, examples, state, qat=ctx.plan.qat)
     notes.append(f"{flow.value} reused")
     qat = ctx.cache.load_json("qat", key) if ctx.plan.qat else None
     history = QatHistory.model_validate(qat["history"]) if qat and qat["history"] else None
     return Calibrated(qf, prepared, key, False, required, qat["distributed"] if qat else None, history)
+
+
+def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, qf: QuantFlow,
+                captured: nn.Module, key: str, notes: StageNotes) -> nn.Module:
+    """`captured` prepared and calibrated, cached as soon as calibration ends. Without QAT that is
+    the flow's final state (under `key`). With QAT it is QAT's starting point, under a key without
+    QAT's own settings: a run killed during QAT, or one with other QAT settings, starts from it
+    instead of calibrating again."""
+    recipe, qat = ctx.recipe, ctx.plan.qat
+    start = key if not qat else digest(
+        "calibrated", float_model.key, qf.flow, sorted(qf.settings.float_layers),
+        recipe.quantization.model_dump(mode="json", exclude={"qat"}), recipe.data.batch_size, recipe.seed)
+    state = ctx.cache.load_state("calibrated", start) if qat else None
+    if state is not None:
+        notes.append(f"{qf.flow.value} calibration reused")
+        return _restored(qf, captured, loaded.examples, state, qat=True)
+    prepared = calibration.calibrate(
+        qf, float_model.module, loaded.examples, loaded.splits.calibration,
+        batches=recipe.quantization.calibration_batches, batch_size=recipe.data.batch_size, qat=qat,
+        progress=ctx.progress, captured=captured)
+    ctx.cache.store_state("calibrated" if qat else "quantize", start, prepared)
+    return prepared
+
+
+def _restored(qf: QuantFlow, captured: nn.Module, examples: tuple, state: dict, *, qat: bool) -> nn.Module:
+    """A prepared graph holding a cached state, in eval form as calibration leaves it."""
+    prepared = qf.prepare_captured(captured, examples, qat=qat)
+    prepared.load_state_dict(state)
+    qf.set_eval(prepared)
+    return prepared
 
 
 def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
@@ -90,12 +119,11 @@ def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
                                           if c.fresh else c),
                          _failed(ctx, "qat"))
             notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
-    for c in (c for c in tuned.ok.values() if c.fresh):
+    for c in (c for c in tuned.ok.values() if c.fresh and ctx.plan.qat):  # else: cached at calibration
         ctx.cache.store_state("quantize", c.key, c.prepared)
-        if ctx.plan.qat:
-            ctx.cache.store_json("qat", c.key, {
-                "distributed": c.qat_distributed,
-                "history": c.qat_history.model_dump(mode="json") if c.qat_history else None})
+        ctx.cache.store_json("qat", c.key, {
+            "distributed": c.qat_distributed,
+            "history": c.qat_history.model_dump(mode="json") if c.qat_history else None})
     return tuned
 
 
@@ -123,8 +151,10 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
         notes.append(f"{name} loss {loss:.4f}")
     else:  # the workers train; the parent scores what they give back against calibration
         with_qat = recipe.quantization.model_copy(update={"qat": qat})
-        run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples,
-                                   recipe.model_copy(update={"quantization": with_qat}), log=ctx.progress.log)
+        with ctx.folder.temporary() as scratch:
+            run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples,
+                                       recipe.model_copy(update={"quantization": with_qat}), scratch,
+                                       log=ctx.progress.log)
         tracker.score(qat.epochs, run["loss"])
         notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
     seconds, shipped = time.perf_counter() - started, tracker.restore()

@@ -26,6 +26,7 @@ from torch import nn
 from edgeship.errors import UserError
 from edgeship.factories import load_data, load_model
 from edgeship.fileio import write_atomic
+from edgeship.processes import dies_with_parent
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.qat import finetune
@@ -48,14 +49,15 @@ def backend_for(config: Distributed) -> str:
 
 
 def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,
-                         recipe: Recipe, log=lambda message: None) -> dict:
+                         recipe: Recipe, scratch: Path, log=lambda message: None) -> dict:
     """Fine-tunes `prepared` in place on recipe.quantization.qat.distributed.processes processes.
     Returns {"loss", "processes", "backend", "ranks": [{"rank", "samples_per_epoch"}],
     "shared_samples"}. A worker that fails raises RuntimeError with what each rank raised (or
-    the end of the workers' log when none said)."""
+    the end of the workers' log when none said). The job's files go in a folder under `scratch`
+    (the run folder's temporary folder: a killed run's is removed by the next run)."""
     config = recipe.quantization.qat.distributed
     backend = backend_for(config)
-    with tempfile.TemporaryDirectory(prefix="edgeship-qat-") as folder:
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="qat-") as folder:
         job = Path(folder)
         torch.save(model.state_dict(), job / "float.pt")
         torch.save(prepared.state_dict(), job / "prepared.pt")
@@ -70,7 +72,7 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
                    f"--nproc-per-node={config.processes}", "-m", __name__, str(job)]
         log(f"  QAT {flow.flow.value}: torchrun, {config.processes} processes, {backend}")
         with open(job / "workers.log", "w") as out:
-            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
+            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, preexec_fn=dies_with_parent(),
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if code != 0 or not (job / "result.json").exists():
             # The workers' own words; torchrun's summary when a worker died without any.
