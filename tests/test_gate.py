@@ -72,3 +72,20 @@ def test_docstring_examples_run():
 
     for module in (config, decide):
         assert doctest.testmod(module).failed == 0
+
+
+def test_a_run_with_no_device_fails_every_per_device_limit_by_name(report):
+    """`devices = []`: there is no benchmark row to check, yet a latency or RSS budget was set;
+    nobody measured the figure, so it is a violation, never a silent pass."""
+    report.devices = []
+    for artifact in report.artifacts:
+        artifact.benchmarks = []
+    budget = Budget(targets=["onnx-int8"], max_size_mb=1, max_latency_p90_ms=10, max_peak_rss_mb=500,
+                    max_regression=["median:5%"])
+    gate = evaluate([budget], report)
+    assert [(v.limit_name, v.device, v.measured) for v in gate.violations] == \
+        [("max_latency_p90_ms", None, None), ("max_peak_rss_mb", None, None)]
+    assert gate.violations[0].message == (
+        "onnx-int8: latency p90 not measured: the run has no device to measure it on (recipe "
+        "`devices` is empty); budgets[0].max_latency_p90_ms 10")
+    assert evaluate([Budget(targets=["onnx-int8"], max_size_mb=1)], report).passed  # not per device

@@ -71,8 +71,9 @@ def test_unknown_artifact_type_is_refused(tmp_path, artifact):
     (tmp_path / "model.tflite").write_bytes(b"")
     proc = subprocess.run([sys.executable, str(RUNNER), "bench", str(tmp_path / "model.tflite"),
                            "--inputs", str(inputs), *bench_args()], capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert "unknown artifact type '.tflite'; known: .pt, .onnx, .pte" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "runner: error: model.tflite: unknown artifact type '.tflite'; " \
+                                  "known: .pt, .onnx, .pte"
 
 
 def test_latency_summary_matches_numpy():

@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import signal
 import sys
+import tempfile
+import time
 import traceback
 import warnings
 from importlib import resources
@@ -17,7 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.devices.profile import load_profile, shipped_profiles
-from edgeship.errors import EdgeshipError
+from edgeship.errors import (RUN_FOLDER_NOTE, STAGE_NOTE, TARGET_NOTE, EdgeshipError, ExitCode,
+                             Interrupted, noted)
+from edgeship.fileio import write_atomic
 from edgeship.gate.regate import regate
 from edgeship.progress import Progress
 from edgeship.recipe import load_recipe, parse_recipe_text
@@ -26,6 +33,7 @@ from edgeship.report.console import print_console, print_verdict
 from edgeship.report.load import load_report
 from edgeship.report.pytest_json import write_pytest_benchmark
 from edgeship.targets import TARGETS
+from edgeship.version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship a float PyTorch model as gated int8 artifacts.")
@@ -37,8 +45,10 @@ stdout = Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write artifacts and reports to.")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Replace an earlier run in --out (only "
-                                                           "the files edgeship wrote).")]
+ForceOption = Annotated[bool, typer.Option("--force", help=(
+    "Replace an earlier run in --out: deletes only the files edgeship wrote that are unchanged "
+    "since; stops (exit 2) when a file edgeship did not write, or one changed since, lies where "
+    "the run writes. Other files in --out are left alone."))]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Redo every stage; do not reuse "
                                              "the stage cache in --out (it is still refreshed).")]
@@ -55,8 +65,23 @@ BaselineOption = Annotated[Path | None, typer.Option(
                        "(median:5%, size:2%, accuracy:-0.5 …) compare with it.")]
 
 
+CRASH_LOG = "edgeship-crash.log"
+# Set (to anything but "" or "0") to have a crash's traceback on stderr as well as in its log.
+DEBUG_ENV = "EDGESHIP_DEBUG"
+
+
 def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,
          no_cache: bool = False) -> None:
+    try:
+        _run_and_print(recipe, out, force, quiet, baseline, no_cache)
+    except Exception as e:
+        if not isinstance(e, EdgeshipError):
+            e.add_note(f"{RUN_FOLDER_NOTE}{out}")
+        raise
+
+
+def _run_and_print(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None,
+                   no_cache: bool) -> None:
     from edgeship.pipeline.run import run_recipe  # torch: loaded by the commands that need it
 
     old = load_report(baseline) if baseline else None
@@ -65,7 +90,7 @@ def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = No
                         baseline=old, use_cache=not no_cache)
     print_console(report, stdout)
     stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'} · {out / 'junit.xml'} · "
-                 f"{out / 'report.html'}", highlight=False)
+                 f"{out / 'report.html'}", highlight=False, markup=False)
     raise typer.Exit(report.exit_code)
 
 
@@ -96,9 +121,13 @@ def gate(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="rep
     print_verdict(result.report, stdout, result.summary)
     if write:
         decision = result.decision
-        for path in publish(result.report, decision.checks, decision.budgets, report_path.parent,
-                            json_name=report_path.name):
-            stdout.print(f"wrote {path}", highlight=False)
+        from edgeship.pipeline.runfolder import note_rewritten
+
+        written = publish(result.report, decision.checks, decision.budgets, report_path.parent,
+                          json_name=report_path.name)
+        note_rewritten(written)  # a run folder's marker keeps recognising its reports
+        for path in written:
+            stdout.print(f"wrote {path}", highlight=False, markup=False)
     raise typer.Exit(result.report.exit_code)
 
 
@@ -108,7 +137,7 @@ def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json bef
     """What changed from report A to report B: sizes, accuracies, latencies per device (B/A),
     and whether each latency change is beyond the noise the runs themselves show."""
     comparison = diff.compare(load_report(a), load_report(b))
-    table = Table(title=f"edgeship compare · A {a} → B {b}", title_justify="left")
+    table = Table(title=escape(f"edgeship compare · A {a} → B {b}"), title_justify="left")
     for h in diff.HEADERS:
         table.add_column(h, justify="left" if h in ("target", "device") else "right", no_wrap=True)
     for row in diff.rows(comparison):
@@ -129,7 +158,8 @@ def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="re
     """Export a report's benchmarks as pytest-benchmark JSON: one entry per artifact and device,
     stats in seconds from the runner's raw samples."""
     count = write_pytest_benchmark(load_report(report_path), benchmark_json)
-    stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True)
+    stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True,
+                 markup=False)
 
 
 @app.command()
@@ -152,7 +182,7 @@ def devices_list() -> None:
     for name in sorted(shipped_profiles()):
         profile = load_profile(name)
         stdout.print(f"{name:12} {profile.transport.kind:6} {profile.arch:8} {profile.description}",
-                     highlight=False)
+                     highlight=False, markup=False)
 
 
 @devices_app.command("show")
@@ -204,18 +234,77 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def crash_log_path(e: BaseException) -> Path:
+    """In the run folder when the crash happened in a run whose folder edgeship has claimed (its
+    marker is there: a folder of the user's own gets no file from us); else a new file in the
+    temporary directory ($TMPDIR), named by the time and the process."""
+    from edgeship.pipeline.runfolder import MARKER
+
+    folder = noted(e, RUN_FOLDER_NOTE)
+    if folder is not None and (Path(folder) / MARKER).is_file():
+        return Path(folder) / CRASH_LOG
+    return _temporary_log_path()
+
+
+def _temporary_log_path() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"edgeship-crash-{stamp}-{os.getpid()}.log"
+
+
+def write_crash_log(e: BaseException) -> Path | None:
+    """The full traceback (with the stage, target and run folder notes) and what ran; None when
+    no place would take it."""
+    text = "".join([f"edgeship {__version__} · Python {platform.python_version()} · "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n",
+                    f"command: {' '.join(sys.argv)}\n\n", *traceback.format_exception(e)])
+    path = crash_log_path(e)
+    for place in dict.fromkeys([path, _temporary_log_path()]):  # a run folder gone read-only
+        try:
+            write_atomic(place, text)
+            return place
+        except OSError:
+            continue
+    return None
+
+
+def crash_line(e: BaseException, log: Path | None) -> str:
+    """One line: where (stage, target), what, and where the traceback is."""
+    where = [f"{k} {v}" for k, v in (("stage", noted(e, STAGE_NOTE)), ("target", noted(e, TARGET_NOTE)))
+             if v is not None]
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    told = f"the traceback is in {log}" if log else "the traceback is above (no place to log it)"
+    return (f"error: edgeship crashed{' in ' + ', '.join(where) if where else ''} ({what}); {told}. "
+            f"Exit code {ExitCode.DEVICE_FAILURE}")
+
+
+def report_crash(e: BaseException) -> int:
+    """A bug of edgeship's, or of a library under it: one line on stderr, the traceback in a log
+    file (and on stderr too with EDGESHIP_DEBUG=1), and exit 3, never 1 ("a budget failed")."""
+    log = write_crash_log(e)
+    if log is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(e)
+    sys.stderr.write(crash_line(e, log) + "\n")
+    return ExitCode.DEVICE_FAILURE
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    # Not KeyboardInterrupt: click turns that into "Aborted!" and exit code 1, "a budget failed"
+    raise Interrupted("interrupted (Ctrl-C); what was whole is kept: the same command resumes")
+
+
 def main() -> None:
+    previous = signal.signal(signal.SIGINT, _interrupted)
     try:
         app()  # click's own usage errors exit 2; typer.Exit carries the run's exit code
-    except EdgeshipError as e:
+    except (EdgeshipError, Interrupted) as e:
         for line in str(e).splitlines():  # plain text: no markup, no wrapping, one line each
             sys.stderr.write(f"error: {line}\n")
         sys.exit(e.exit_code)
-    except Exception as e:  # a bug of edgeship's, or of a library under it: never exit 1, "a budget failed"
-        traceback.print_exc()
-        sys.stderr.write(f"error: edgeship crashed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         f"the traceback is above. Exit code 3\n")
-        sys.exit(3)
+    except Exception as e:  # noqa: BLE001 - every crash: one line, a log, exit 3
+        sys.exit(report_crash(e))
+    finally:
+        signal.signal(signal.SIGINT, previous)  # main() called in-process (tests) leaves it as found
 
 
 if __name__ == "__main__":

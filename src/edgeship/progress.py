@@ -15,9 +15,11 @@ class Progress:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, style: str | None = None) -> None:
+        """`message` is plain text, never rich markup: it carries user text (paths, recipe names,
+        error messages) in which `[/]` or `[bold]` must print as written."""
         if self.enabled:
-            self.console.print(message, highlight=False, soft_wrap=True)
+            self.console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
     @contextmanager
     def task(self, label: str, total: int) -> Iterator[Callable[[], None]]:
@@ -29,7 +31,7 @@ class Progress:
             self.log(f"  {label} ({total} steps)")
             yield lambda: None
             return
-        bar = RichProgress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+        bar = RichProgress(TextColumn("  {task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), console=self.console, transient=True)
         with bar:
             task_id = bar.add_task(label, total=total)

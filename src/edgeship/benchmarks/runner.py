@@ -7,6 +7,11 @@ only the artifact's runtime installed (torch for .pt and .pte, onnxruntime for .
 
 It prints one JSON object as the last line of stdout. Latency samples are raw milliseconds: the
 host computes percentiles, so the method is visible and the same on every device.
+
+When it cannot give a result it prints one line on stderr, `runner: error: ...`, and exits non-zero
+(2: bad arguments or an artifact that is not what its suffix says; 3: the runtime failed on it,
+as edgeship's own exit codes say; never 1, which means a budget failed),
+never a Python traceback: the host reports that line as the target's failure on this device.
 """
 
 from __future__ import annotations
@@ -14,13 +19,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import resource
+import struct
 import sys
 import time
 
 RUNNER_VERSION = 1
+
+
+class BadArtifact(Exception):
+    """The file cannot be what its suffix says; found before the runtime is handed its bytes (a
+    runtime may abort the process on some corrupt files instead of raising)."""
+
+
+def first_line(e: BaseException) -> str:
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def rss_bytes() -> int:
@@ -79,7 +96,10 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own classes; say what is wrong
+            raise BadArtifact(onnx_problem(path) or first_line(e)) from None
         self.names = [i.name for i in self.session.get_inputs()]
         self.runtime = {"name": "onnxruntime", "version": ort.__version__,
                         "engine": "CPUExecutionProvider"}
@@ -91,8 +111,55 @@ class OnnxModel:
         return self.session.run(None, inputs)
 
 
+def onnx_problem(path: str) -> str | None:
+    """What onnx's checker finds wrong in the model and its external data, when onnx is installed.
+    Run only after onnxruntime refused the file: it loads the model, which would count in the
+    peak RSS this process reports."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        onnx.checker.check_model(path)  # given a path, it checks the external data beside it too
+    except Exception as e:  # noqa: BLE001 - protobuf, checker and OS errors alike
+        return f"not a valid ONNX model: {first_line(e)}"
+    return None
+
+
+# A .pte is a flatbuffer: a 4-byte root offset, then the file identifier "ET" and two digits of
+# schema version; executorch's serializer inserts its extended header ("eh00", its length, the
+# program size, the segments' offset and size, little-endian) after them (exir/_serialize/_program.py).
+PTE_IDENTIFIER = b"ET"
+PTE_EXTENDED_HEADER = b"eh00"
+PTE_HEADER_MIN_LENGTH = 24
+
+
+def check_pte(path: str) -> None:
+    """Raise BadArtifact unless the file starts as a .pte and is as long as its header says."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if len(head) < 8 or head[4:6] != PTE_IDENTIFIER or not head[6:8].isdigit():
+        raise BadArtifact(f"not an ExecuTorch program: no 'ET' flatbuffer identifier at byte 4 "
+                          f"(found {head[4:8]!r}, {size} bytes)")
+    if head[8:12] != PTE_EXTENDED_HEADER:
+        return  # a file without the extended header: the runtime's own verification decides
+    length = struct.unpack_from("<I", head, 12)[0] if len(head) >= 16 else 0
+    if len(head) < 8 + max(length, PTE_HEADER_MIN_LENGTH):
+        raise BadArtifact(f"truncated ExecuTorch program: {size} bytes, its header is cut off or corrupt")
+    program_size, segment_base = struct.unpack_from("<QQ", head, 16)
+    segment_size = struct.unpack_from("<Q", head, 32)[0] if length > PTE_HEADER_MIN_LENGTH else 0
+    if length < PTE_HEADER_MIN_LENGTH or program_size > size:
+        raise BadArtifact(f"truncated or corrupt ExecuTorch program: header says {program_size} "
+                          f"bytes of program, the file has {size}")
+    if segment_base and segment_base + segment_size > size:
+        raise BadArtifact(f"truncated ExecuTorch program: its data segments end at byte "
+                          f"{segment_base + segment_size}, the file has {size} bytes")
+
+
 class ExecuTorchModel:
     def __init__(self, path: str, engine: str | None, threads: int) -> None:
+        check_pte(path)
         import torch
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
@@ -119,7 +186,7 @@ LOADERS = {".pt": TorchScriptModel, ".onnx": OnnxModel, ".pte": ExecuTorchModel}
 def load(path: str, engine: str | None, threads: int):
     suffix = os.path.splitext(path)[1]
     if suffix not in LOADERS:
-        raise SystemExit(f"{path}: unknown artifact type {suffix!r}; known: {', '.join(LOADERS)}")
+        raise BadArtifact(f"unknown artifact type {suffix!r}; known: {', '.join(LOADERS)}")
     return LOADERS[suffix](path, engine, threads)
 
 
@@ -223,22 +290,49 @@ def apply_affinity(cpus: str | None) -> list[int] | None:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
+def count(least: int):
+    """An argparse type: a whole number >= `least`."""
+    def parse_count(text: str) -> int:
+        value = int(text)  # argparse reports a ValueError as "invalid parse_count value"
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below {least}")
+        return value
+    return parse_count
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds (inf would overflow the
+    nanosecond deadline; nan would never end a loop)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds from 0 to {MAX_SECONDS:g}")
+    return value
+
+
+MAX_SECONDS = 7 * 24 * 3600.0
+
 # What bench needs to be told: the host's benchmark settings (BenchmarkSettings in
 # devices/profile.py, the one place they are declared with their defaults), never a default here.
-BENCH_SETTINGS = (("--warmup", int), ("--min-iterations", int), ("--min-seconds", float),
-                  ("--max-seconds", float))
+BENCH_SETTINGS = (("--warmup", count(0)), ("--min-iterations", count(1)), ("--min-seconds", seconds),
+                  ("--max-seconds", seconds))
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, not argparse's usage and error: the host shows the runner's last lines."""
+        fail(f"bad arguments: {message}", 2)
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["bench", "predict"])
     parser.add_argument("artifact")
     parser.add_argument("--inputs", required=True, help=".npz with input_0, input_1, ...")
     parser.add_argument("--outputs", help="predict: .npz to write output_0, ... to")
     parser.add_argument("--engine", help="quantized engine for TorchScript (fbgemm, qnnpack)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=count(1), default=1)
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin the process to")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=count(1), default=1)
     settings = [parser.add_argument(flag, type=kind, help="bench: required")
                 for flag, kind in BENCH_SETTINGS]
     args = parser.parse_args(argv)
@@ -248,9 +342,28 @@ def parse(argv):
     return args
 
 
+def fail(message: str, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"runner: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def run(args) -> dict:
+    """bench or predict; a failure is one line and an exit code, never a traceback."""
+    if not os.path.isfile(args.artifact):
+        fail(f"{args.artifact}: no such file", 2)
+    try:
+        return bench(args) if args.mode == "bench" else predict(args)
+    except BadArtifact as e:
+        fail(f"{os.path.basename(args.artifact)}: {e}", 2)
+    except Exception as e:  # noqa: BLE001 - the runtime failed on it: the host reports the line
+        fail(f"{os.path.basename(args.artifact)}: {first_line(e)}", 3)
+
+
 def main(argv=None) -> None:
     args = parse(argv)
-    result = bench(args) if args.mode == "bench" else predict(args)
+    result = run(args)
     result.update(runner_version=RUNNER_VERSION, artifact=os.path.basename(args.artifact),
                   python=platform.python_version(), machine=platform.machine())
     sys.stdout.flush()

@@ -203,6 +203,25 @@ def _relative(index: int, rule: Regression, artifact: Artifact, bench: Benchmark
                  rule.upper, base)
 
 
+def _no_device(index: int, limits: dict[str, float], rules: list[Regression], artifact: Artifact,
+               baseline: Report | None) -> Iterator[Check]:
+    """A per-device limit in a run that measured on no device (`devices = []`): nobody saw the
+    figure, so each limit is a violation naming it (a regression limit without a baseline is
+    skipped, as everywhere)."""
+    why = "not measured: the run has no device to measure it on (recipe `devices` is empty)"
+    for name, limit in limits.items():
+        figure, upper = ABSOLUTE[name]
+        yield Check(index, artifact.target, None, name, limit, None, Outcome.FAILED,
+                    f"{artifact.target}: {figure.what} {why}; budgets[{index}].{name} {limit:g}", upper)
+    for rule in rules:
+        if baseline is None:
+            yield _relative(index, rule, artifact, None, baseline)
+            continue
+        yield Check(index, artifact.target, None, rule.text, math.nan, None, Outcome.FAILED,
+                    f"{artifact.target}: {RELATIVE[rule.metric].what} {why}; "
+                    f"budgets[{index}].max_regression {rule.text}", rule.upper)
+
+
 def check_baseline(budgets: list[Budget], report: Report, baseline: Report, *,
                    scope: Callable[[Budget, Artifact], bool] = applies) -> None:
     """Raise UserError naming everything the baseline lacks for this report's regression limits."""
@@ -256,7 +275,10 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
             device_rules = [r for r in rules if r.metric.per_device]
             if not device_limits and not device_rules:
                 continue
-            for bench in _benches(budget, artifact, report):
+            benches = _benches(budget, artifact, report)
+            if not benches:
+                yield from _no_device(index, device_limits, device_rules, artifact, baseline)
+            for bench in benches:
                 for name, limit in device_limits.items():
                     yield _absolute(index, name, limit, artifact, bench, float_accuracy)
                 for rule in device_rules:

@@ -18,6 +18,7 @@ from edgeship.fileio import sha256_file
 from edgeship.formats import ExportedArtifact, spec_for
 from edgeship.pipeline.cache import StageCache, digest, tensors_digest
 from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.stages import naming_target
 from edgeship.pipeline.values import Exported
 from edgeship.progress import Progress
 from edgeship.report.schema import Benchmark, Latency
@@ -90,7 +91,8 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkSettings,
                     results[target.name] = Benchmark(device=profile.name, status="skipped", error=reason)
                 else:
                     try:
-                        results[target.name] = device.measure(target, artifact)
+                        with naming_target(target.name):
+                            results[target.name] = device.measure(target, artifact)
                     except RunnerFailed as e:
                         results[target.name] = Benchmark(device=profile.name, status=e.status, error=str(e))
                         unreachable = e if e.status == "unreachable" else None

@@ -5,6 +5,8 @@ library versions, the untrained model's weights and the data itself; every later
 upstream key and its own settings. So an unchanged recipe finds its work again, and a change
 anywhere upstream misses. Entries are written atomically (a temp name, then a rename): a run
 killed at any moment leaves whole entries or none, and a resumed run picks up only whole ones.
+An entry that cannot be read all the same (a disk error, a file edited or truncated by hand) is a
+miss, said in one note on stderr; the stage does its work again and overwrites the entry.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +51,22 @@ def tensors_digest(tensors: dict[str, torch.Tensor] | list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _note_on_stderr(message: str) -> None:
+    sys.stderr.write(f"note: {message}\n")
+
+
 class StageCache:
-    def __init__(self, root: Path, *, read: bool) -> None:
+    def __init__(self, root: Path, *, read: bool,
+                 say: Callable[[str], None] = _note_on_stderr) -> None:
         self.root = root / CACHE_DIR
         self.read = read  # False with --no-cache: work is redone, and stored again
+        self.say = say  # where a corrupt entry is told about
+
+    def _unreadable(self, path: Path, e: Exception) -> None:
+        first = next(iter(str(e).strip().splitlines()), "")
+        first = first if len(first) <= 100 else first[:100] + "…"  # torch's run on for a page
+        self.say(f"stage cache entry {path} cannot be read ({type(e).__name__}: {first}); "
+                 f"doing that work again and replacing the entry")
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -58,7 +75,18 @@ class StageCache:
     def load_state(self, kind: str, key: str) -> dict | None:
         """A stored state_dict, or None."""
         path = self._path(kind, key).with_suffix(".pt")
-        return torch.load(path, weights_only=True) if self.read and path.is_file() else None
+        if not (self.read and path.is_file()):
+            return None
+        try:
+            with warnings.catch_warnings():  # a corrupt entry: our one note says it, not torch's
+                warnings.simplefilter("ignore")
+                state = torch.load(path, weights_only=True)
+            if not isinstance(state, dict):
+                raise TypeError(f"holds a {type(state).__name__}, not a state_dict")
+            return state
+        except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike: a miss
+            self._unreadable(path, e)
+            return None
 
     def store_state(self, kind: str, key: str, module: nn.Module) -> None:
         buffer = io.BytesIO()
@@ -68,7 +96,16 @@ class StageCache:
     # -- JSON results ---------------------------------------------------------------------
     def load_json(self, kind: str, key: str) -> dict | None:
         path = self._path(kind, key).with_suffix(".json")
-        return json.loads(path.read_text()) if self.read and path.is_file() else None
+        if not (self.read and path.is_file()):
+            return None
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(value, dict):
+                raise TypeError(f"holds a {type(value).__name__}, not an object")
+            return value
+        except (OSError, ValueError, TypeError) as e:
+            self._unreadable(path, e)
+            return None
 
     def store_json(self, kind: str, key: str, value: dict) -> None:
         write_atomic(self._path(kind, key).with_suffix(".json"), json.dumps(value))
@@ -85,7 +122,13 @@ class StageCache:
         scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:12]}."))
         for f in files:
             shutil.copy2(f, scratch / f.name)
-        try:
-            os.replace(scratch, folder)
-        except OSError:  # an entry already there (another run stored it): keep that one
-            shutil.rmtree(scratch, ignore_errors=True)
+        # A folder already there is stored again only when its JSON entry was missing or unreadable:
+        # it is suspect, so the new copies replace it (renamed aside first: a rename does not
+        # replace a folder that has files in it).
+        stale = folder.with_name(f".{key[:12]}.stale") if folder.exists() else None
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(folder, stale)
+        os.replace(scratch, folder)
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from edgeship.errors import UserError
+from edgeship.errors import STAGE_NOTE, TARGET_NOTE, EdgeshipError, UserError, noted
 from edgeship.pipeline.values import Results
 from edgeship.progress import Progress
 from edgeship.report.schema import Stage
@@ -23,6 +23,23 @@ def describe(e: BaseException, limit: int = 600) -> str:
     text = " ".join(line.strip() for line in str(e).strip().splitlines()[:4] if line.strip())
     text = f"{type(e).__name__}: {text}"
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _note_once(e: BaseException, prefix: str, value: str) -> None:
+    """The innermost stage or target is the one named: an outer one does not add its own."""
+    if isinstance(e, Exception) and not isinstance(e, EdgeshipError) and noted(e, prefix) is None:
+        e.add_note(prefix + value)
+
+
+@contextmanager
+def naming_target(name: str) -> Iterator[None]:
+    """An unexpected exception leaving the block is noted with the target it was working on, so
+    the CLI's crash line names it (the stage is noted by StageLog.stage)."""
+    try:
+        yield
+    except BaseException as e:
+        _note_once(e, TARGET_NOTE, name)
+        raise
 
 
 def each(items: Iterable[tuple[K, X]], work: Callable[[K, X], V],
@@ -55,13 +72,14 @@ class StageLog:
     def stage(self, name: str) -> Iterator[StageNotes]:
         """Times the block; the block may append notes (shown as the stage's detail)."""
         notes = StageNotes()
-        self.progress.log(f"[bold]▸ {name}[/]")
+        self.progress.log(f"▸ {name}", style="bold")
         start = time.perf_counter()
         try:
             yield notes
         except BaseException as e:
             self.stages.append(Stage(name=name, status="failed", seconds=time.perf_counter() - start,
                                      detail=f"{type(e).__name__}: {e}"))
+            _note_once(e, STAGE_NOTE, name)  # the CLI's crash line says where it happened
             raise
         seconds = time.perf_counter() - start
         status = "cached" if notes.cached else "ok"
@@ -71,4 +89,4 @@ class StageLog:
 
     def skipped(self, name: str, why: str) -> None:
         self.stages.append(Stage(name=name, status="skipped", seconds=0.0, detail=why))
-        self.progress.log(f"[dim]▸ {name}: skipped ({why})[/]")
+        self.progress.log(f"▸ {name}: skipped ({why})", style="dim")

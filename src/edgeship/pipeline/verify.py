@@ -14,6 +14,7 @@ from edgeship.devices.transports import Local, RunnerCall, RunnerFailed
 from edgeship.formats import ExportedArtifact, spec_for
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.stages import naming_target
 from edgeship.pipeline.values import Exported, Results, Source, Verified
 from edgeship.quantize.evaluate import top1
 from edgeship.report.schema import Parity
@@ -66,12 +67,13 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
         for name, made in exported.items():
             key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
             found = ctx.cache.load_json("verify", key)
-            try:
-                out.ok[name] = Verified(found["accuracy"], Parity(**found["parity"])) if found else \
-                    _verify(ctx, key, made, name, sources[name], inputs, test.labels, tmp, batch_size)
-                notes.append(f"{name} {out.ok[name].accuracy:.4f}")
-            except VerificationFailed as e:
-                out.failed[name] = f"verify: {e}"
+            with naming_target(name):
+                try:
+                    out.ok[name] = Verified(found["accuracy"], Parity(**found["parity"])) if found else \
+                        _verify(ctx, key, made, name, sources[name], inputs, test.labels, tmp, batch_size)
+                    notes.append(f"{name} {out.ok[name].accuracy:.4f}")
+                except VerificationFailed as e:
+                    out.failed[name] = f"verify: {e}"
             reused += found is not None
             advance()
         notes.cached = reused > 0 and reused == len(exported)

@@ -3,6 +3,7 @@ as lines and table rows, for report.md and report.html alike."""
 
 from __future__ import annotations
 
+from edgeship.report.markdown import md_text
 from edgeship.report.schema import QatHistory, Report
 
 SENSITIVITY_HEADERS = ["flow", "layer", "type", "drop pts, only this layer int8",
@@ -84,13 +85,13 @@ def qat_lines(report: Report) -> list[str]:
 def analysis_markdown(report: Report) -> list[str]:
     lines = []
     if qat := qat_lines(report):
-        lines += ["**Quantization-aware training**", ""] + [f"- {line}" for line in qat] + [""]
+        lines += ["**Quantization-aware training**", ""] + [f"- {md_text(line)}" for line in qat] + [""]
     if (line := prune_line(report)) is not None:
-        lines += [f"- {line}", ""]
+        lines += [f"- {md_text(line)}", ""]
     if report.fallback:
-        lines += ["**Accuracy-aware fallback**", ""] + [f"- {line}" for line in fallback_lines(report)] + [""]
+        lines += ["**Accuracy-aware fallback**", ""] + [f"- {md_text(line)}" for line in fallback_lines(report)] + [""]
     if report.sensitivity:
         lines += ["**Sensitivity per layer** (post-training int8, calibration split, worst first)", "",
                   "| " + " | ".join(SENSITIVITY_HEADERS) + " |", "|" + "---|" * len(SENSITIVITY_HEADERS)]
-        lines += ["| " + " | ".join(r) + " |" for r in sensitivity_rows(report)] + [""]
+        lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in sensitivity_rows(report)] + [""]
     return lines

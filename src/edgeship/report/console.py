@@ -29,7 +29,8 @@ def print_verdict(report: Report, console: Console, summary: str | None = None) 
 
 def print_console(report: Report, console: Console) -> None:
     """A run's results: the table, int8 slower than fp32, failed artifacts, the verdict."""
-    table = Table(title=f"edgeship · {report.recipe_name}", title_justify="left")
+    # Rich reads markup in titles and cells: user text (the recipe name, errors) is escaped.
+    table = Table(title=f"edgeship · {escape(report.recipe_name)}", title_justify="left")
     for h in HEADERS:
         table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
     for r in rows(report):
@@ -41,5 +42,5 @@ def print_console(report: Report, console: Console) -> None:
         console.print(f"float accuracy {report.float.accuracy:.4f}")
     for a in report.artifacts:
         if a.status != "ok":
-            console.print(f"[yellow]{a.target} failed:[/] {escape(a.error)}", highlight=False)
+            console.print(f"[yellow]{escape(a.target)} failed:[/] {escape(a.error)}", highlight=False)
     print_verdict(report, console)

@@ -15,6 +15,7 @@ errors, skipped and time attributes) that Jenkins, GitLab and GitHub reporters r
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,21 @@ from pathlib import Path
 from edgeship.fileio import write_atomic
 from edgeship.gate.budgets import Check, Outcome
 from edgeship.report.schema import Report
+
+
+# Characters XML 1.0 forbids even escaped (C0 controls but tab and newlines, lone surrogates,
+# U+FFFE/U+FFFF): ElementTree writes them as they are, and no XML parser reads the file then.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` with each character XML cannot hold written as its code (`\\x1b`)."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def _element(parent: ET.Element, tag: str, **attributes: str) -> ET.Element:
+    return ET.SubElement(parent, tag, {k: xml_text(v) for k, v in attributes.items()})
 
 
 @dataclass
@@ -73,19 +89,19 @@ def _artifact_cases(report: Report) -> list[_Case]:
 
 def _suite(parent: ET.Element, name: str, cases: list[_Case], seconds: float) -> None:
     count = {k: sum(c.kind == k for c in cases) for k in ("failure", "error", "skipped")}
-    suite = ET.SubElement(parent, "testsuite", name=name, tests=str(len(cases)),
+    suite = _element(parent, "testsuite", name=name, tests=str(len(cases)),
                           failures=str(count["failure"]), errors=str(count["error"]),
                           skipped=str(count["skipped"]), time=f"{seconds:.3f}")
     for c in cases:
-        element = ET.SubElement(suite, "testcase", classname=c.classname, name=c.name,
-                                time=f"{c.seconds:.3f}")
+        element = _element(suite, "testcase", classname=c.classname, name=c.name,
+                           time=f"{c.seconds:.3f}")
         if c.kind == "passed":
             continue
-        child = ET.SubElement(element, c.kind, message=c.message)
+        child = _element(element, c.kind, message=c.message)
         if c.type:
-            child.set("type", c.type)
+            child.set("type", xml_text(c.type))
         if c.detail:
-            child.text = c.detail
+            child.text = xml_text(c.detail)
 
 
 def junit_xml(report: Report, checks: list[Check]) -> str:
@@ -94,7 +110,7 @@ def junit_xml(report: Report, checks: list[Check]) -> str:
     budget_cases = [_check_case(report.recipe_name, c, several) for c in checks]
     artifact_cases = _artifact_cases(report)
     cases = budget_cases + artifact_cases
-    root = ET.Element("testsuites", name=f"edgeship.{report.recipe_name}", tests=str(len(cases)),
+    root = ET.Element("testsuites", name=xml_text(f"edgeship.{report.recipe_name}"), tests=str(len(cases)),
                       failures=str(sum(c.kind == "failure" for c in cases)),
                       errors=str(sum(c.kind == "error" for c in cases)),
                       skipped=str(sum(c.kind == "skipped" for c in cases)),

@@ -141,6 +141,12 @@ def to_pytest_benchmark(report: Report, now: datetime | None = None) -> dict:
 
 def write_pytest_benchmark(report: Report, path: Path) -> int:
     """Writes the document to `path` (atomically); returns how many benchmarks it holds."""
+    if path.is_dir():
+        raise UserError(f"--benchmark-json {path}: is a folder; give the path of a file to write, "
+                        f"such as {path / 'benchmarks.json'}")
     document = to_pytest_benchmark(report)
-    write_atomic(path, json.dumps(document, indent=2) + "\n")
+    try:
+        write_atomic(path, json.dumps(document, indent=2) + "\n")
+    except OSError as e:  # a parent that is a file, a read-only folder: the user's path
+        raise UserError(f"--benchmark-json {path}: cannot write it: {e.strerror or e}") from None
     return len(document["benchmarks"])

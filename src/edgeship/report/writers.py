@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgeship.fileio import write_atomic
 from edgeship.report.analysis import analysis_markdown
+from edgeship.report.markdown import md_code, md_text
 from edgeship.report.schema import Artifact, Benchmark, Report
 from edgeship.targets import get_target
 
@@ -96,29 +97,29 @@ def write_json(report: Report, path: Path) -> None:
 
 
 def markdown(report: Report) -> str:
-    lines = [f"# edgeship: {report.recipe_name}", ""]
+    lines = [f"# edgeship: {md_text(report.recipe_name)}", ""]
     gate = report.gate
     if gate is not None:
         verdict = "PASSED" if gate.passed else f"FAILED ({len(gate.violations)} budget violations)"
         lines += [f"**Gate: {verdict}** · exit code {report.exit_code}", ""]
-        lines += [f"- ❌ {v.message}" for v in gate.violations]
+        lines += [f"- ❌ {md_text(v.message)}" for v in gate.violations]
         lines += [""] if gate.violations else []
     failed = [a for a in report.artifacts if a.status != "ok"]
-    lines += [f"- ⚠️ `{a.target}` failed: {a.error}" for a in failed] + ([""] if failed else [])
+    lines += [f"- ⚠️ {md_code(a.target)} failed: {md_text(a.error)}" for a in failed] + ([""] if failed else [])
     if report.recommendations:
-        lines += ["**Recommendation**", ""] + [f"- {r.statement}" for r in report.recommendations] + [""]
+        lines += ["**Recommendation**", ""] + [f"- {md_text(r.statement)}" for r in report.recommendations] + [""]
     if report.float:
         lines += [f"Float accuracy: **{report.float.accuracy:.4f}**", ""]
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows(report)]
     slower = int8_slower(report)  # said plainly, under the table that shows the ratios
-    lines += ([""] + [f"- ⚠️ {line}" for line in slower]) if slower else []
+    lines += ([""] + [f"- ⚠️ {md_text(line)}" for line in slower]) if slower else []
     lines += [""] + analysis_markdown(report)
     lines += ["| stage | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s.name} | {s.status} | {s.seconds:.2f} |" for s in report.stages]
+    lines += [f"| {md_text(s.name)} | {md_text(s.status)} | {s.seconds:.2f} |" for s in report.stages]
     env = report.environment
-    lines += ["", f"torch {env.get('torch')} · executorch {env.get('executorch')} · "
-                  f"onnxruntime {env.get('onnxruntime')} · host {env.get('host', {}).get('cpu')}", ""]
+    lines += ["", md_text(f"torch {env.get('torch')} · executorch {env.get('executorch')} · "
+                          f"onnxruntime {env.get('onnxruntime')} · host {env.get('host', {}).get('cpu')}"), ""]
     return "\n".join(lines)
 
 
