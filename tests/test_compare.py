@@ -269,3 +269,62 @@ def test_cli_compare(tmp_path):
     assert f"{size} → {round(size * 1.1)}" in line and "1.100x" in line
     assert "beyond noise: |p50 B − p50 A| > max(stdev A, stdev B)" in result.stdout
     assert run_cli("compare", str(STORED), str(tmp_path / "missing.json")).code == 2
+
+
+def _stored_with(change) -> str:
+    data = json.loads(STORED.read_text())
+    change(data)
+    return json.dumps(data)
+
+
+def _set(path: str, value):
+    """A change of the stored report's JSON: `artifacts.0.size_bytes` set to `value`."""
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+    return change
+
+
+@pytest.mark.parametrize("change, expected", [
+    (_set("artifacts.2.size_bytes", 10**400),
+     "artifacts[2].size_bytes: an integer of 1329 bits, not a finite number within ±2^63"),
+    (_set("artifacts.0.accuracy", "NaN"), "artifacts[0].accuracy: nan, not a finite number"),
+    (_set("artifacts.0.benchmarks.0.latency_ms.p50", float("inf")),
+     "artifacts[0].benchmarks[0].latency_ms.p50: inf, not a finite number"),
+    (_set("artifacts.1.target", "onnx-int4"), "artifacts[1].target: unknown target 'onnx-int4'; known: "),
+    (_set("float", [{"accuracy": 0.9}]), "float: Input should be a valid dictionary"),
+])
+@pytest.mark.parametrize("command", ["gate", "compare"])
+def test_cli_rejects_reports_no_edgeship_wrote_in_one_line(tmp_path, change, expected, command):
+    path = tmp_path / "crafted.json"
+    path.write_text(_stored_with(change))
+    args = ("gate", str(path)) if command == "gate" else ("compare", str(STORED), str(path))
+    result = run_cli(*args)
+    assert result.code == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: not a valid edgeship report: ") and expected in line, line
+
+
+def test_cli_gate_refuses_a_budget_on_a_target_the_report_lacks(tmp_path):
+    report = stored()
+    report.artifacts = [a for a in report.artifacts if a.target != "executorch-xnnpack"]
+    path = _write(tmp_path, report, "report.json")
+    recipe = write_recipe(tmp_path, demo_recipe(budgets=[{"targets": ["executorch-xnnpack"],
+                                                          "max_size_mb": 1}]))
+    result = run_cli("gate", str(path), "--recipe", str(recipe))
+    assert result.code == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"error: recipe {recipe}: budgets[0].targets: 'executorch-xnnpack' not in the report; its "
+        "targets: torchscript-fbgemm, torchscript-qnnpack, onnx-int8, torchscript-fp32, onnx-fp32, "
+        "executorch-fp32")
+
+
+def test_cli_gate_refuses_a_budget_on_a_device_the_report_lacks(tmp_path):
+    recipe = write_recipe(tmp_path, demo_recipe(budgets=[{"devices": ["rpi5"], "max_latency_p90_ms": 1}]))
+    result = run_cli("gate", str(STORED), "--recipe", str(recipe))
+    assert result.code == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"error: recipe {recipe}: budgets[0].devices: 'rpi5' not in the "
+                                     "report; its devices: local")

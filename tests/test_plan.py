@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 from edgeship.benchmarks import runner
+from edgeship.devices import profile as profile_module
 from edgeship.errors import UserError
 from edgeship.formats import FORMATS, spec_for
 from edgeship.pipeline import run as pipeline_run
@@ -89,3 +90,33 @@ def test_docstring_examples_run():
     for module in (edgeship.formats, float_layers):
         result = doctest.testmod(module)
         assert result.attempted >= 2 and result.failed == 0, module.__name__
+
+
+def test_a_budget_on_a_device_the_run_does_not_measure_is_refused(tmp_path):
+    recipe = parse_recipe(demo_recipe(budgets=[{"max_size_mb": 1},
+                                               {"devices": ["local", "rpi5"], "max_latency_p90_ms": 5}]),
+                          "test", tmp_path)
+    with pytest.raises(UserError) as error:
+        make_plan(recipe)
+    assert str(error.value) == "budgets[1].devices: 'rpi5' not in this recipe's devices; its devices: local"
+
+
+def test_a_budget_may_name_a_device_of_a_profile_given_by_path(tmp_path):
+    profile = (Path(profile_module.__file__).parent / "profiles" / "local.toml").read_text()
+    (tmp_path / "bench-box.toml").write_text(profile.replace('name = "local"', 'name = "bench-box"'))
+    recipe = parse_recipe(demo_recipe(devices=["bench-box.toml"],
+                                      budgets=[{"devices": ["bench-box"], "max_latency_p90_ms": 5}]),
+                          "test", tmp_path)
+    assert [d.profile.name for d in make_plan(recipe).devices] == ["bench-box"]
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a device profile: not UTF-8 text (byte 0)"),
+    (b"name = 'x'\nbenchmark = { min_seconds = inf }\n", "benchmark.min_seconds: Input should be a finite number"),
+    (b"x = " + b"{a = " * 3000 + b"1" + b"}" * 3000, "not valid TOML: arrays or tables nested too deeply"),
+])
+def test_a_device_profile_that_is_not_text_or_not_finite_is_bad_input(tmp_path, content, problem):
+    (tmp_path / "device.toml").write_bytes(content)
+    with pytest.raises(UserError) as error:
+        profile_module.load_profile("device.toml", tmp_path)
+    assert f"{tmp_path / 'device.toml'}: {problem}" in str(error.value).splitlines()

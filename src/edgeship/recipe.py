@@ -7,13 +7,13 @@ with its key path, so a user fixes the file in one pass.
 from __future__ import annotations
 
 import hashlib
-import tomllib
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from edgeship.config import Section, validation_problems
+from edgeship.config import Name, Section, parse_toml, read_toml, validation_problems
 from edgeship.devices.profile import BenchmarkOverrides
 from edgeship.errors import UserError
 from edgeship.regression import Regression
@@ -23,11 +23,23 @@ from edgeship.targets import TARGETS, known_targets
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+# One example input of 2^28 elements is a gigabyte of float32; more is a typo that torch would
+# only find when it allocates the tensor, deep in the load stage.
+MAX_INPUT_ELEMENTS = 2**28
+
+
 class InputSpec(Section):
     shape: list[Annotated[int, Field(ge=1)]] = Field(
         min_length=1, description="Shape including the batch dimension, e.g. [1, 1, 8, 8].")
     dtype: Literal["float32", "int64", "int32"] = Field(
         "float32", description="Element type of this input.")
+
+    @field_validator("shape")
+    @classmethod
+    def _not_huge(cls, shape: list[int]) -> list[int]:
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"{math.prod(shape)} elements; at most {MAX_INPUT_ELEMENTS} (2^28)")
+        return shape
 
 
 class FloatTraining(Section):
@@ -215,8 +227,9 @@ ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "max_late
 
 
 class Recipe(Section):
-    name: str = Field(min_length=1, description="Name of this release; shown in reports.")
-    seed: int = Field(0, description="Seed for training, QAT and data order.")
+    name: Name = Field(description="Name of this release; shown in reports.")
+    # The range torch.manual_seed accepts.
+    seed: int = Field(0, ge=-2**63, lt=2**64, description="Seed for training, QAT and data order.")
     model: ModelSection
     data: DataSection
     prune: PruneSection | None = Field(None, description="Prune the float model first.")
@@ -247,6 +260,23 @@ class Recipe(Section):
                              f"divide data.batch_size = {self.data.batch_size}: each process takes "
                              f"an equal share of every batch")
         return self
+
+    @model_validator(mode="after")
+    def _budgets_name_targets_of_this_run(self) -> Recipe:
+        # A budget on a target the run does not build would check nothing and pass. Devices are
+        # checked by the plan, which loads their profiles (a path's device name is inside it).
+        built = self.built_targets()
+        for i, budget in enumerate(self.budgets):
+            unbuilt = [t for t in budget.targets or [] if t not in built]
+            if unbuilt:
+                raise ValueError(f"budgets[{i}].targets: {', '.join(map(repr, unbuilt))} not "
+                                 f"built by this recipe; its targets: {', '.join(built)}")
+        return self
+
+    def built_targets(self) -> list[str]:
+        """The recipe's targets, then the fp32 twins it builds beside them."""
+        twins = [TARGETS[t].twin for t in self.targets] if self.fp32_twins else []
+        return list(dict.fromkeys([*self.targets, *twins]))
 
     def mode(self, target: str) -> str:
         """static or dynamic, for one int8 target."""
@@ -286,16 +316,8 @@ def parse_recipe(data: dict, source: str, base_dir: Path) -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read recipe: {e.strerror}") from None
-    return parse_recipe_text(text, str(path), path.resolve().parent)
+    return parse_recipe(read_toml(path, "recipe"), str(path), path.resolve().parent)
 
 
 def parse_recipe_text(text: str, source: str, base_dir: Path) -> Recipe:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{source}: not valid TOML: {e}") from None
-    return parse_recipe(data, source, base_dir)
+    return parse_recipe(parse_toml(text, source), source, base_dir)

@@ -5,7 +5,6 @@ Shipped profiles live in devices/profiles/; a recipe names one by name or gives 
 
 from __future__ import annotations
 
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,21 +12,24 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, create_model, field_validator
 from pydantic.fields import FieldInfo
 
-from edgeship.config import Section, validation_problems
+from edgeship.config import Name, Section, read_toml, validation_problems
 from edgeship.errors import UserError
 from edgeship.targets import Format
 
 
 class BenchmarkSettings(Section):
     """How a device measures an artifact. Declared once: a profile's [benchmark] table, the
-    recipe's overrides (BenchmarkOverrides) and the runner's arguments all come from these fields."""
+    recipe's overrides (BenchmarkOverrides) and the runner's arguments all come from these fields.
+    The upper bounds are far beyond any real measurement; past them a value is a typo that would
+    otherwise fail later inside the runner (threads, timers) or never finish."""
 
-    threads: int = Field(1, ge=1, description="Intra-op threads of the runtime.")
-    cpus: list[int] | None = Field(None, description="CPU ids to pin the runner to (big cores).")
-    warmup_iterations: int = Field(10, ge=0, description="Untimed runs before timing.")
-    min_iterations: int = Field(100, ge=1, description="Timed runs, at least.")
-    min_seconds: float = Field(1.0, ge=0, description="Seconds of timed runs, at least.")
-    timeout_seconds: float = Field(120.0, gt=0, description="Kill a measurement after this.")
+    threads: int = Field(1, ge=1, le=1024, description="Intra-op threads of the runtime.")
+    cpus: list[Annotated[int, Field(ge=0, le=65535)]] | None = Field(
+        None, description="CPU ids to pin the runner to (big cores).")
+    warmup_iterations: int = Field(10, ge=0, le=1_000_000, description="Untimed runs before timing.")
+    min_iterations: int = Field(100, ge=1, le=1_000_000_000, description="Timed runs, at least.")
+    min_seconds: float = Field(1.0, ge=0, le=3600, description="Seconds of timed runs, at least.")
+    timeout_seconds: float = Field(120.0, gt=0, le=86400, description="Kill a measurement after this.")
 
     def overridden(self, overrides: BenchmarkOverrides) -> BenchmarkSettings:
         """These settings with the recipe's overrides (the fields it sets) put in."""
@@ -122,7 +124,7 @@ Transport = Annotated[LocalTransport | SshTransport | AdbTransport, Field(discri
 
 
 class DeviceProfile(Section):
-    name: str
+    name: Name
     description: str = ""
     arch: Literal["x86_64", "aarch64", "auto"] = Field(description="'auto': read from the host.")
     os: Literal["linux", "android", "macos"] = "linux"
@@ -172,12 +174,7 @@ def load_profile(name_or_path: str, base_dir: Path = Path.cwd()) -> DeviceProfil
     else:
         raise UserError(f"unknown device {name_or_path!r}; known: {', '.join(sorted(shipped))} "
                         f"(or a path to a profile .toml)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: cannot read device profile: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
+    data = read_toml(path, "device profile")
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as e:

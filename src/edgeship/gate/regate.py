@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeship.errors import UserError
 from edgeship.gate.budgets import Outcome, budgets_of
 from edgeship.gate.decide import Decision, decide
-from edgeship.recipe import load_recipe
+from edgeship.recipe import Budget, load_recipe
 from edgeship.report.schema import Report
 
 
@@ -25,6 +26,7 @@ def regate(report: Report, recipe_path: Path | None = None, baseline: Report | N
         budgets, source = list(load_recipe(recipe_path).budgets), f"recipe {recipe_path}"
     else:
         budgets, source = budgets_of(report), "the report"
+    check_scope(budgets, report, source)
     decision = decide(budgets, report, baseline)
     skipped = sum(c.outcome is Outcome.SKIPPED for c in decision.checks)
     summary = f"{len(decision.checks)} checks of {len(budgets)} budgets from {source}"
@@ -33,3 +35,17 @@ def regate(report: Report, recipe_path: Path | None = None, baseline: Report | N
     elif skipped:
         summary += f"; {skipped} max_regression checks not evaluated: no --baseline"
     return Regated(decision.applied_to(report), decision, summary)
+
+
+def check_scope(budgets: list[Budget], report: Report, source: str) -> None:
+    """A budget naming a target or a device the report has no figures for would check nothing
+    and pass: UserError naming the budget and what the report has."""
+    targets = [a.target for a in report.artifacts]
+    devices = [d.name for d in report.devices]
+    for i, budget in enumerate(budgets):
+        for key, named, present in (("targets", budget.targets, targets),
+                                    ("devices", budget.devices, devices)):
+            absent = [n for n in named or [] if n not in present]
+            if absent:
+                raise UserError(f"{source}: budgets[{i}].{key}: {', '.join(map(repr, absent))} not "
+                                f"in the report; its {key}: {', '.join(present) or 'none'}")

@@ -62,12 +62,23 @@ def make_plan(recipe: Recipe) -> Plan:
     if q.qat.enabled and q.qat.distributed:
         backend_for(q.qat.distributed)
     profiles = [load_profile(d, recipe.base_dir) for d in recipe.devices]
+    check_budget_devices(recipe, [p.name for p in profiles])
     return Plan(targets=tuple(targets),
                 static=tuple(t for t in int8 if recipe.mode(t.name) == "static"),
                 dynamic=tuple(t for t in int8 if recipe.mode(t.name) == "dynamic"),
                 devices=tuple(Device(p, p.benchmark.overridden(recipe.benchmark)) for p in profiles),
                 prune=recipe.prune is not None, analyse=bool(q.sensitivity or q.fallback),
                 qat=q.qat.enabled)
+
+
+def check_budget_devices(recipe: Recipe, devices: list[str]) -> None:
+    """A budget on a device the run does not measure would check nothing and pass: UserError.
+    Here, not in the recipe's validator: a profile given by path has its device name inside it."""
+    for i, budget in enumerate(recipe.budgets):
+        unmeasured = [d for d in budget.devices or [] if d not in devices]
+        if unmeasured:
+            raise UserError(f"budgets[{i}].devices: {', '.join(map(repr, unmeasured))} not in "
+                            f"this recipe's devices; its devices: {', '.join(devices) or 'none'}")
 
 
 def check_model(plan: Plan, model: nn.Module) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import builtins
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from edgeship.devices.profile import DeviceProfile
+from edgeship.targets import TARGETS, known_targets
 
 # Every status edgeship writes. A stage is `cached` when all its work came from the stage cache.
 StageStatus = Literal["ok", "cached", "skipped", "failed"]
@@ -87,6 +88,15 @@ class Artifact(BaseModel):
     parity: Parity | None = None
     details: dict = Field(default_factory=dict)
     benchmarks: list[Benchmark] = Field(default_factory=list)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, name: str) -> str:
+        # The gate, the writers and the plots look every artifact's target up (its precision,
+        # its fp32 twin): a name this edgeship does not know is a report it cannot have written.
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; known: {known_targets()}")
+        return name
 
 
 class Sparsity(BaseModel):
