@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,53 @@ class TwoInputNet(nn.Module):
 
 def two_input_model():
     return TwoInputNet()
+
+
+class _Ragged(Dataset):
+    """Sample 7 is 9x9 where every other is 8x8."""
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (torch.zeros(1, 9, 9) if i == 7 else self.x[i]), self.y[i]
+
+
+def ragged_test(seed=0):
+    parts = _digits(seed)
+    return Splits(train=TensorDataset(*parts["train"]), calibration=TensorDataset(*parts["calibration"]),
+                  test=_Ragged(*parts["test"]))
+
+
+MARK = 123.0  # the value the crashing model's "kernel" cannot take
+
+
+def mark_last_test_sample(seed=0):
+    parts = _digits(seed)
+    x, y = parts["test"]
+    x = x.clone()
+    x[-1, 0, 0, 0] = MARK
+    parts["test"] = (x, y)
+    return Splits(**{k: TensorDataset(*v) for k, v in parts.items()})
+
+
+class CrashingNet(nn.Module):
+    """Works on every sample but the marked one, as a custom kernel with a bug might: the load
+    stage's checks (the first test samples) pass, the float evaluation meets it."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        if bool((x == MARK).any()):
+            raise RuntimeError("lookup table overflow in the custom kernel")
+        return self.fc(x.flatten(1))
+
+
+def crashing_model():
+    return CrashingNet()
 '''
 
 
@@ -280,6 +328,68 @@ def _marker_lists_folder(w: Path) -> list[str]:
     return run_cmd(tiny_toml(w), folder, "--force")
 
 
+def _trained_labels(w: Path) -> list[str]:
+    recipe = tiny_recipe()  # model.train on: training met the label 50 (IndexError before)
+    recipe["data"]["factory"] = "factories.py:labels_plus_50"
+    return run_cmd(write_recipe(w, "labels-trained.toml", recipe), w / "run-labels-trained")
+
+
+def _ragged(w: Path) -> list[str]:
+    recipe = tiny_recipe()
+    recipe["data"]["factory"] = "factories.py:ragged_test"
+    return run_cmd(write_recipe(w, "ragged.toml", recipe), w / "run-ragged")
+
+
+def _crash(w: Path) -> list[str]:
+    recipe = tiny_recipe()
+    recipe["model"] = {"factory": "factories.py:crashing_model", "example_inputs": [{"shape": [1, 1, 8, 8]}]}
+    recipe["data"]["factory"] = "factories.py:mark_last_test_sample"
+    return run_cmd(write_recipe(w, "crash.toml", recipe), w / "run-crash")
+
+
+def crash_note(w: Path, proc: subprocess.CompletedProcess) -> str:
+    log = w / "run-crash" / "edgeship-crash.log"
+    return f"crash log in the run folder: {'holds the traceback' if log.is_file() and 'Traceback' in log.read_text() else 'MISSING'}"
+
+
+USER_FILES = {"report.md": "my notes\n", "artifacts/onnx-int8.onnx": "my own model\n"}
+
+
+def _user_files(w: Path) -> list[str]:
+    folder = w / "run-user-files"
+    shutil.rmtree(folder, ignore_errors=True)
+    for name, text in USER_FILES.items():
+        write_bytes(folder, name, text.encode())
+    return run_cmd(tiny_toml(w), folder, "--force")
+
+
+def user_files_note(w: Path, proc: subprocess.CompletedProcess) -> str:
+    kept = all((w / "run-user-files" / n).read_text() == t for n, t in USER_FILES.items())
+    return "the user's report.md and artifacts/onnx-int8.onnx: " + ("unchanged" if kept else "OVERWRITTEN")
+
+
+_first_run: list[subprocess.Popen] = []
+
+
+def _second_run(w: Path) -> list[str]:
+    """A first run into the folder, under way; the case is the second one into it."""
+    folder = w / "run-twice"
+    shutil.rmtree(folder, ignore_errors=True)
+    first = subprocess.Popen(run_cmd(tiny_toml(w), folder), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=w)
+    _first_run.append(first)
+    lock = folder / ".edgeship-lock"
+    while first.poll() is None and not (lock.is_file() and lock.read_text().strip()):
+        time.sleep(0.1)
+    return run_cmd(tiny_toml(w), folder)
+
+
+def second_run_note(w: Path, proc: subprocess.CompletedProcess) -> str:
+    first = _first_run.pop()
+    first.wait(timeout=900)
+    return f"the first run went on and exited {first.returncode}"
+
+
 def _unknown_target(data: dict) -> None:
     data["artifacts"][1]["target"] = "onnx-int4"
     data["budgets"] = [{"max_size_mb": 1}]
@@ -318,6 +428,12 @@ CASES = [
         EDGESHIP, "bench", str(base_run(w) / "report.json"), "--benchmark-json", str(w)]),
     Case("labels outside the model outputs", "2", _labels, gate_line),
     Case("NaN in the test split", "2", _nan, gate_line),
+    Case("trained model, labels outside its outputs", "2", _trained_labels, gate_line),
+    Case("samples of different shapes", "2", _ragged),
+    Case("a crash inside a stage", "3, one line", _crash, crash_note),
+    Case("--force over the user's report.md and artifacts/onnx-int8.onnx", "2, files unchanged",
+         _user_files, user_files_note),
+    Case("a second run into a folder in use", "2, naming the first", _second_run, second_run_note),
     Case("two-input model, 3 targets", "0 or 1", _two_inputs, gate_line),
     Case("example_inputs batch 4, PT2E targets", "0 or 1", _batch4, gate_line),
     Case("corrupt stage-cache entries, same command", "0 or 1", _corrupt_cache, gate_line),
@@ -336,8 +452,8 @@ def traceback_shown(proc: subprocess.CompletedProcess) -> str:
         return f"killed by signal {-proc.returncode}"
     if "Traceback (most recent call last)" in proc.stderr:
         return "yes"
-    if "edgeship crashed" in proc.stderr:  # the traceback went to a crash log
-        return "yes (in a log)"
+    if "edgeship crashed" in proc.stderr:  # a crash: one line on stderr, the traceback in its log
+        return "no (crash line; traceback in the log)"
     if "terminate called" in proc.stderr:
         return "yes (C++)"
     return "no"
@@ -391,9 +507,12 @@ def main() -> None:
             print(f"… {case.name}", file=sys.stderr, flush=True)
             results.append(run_case(case, work))
         print(table(results, work))
-        tracebacks = sum(traceback_shown(subprocess.CompletedProcess(r.argv, r.code, r.stdout, r.stderr))
-                         != "no" for r in results)
-        print(f"\n{len(results)} cases; {tracebacks} with a traceback or crash; work folder $W = {work}"
+        shown = [traceback_shown(subprocess.CompletedProcess(r.argv, r.code, r.stdout, r.stderr))
+                 for r in results]
+        crashes = sum(s.startswith("no (crash") for s in shown)
+        tracebacks = sum(not s.startswith("no") for s in shown)
+        print(f"\n{len(results)} cases; {tracebacks} with a traceback on stderr (or killed by a signal), "
+              f"{crashes} crashed as reported (exit 3); work folder $W = {work}"
               + ("" if args.keep else " (removed)"))
     finally:
         if not args.keep:
