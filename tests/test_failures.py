@@ -28,8 +28,23 @@ class NanNet(nn.Module):
         x = torch.flatten(x, 1)
         return self.fc(x) / (x.sum(dim=1, keepdim=True) - x.sum(dim=1, keepdim=True))
 
+class HalvesNet(nn.Module):
+    """An `if` on tensor values that real samples take both ways: top half of the digit brighter
+    than the bottom half, or not. Tracing keeps the branch of the example input."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        if x[:, :32].sum() > x[:, 32:].sum():
+            return self.fc(x)
+        return -self.fc(x)
+
 def branchy():
     return BranchyNet()
+
+def halves():
+    return HalvesNet()
 
 def nan_net():
     return NanNet()
@@ -69,3 +84,23 @@ def test_nan_outputs_fail_verification(tmp_path):
     assert artifact["error"] == "verify: NaN or Inf in the outputs of 64 of 64 test samples"
     assert artifact["benchmarks"] == []
 
+
+
+def test_a_twin_that_does_not_answer_as_the_float_model_fails_verification(tmp_path):
+    """Tracing baked in one branch: the TorchScript twin runs, but answers unlike the float model
+    on every sample that takes the other branch. It fails with its figures, is not benchmarked and
+    not recommended. (torch.export, under the ONNX exporter, refuses the `if` outright.)"""
+    recipe = _recipe(tmp_path, "halves", ["torchscript-fp32", "onnx-fp32"])
+    recipe["model"].pop("train")
+    recipe["data"]["kwargs"] = {"limit": 200}
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 3, result.stderr[-2000:]
+    report = result.report()
+    artifacts = {a["target"]: a for a in report["artifacts"]}
+    traced = artifacts["torchscript-fp32"]
+    assert traced["status"] == "failed" and traced["benchmarks"] == []
+    assert traced["error"].startswith("verify: does not answer as the float model it was exported "
+                                      "from: top-1 agreement 0."), traced["error"]
+    assert "(at least 0.99 expected of an fp32 export)" in traced["error"]
+    assert artifacts["onnx-fp32"]["error"].startswith("export: ")
+    assert [r["target"] for r in report["recommendations"]] == [None]
