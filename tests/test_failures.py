@@ -104,3 +104,25 @@ def test_a_twin_that_does_not_answer_as_the_float_model_fails_verification(tmp_p
     assert "(at least 0.99 expected of an fp32 export)" in traced["error"]
     assert artifacts["onnx-fp32"]["error"].startswith("export: ")
     assert [r["target"] for r in report["recommendations"]] == [None]
+
+
+def test_a_float_model_at_chance_is_warned_about_before_quantization(tmp_path):
+    """An untrained model answers at chance: every artifact matches it, the gate may pass, and
+    quantization would get the blame; the run says so in the console, report.json and report.md."""
+    recipe = demo_recipe(targets=["torchscript-fp32"], fp32_twins=False, budgets=[])
+    recipe["model"].pop("train")
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr[-2000:]
+    warning = result.report()["float"]["warning"]
+    assert warning.startswith("the float model answers near chance: top-1 0."), warning
+    assert "it has not learned the task" in warning
+    assert f"warning: {warning}" in " ".join(result.stdout.split())
+    assert warning in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_trained_float_model_gets_no_warning(tmp_path):
+    recipe = demo_recipe(targets=["torchscript-fp32"], fp32_twins=False, budgets=[])
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr[-2000:]
+    assert result.report()["float"]["accuracy"] > 0.9
+    assert result.report()["float"]["warning"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from edgeship.pipeline.cache import digest
@@ -18,7 +19,29 @@ def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
         answers = logits(loaded.model, loaded.test)
         accuracy = top1(answers, loaded.test.labels)
         notes.append(f"top-1 {accuracy:.4f} on {len(loaded.test)} test samples")
-    return FloatModel(loaded.model, loaded.key, accuracy, answers)
+        warning = not_learning(accuracy, answers, loaded.test.labels)
+        if warning:  # said before any quantization, which would otherwise get the blame
+            ctx.progress.log(f"warning: {warning}", style="yellow")
+    return FloatModel(loaded.model, loaded.key, accuracy, answers, warning=warning)
+
+
+# Near chance: within a tenth of the way from chance to a perfect score. Chance is the better of
+# a uniform guess and always answering the test split's most frequent class (imbalanced data).
+NEAR_CHANCE = 0.1
+
+
+def not_learning(accuracy: float, answers: np.ndarray, labels: np.ndarray) -> str | None:
+    """A line when the float model scores near chance on the test split, else None."""
+    classes = answers.shape[1]
+    majority = float(np.bincount(labels).max() / len(labels))
+    chance = max(1.0 / classes, majority)
+    if accuracy > chance + NEAR_CHANCE * (1.0 - chance):
+        return None
+    guess = "always answering its most frequent class" if majority > 1.0 / classes else \
+        f"a uniform guess among its {classes} classes"
+    return (f"the float model answers near chance: top-1 {accuracy:.4f} on the test split, where "
+            f"{guess} scores {chance:.4f}; it has not learned the task, so its int8 artifacts "
+            f"cannot be judged: train it (model.train) or load trained weights")
 
 
 def prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> FloatModel:
@@ -36,7 +59,9 @@ def prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> FloatModel:
             ctx.cache.store_json("prune", key, result.model_dump(mode="json"))
         notes.append(f"sparsity {result.sparsity.overall:.2f}, top-1 {result.accuracy_pruned:.4f} "
                      f"pruned, {result.accuracy_finetuned:.4f} fine-tuned")
-    return FloatModel(model, key, result.accuracy_finetuned, logits(model, loaded.test), result)
+    answers = logits(model, loaded.test)
+    return FloatModel(model, key, result.accuracy_finetuned, answers, result,
+                      not_learning(result.accuracy_finetuned, answers, loaded.test.labels))
 
 
 def _prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> PruneResult:

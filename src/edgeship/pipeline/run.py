@@ -65,7 +65,8 @@ def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Prog
     report = Report(edgeship_version=__version__, recipe_name=recipe.name, recipe_sha256=recipe.sha256(),
                     environment=env,
                     devices=[assemble.device_facts(d, env["host"]) for d in ctx.plan.devices],
-                    float=FloatResult(accuracy=float_model.accuracy, train_loss=loaded.train_loss),
+                    float=FloatResult(accuracy=float_model.accuracy, train_loss=loaded.train_loss,
+                                      warning=float_model.warning),
                     artifacts=list(records.values()), prune=float_model.prune,
                     sensitivity=float_layers.sensitivity, fallback=float_layers.fallback)
     return _gate_and_publish(ctx, report, baseline, started)

@@ -55,6 +55,7 @@ class FloatModel:
     accuracy: float
     logits: np.ndarray  # its answers on the test split
     prune: PruneResult | None = None
+    warning: str | None = None  # not_learning's line, when it has one
 
 
 @dataclass(frozen=True)

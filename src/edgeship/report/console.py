@@ -40,6 +40,8 @@ def print_console(report: Report, console: Console) -> None:
         console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
     if report.float:
         console.print(f"float accuracy {report.float.accuracy:.4f}")
+        if report.float.warning:
+            console.print(f"[yellow]warning:[/] {escape(report.float.warning)}", highlight=False)
     for a in report.artifacts:
         if a.status != "ok":
             console.print(f"[yellow]{escape(a.target)} failed:[/] {escape(a.error)}", highlight=False)

@@ -73,9 +73,10 @@ def _summary(report: Report) -> list[str]:
             items = "".join(f"<li>{_e(v.message)}</li>" for v in gate.violations)
             out.append(f'<ul class="violations">{items}</ul>')
     failed = [a for a in report.artifacts if a.status != "ok"]
-    if failed:
-        items = "".join(f"<li><code>{_e(a.target)}</code> {_e(a.status)}: {_e(a.error)}</li>" for a in failed)
-        out.append(f'<ul class="warnings">{items}</ul>')
+    items = [f"<li>{_e(report.float.warning)}</li>"] if report.float and report.float.warning else []
+    items += [f"<li><code>{_e(a.target)}</code> {_e(a.status)}: {_e(a.error)}</li>" for a in failed]
+    if items:
+        out.append(f'<ul class="warnings">{"".join(items)}</ul>')
     if report.recommendations:
         out.append("<h2>Recommendation</h2><ul>")
         out += [f"<li>{_e(r.statement)}</li>" for r in report.recommendations]

@@ -31,6 +31,7 @@ class Stage(BaseModel):
 class FloatResult(BaseModel):
     accuracy: float
     train_loss: float | None = None
+    warning: str | None = None  # the float model answers near chance: it has not learned the task
 
 
 class Parity(BaseModel):

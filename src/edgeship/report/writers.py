@@ -110,6 +110,7 @@ def markdown(report: Report) -> str:
         lines += ["**Recommendation**", ""] + [f"- {md_text(r.statement)}" for r in report.recommendations] + [""]
     if report.float:
         lines += [f"Float accuracy: **{report.float.accuracy:.4f}**", ""]
+        lines += [f"- ⚠️ {md_text(report.float.warning)}", ""] if report.float.warning else []
     lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows(report)]
     slower = int8_slower(report)  # said plainly, under the table that shows the ratios
