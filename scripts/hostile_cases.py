@@ -274,17 +274,15 @@ def _devices_empty(w: Path) -> list[str]:
     return run_cmd(write_recipe(w, "no-devices.toml", recipe), w / "run-no-devices")
 
 
-def _labels(w: Path) -> list[str]:
-    recipe = tiny_recipe()
-    recipe["model"].pop("train")  # not trained in the recipe: nothing learns the labels' range
-    recipe["data"]["factory"] = "factories.py:labels_plus_50"
-    return run_cmd(write_recipe(w, "labels.toml", recipe), w / "run-labels")
-
-
-def _nan(w: Path) -> list[str]:
-    recipe = tiny_recipe()
-    recipe["data"]["factory"] = "factories.py:nan_in_test"
-    return run_cmd(write_recipe(w, "nan.toml", recipe), w / "run-nan")
+def _with_data(factory: str, name: str, *, trained: bool = True) -> Callable[[Path], list[str]]:
+    """The tiny recipe with the data factory `factories.py:<factory>`, run into run-<name>."""
+    def command(w: Path) -> list[str]:
+        recipe = tiny_recipe()
+        if not trained:  # not trained in the recipe: nothing in the run learns the labels' range
+            recipe["model"].pop("train")
+        recipe["data"]["factory"] = f"factories.py:{factory}"
+        return run_cmd(write_recipe(w, f"{name}.toml", recipe), w / f"run-{name}")
+    return command
 
 
 def _two_inputs(w: Path) -> list[str]:
@@ -326,18 +324,6 @@ def _marker_lists_folder(w: Path) -> list[str]:
     (folder / "artifacts").mkdir()
     (folder / "artifacts" / "mine.txt").write_text("the user's\n")
     return run_cmd(tiny_toml(w), folder, "--force")
-
-
-def _trained_labels(w: Path) -> list[str]:
-    recipe = tiny_recipe()  # model.train on: training met the label 50 (IndexError before)
-    recipe["data"]["factory"] = "factories.py:labels_plus_50"
-    return run_cmd(write_recipe(w, "labels-trained.toml", recipe), w / "run-labels-trained")
-
-
-def _ragged(w: Path) -> list[str]:
-    recipe = tiny_recipe()
-    recipe["data"]["factory"] = "factories.py:ragged_test"
-    return run_cmd(write_recipe(w, "ragged.toml", recipe), w / "run-ragged")
 
 
 def _crash(w: Path) -> list[str]:
@@ -426,10 +412,13 @@ CASES = [
     Case("--force, marker lists ../../victim.txt", "0 or 2, victim kept", _victim, victim_note),
     Case("--benchmark-json is a folder", "2", lambda w: [
         EDGESHIP, "bench", str(base_run(w) / "report.json"), "--benchmark-json", str(w)]),
-    Case("labels outside the model outputs", "2", _labels, gate_line),
-    Case("NaN in the test split", "2", _nan, gate_line),
-    Case("trained model, labels outside its outputs", "2", _trained_labels, gate_line),
-    Case("samples of different shapes", "2", _ragged),
+    Case("labels outside the model outputs", "2", _with_data("labels_plus_50", "labels", trained=False),
+         gate_line),
+    Case("NaN in the test split", "2", _with_data("nan_in_test", "nan"), gate_line),
+    # model.train on: training met the label 50 (IndexError before)
+    Case("trained model, labels outside its outputs", "2", _with_data("labels_plus_50", "labels-trained"),
+         gate_line),
+    Case("samples of different shapes", "2", _with_data("ragged_test", "ragged")),
     Case("a crash inside a stage", "3, one line", _crash, crash_note),
     Case("--force over the user's report.md and artifacts/onnx-int8.onnx", "2, files unchanged",
          _user_files, user_files_note),
