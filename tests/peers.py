@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from edgeship.formats import export_atomically, spec_for
+from edgeship.formats import ExportedArtifact, export_atomically, spec_for
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
 from edgeship.targets import get_target
@@ -30,13 +30,17 @@ PEER_OF = {"torchscript-fbgemm": "FX fbgemm", "onnx-int8": "ORT quantize_static"
 
 
 def edgeship_artifact(name: str, model: nn.Module, calibration: np.ndarray, folder: Path) -> Path:
+    return edgeship_export(name, model, calibration, folder).path
+
+
+def edgeship_export(name: str, model: nn.Module, calibration: np.ndarray, folder: Path) -> ExportedArtifact:
     """`name`'s artifact as edgeship's pipeline makes it with default settings, QAT off: the
     recipe's calibration (batch 64, 4 batches) in the target's flow, then its exporter."""
     target = get_target(name)
     examples = (torch.from_numpy(calibration[:1]),)
     spec = spec_for(target.format)
     if not target.is_int8:
-        return export_atomically(spec.export, model, examples, target, folder).path
+        return export_atomically(spec.export, model, examples, target, folder)
     flow = flow_for(target.flow)
     prepared = calibrate(flow, model, examples, _dataset(calibration), batches=4, batch_size=64, qat=False)
     with flow.engine():
@@ -44,7 +48,7 @@ def edgeship_artifact(name: str, model: nn.Module, calibration: np.ndarray, fold
     export = (spec.quantize_static((calibration,), flow.settings, 4 * 64)[0] if flow.quantizes_at_export
               else spec.export)
     with spec.running(target):
-        return export_atomically(export, converted, examples, target, folder).path
+        return export_atomically(export, converted, examples, target, folder)
 
 
 def peer_artifact(name: str, model: nn.Module, calibration: np.ndarray, float_onnx: Path,

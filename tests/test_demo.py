@@ -47,6 +47,9 @@ def test_report_follows_the_contract(demo_run):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == a["sha256"]
         assert a["size_bytes"] == sum((demo_run.out / f).stat().st_size for f in a["files"])
         assert a["precision"] == ("int8" if a["target"] in INT8 else "fp32")
+        # read from the artifact itself: the demo's int8 artifacts are int8 throughout
+        share, macs = a["int8_share"], by_target(report)["torchscript-fp32"]["int8_share"]["macs"]
+        assert share["macs"] == macs and share["macs_fraction"] == (1.0 if a["target"] in INT8 else 0.0), share
         (bench,) = a["benchmarks"]
         assert bench["device"] == "local" and bench["status"] == "ok" and bench["valid"] is True
         lat = bench["latency_ms"]

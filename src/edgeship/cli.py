@@ -41,7 +41,7 @@ devices_app = typer.Typer(no_args_is_help=True, help="Device profiles: list, sho
 app.add_typer(devices_app, name="devices")
 
 # CI logs are not terminals: rich would wrap the results table at 80 columns.
-stdout = Console(width=None if sys.stdout.isatty() else 160)
+stdout = Console(width=None if sys.stdout.isatty() else 200)  # the results table: 14 columns
 stderr = Console(stderr=True)
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Run folder to write artifacts and reports to.")]

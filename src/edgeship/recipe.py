@@ -186,6 +186,9 @@ class Budget(Section):
     max_peak_rss_mb: PositiveFloat | None = Field(None, description="Peak RSS of the runner.")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="Artifact accuracy, a fraction "
                                                                      "0..1 like the report's.")
+    min_int8_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of the artifact's multiply-accumulates that run int8 "
+                                      "kernels, read from the artifact itself (0..1).")
     max_regression: list[str] | None = Field(
         None, min_length=1, description="Limits relative to a baseline report (--baseline), e.g. "
                                         "['median:5%', 'size:2%', 'accuracy:-0.5']; not evaluated "
@@ -222,8 +225,8 @@ class Budget(Section):
         return [parse_regression(t) for t in self.max_regression or []]
 
 
-ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "max_latency_p50_ms",
-                   "max_latency_p90_ms", "max_peak_rss_mb")
+ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "min_int8_fraction",
+                   "max_latency_p50_ms", "max_latency_p90_ms", "max_peak_rss_mb")
 
 
 class Recipe(Section):

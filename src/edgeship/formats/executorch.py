@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.compute import measured_share
+from edgeship.formats.executorch_compute import compute_ops
 from edgeship.formats.spec import DynamicModel, FormatSpec
 from edgeship.quantize.dynamic import pt2e_xnnpack_dynamic
 from edgeship.targets import Format, Target
@@ -21,7 +23,8 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
 
     program = torch.export.export(module, examples)  # already in eval mode: flows leave it so
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    details = {"delegation": delegation(lowered.exported_program().graph_module)}
+    details = {"delegation": delegation(lowered.exported_program().graph_module),
+               "int8_share": measured_share(compute_ops, lowered.exported_program())}
     path = workdir / f"{target.name}{SPEC.suffix}"
     path.write_bytes(lowered.to_executorch().buffer)
     return ExportedArtifact(path, (path,), details)

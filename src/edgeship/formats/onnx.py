@@ -33,9 +33,9 @@ def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: 
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
     path = workdir / f"{target.name}{SPEC.suffix}"
     program = onnx_program(module, examples)
-    strip_debug_metadata(program)
+    layers = strip_debug_metadata(program)
     program.save(str(path))
-    return artifact_of(path, workdir)
+    return artifact_of(path, workdir, layers)
 
 
 def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:

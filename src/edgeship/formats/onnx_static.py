@@ -77,7 +77,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
 
         program = onnx_program(module, examples)
         excluded = _nodes_of_layers(program, settings.float_layers)
-        strip_debug_metadata(program)
+        layers = strip_debug_metadata(program)
         scratch = workdir / "float"
         scratch.mkdir()
         program.save(str(scratch / "float.onnx"))
@@ -94,7 +94,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         for f in scratch.iterdir():
             f.unlink()
         scratch.rmdir()
-        return artifact_of(path, workdir)
+        return artifact_of(path, workdir, layers)
     return export_static
 
 

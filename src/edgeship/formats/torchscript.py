@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from edgeship.formats.artifact import ExportedArtifact
+from edgeship.formats.compute import measured_share
 from edgeship.formats.spec import DynamicModel, FormatSpec
+from edgeship.formats.torchscript_compute import compute_ops
 from edgeship.quantize.dynamic import torch_ao_dynamic
 from edgeship.targets import Format, Target
 
@@ -16,9 +18,11 @@ from edgeship.targets import Format, Target
 def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
     with SPEC.running(target), torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(module, examples))
+        # the frozen graph as saved, with the module paths tracing recorded (a loaded file has none)
+        share = measured_share(compute_ops, scripted, examples)
     path = workdir / f"{target.name}{SPEC.suffix}"
     scripted.save(str(path))
-    return ExportedArtifact(path, (path,))
+    return ExportedArtifact(path, (path,), {"int8_share": share})
 
 
 def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:

@@ -90,6 +90,10 @@ def _drop(a: Artifact, b, float_accuracy: float | None) -> float | None:
     return (float_accuracy - a.accuracy) * 100
 
 
+def _int8_fraction(a: Artifact, b, f) -> float | None:
+    return a.int8_share.macs_fraction if a.int8_share is not None else None
+
+
 _SIZE_MB = _Figure("size", "MB", ".3f", False, False,
                    lambda a, b, f: None if a.size_bytes is None else a.size_bytes / 1e6)
 _ACCURACY = _Figure("accuracy", "", ".4f", False, False, lambda a, b, f: a.accuracy)
@@ -100,6 +104,7 @@ ABSOLUTE: dict[str, tuple[_Figure, bool]] = {
     "max_accuracy_drop": (_Figure("accuracy drop", "points", ".3f", False, False, _drop), True),
     "max_size_mb": (_SIZE_MB, True),
     "min_accuracy": (_ACCURACY, False),
+    "min_int8_fraction": (_Figure("int8 share of MACs", "", ".3f", False, False, _int8_fraction), False),
     "max_latency_p50_ms": (_Figure("latency p50", "ms", ".3f", True, True, _latency("p50")), True),
     "max_latency_p90_ms": (_Figure("latency p90", "ms", ".3f", True, True, _latency("p90")), True),
     "max_peak_rss_mb": (_RSS, True),

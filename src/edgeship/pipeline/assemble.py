@@ -8,7 +8,7 @@ from edgeship.formats import spec_for
 from edgeship.pipeline.plan import Device, Plan
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.values import Converted, Exported, FloatModel, Source, Verified
-from edgeship.report.schema import Artifact, Benchmark, DeviceFacts
+from edgeship.report.schema import Artifact, Benchmark, DeviceFacts, Int8Share, QuantizationDetails
 from edgeship.report.writers import twin_benchmark
 from edgeship.targets import Flow, Target
 
@@ -37,11 +37,29 @@ def artifact(target: Target, folder: RunFolder, failed: dict[str, str], source: 
         record.files = [folder.relative(f) for f in made.files]
         record.sha256, record.size_bytes = exported.sha256, made.size_bytes
         record.details = dict(made.details)
-        if source is not None and source.quantization is not None:
-            record.details["quantization"] = source.quantization.model_dump(mode="json", exclude_none=True)
+        quantization = source.quantization if source is not None else None
+        if quantization is not None:
+            record.details["quantization"] = quantization.model_dump(mode="json", exclude_none=True)
+        if "int8_share" in record.details:
+            record.int8_share = int8_share(record.details.pop("int8_share"), quantization)
     if verified is not None:
         record.accuracy, record.parity = verified.accuracy, verified.parity
     return record
+
+
+def int8_share(measured: dict, quantization: QuantizationDetails | None) -> Int8Share:
+    """The exporter's measured share, each float op with the reason the pipeline knows for it."""
+    share = Int8Share.model_validate(measured)
+    if quantization is None:
+        return share
+    reasons = {name: "kept float by the accuracy fallback" for name in quantization.float_layers or []}
+    reasons.update(quantization.float_layers_required or {})
+    otherwise = (f"dynamic quantization covers only {quantization.layers}"
+                 if quantization.mode == "dynamic" else None)
+    for op in share.float_ops:
+        op.why = next((why for layer, why in reasons.items()
+                       if op.name == layer or op.name.startswith(layer + ".")), otherwise)
+    return share
 
 
 def attach_fp32_ratios(records: dict[str, Artifact]) -> None:

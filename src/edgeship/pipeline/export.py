@@ -15,6 +15,10 @@ from edgeship.pipeline.values import Exported, Results, Source
 from edgeship.targets import get_target
 
 
+# Bumped when exporters record new details, so a cached export without them is made again
+_DETAILS_VERSION = "int8_share-1"
+
+
 def export(ctx: RunContext, examples: tuple, sources: dict[str, Source]) -> Results[str, Exported]:
     examples_key = tensors_digest(list(examples))
     reused: list[str] = []
@@ -28,7 +32,7 @@ def export(ctx: RunContext, examples: tuple, sources: dict[str, Source]) -> Resu
 
 def _export(ctx: RunContext, examples: tuple, examples_key: str, name: str, source: Source,
             notes: StageNotes, reused: list[str]) -> Exported:
-    key = digest("export", ctx.env_key, source.key, name, examples_key)
+    key = digest("export", ctx.env_key, source.key, name, examples_key, _DETAILS_VERSION)
     cached, files = ctx.cache.load_json("export", key), ctx.cache.load_files("export-files", key)
     from_cache = cached is not None and files is not None
     exporter = _copier(files, cached) if from_cache else source.export

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.report.schema import Report
-from edgeship.report.writers import HEADERS, int8_slower, rows
+from edgeship.report.writers import HEADERS, int8_slower, mostly_float, rows
 
 
 def print_verdict(report: Report, console: Console, summary: str | None = None) -> None:
@@ -31,13 +31,19 @@ def print_console(report: Report, console: Console) -> None:
     """A run's results: the table, int8 slower than fp32, failed artifacts, the verdict."""
     # Rich reads markup in titles and cells: user text (the recipe name, errors) is escaped.
     table = Table(title=f"edgeship · {escape(report.recipe_name)}", title_justify="left")
-    for h in HEADERS:
-        table.add_column(h, justify="left" if h in ("target", "precision", "device", "status") else "right")
-    for r in rows(report):
+    table_rows = rows(report)
+    for i, h in enumerate(HEADERS):
+        text = h in ("target", "precision", "device", "status")
+        # a narrow terminal wraps the figures' headers, never cuts a target's name
+        table.add_column(h, justify="left" if text else "right", no_wrap=text,
+                         min_width=max([len(r[i]) for r in table_rows] + [len(h)]) if text else None)
+    for r in table_rows:
         table.add_row(*map(escape, r))
     console.print(table)
     for line in int8_slower(report):
         console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
+    for line in mostly_float(report):
+        console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
     if report.float:
         console.print(f"float accuracy {report.float.accuracy:.4f}")
         if report.float.warning:

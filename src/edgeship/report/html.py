@@ -16,7 +16,7 @@ from edgeship.report import plots
 from edgeship.report.analysis import (SENSITIVITY_HEADERS, fallback_lines, prune_line, qat_lines,
                                       sensitivity_rows)
 from edgeship.report.schema import Report
-from edgeship.report.writers import HEADERS, rows
+from edgeship.report.writers import HEADERS, mostly_float, rows
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -75,6 +75,7 @@ def _summary(report: Report) -> list[str]:
     failed = [a for a in report.artifacts if a.status != "ok"]
     items = [f"<li>{_e(report.float.warning)}</li>"] if report.float and report.float.warning else []
     items += [f"<li><code>{_e(a.target)}</code> {_e(a.status)}: {_e(a.error)}</li>" for a in failed]
+    items += [f"<li>{_e(line)}</li>" for line in mostly_float(report)]
     if items:
         out.append(f'<ul class="warnings">{"".join(items)}</ul>')
     if report.recommendations:

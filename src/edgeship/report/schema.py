@@ -73,6 +73,35 @@ class Benchmark(BaseModel):
     vs_fp32: dict | None = None
 
 
+class FloatOp(BaseModel):
+    name: str  # the layer's module path where the artifact keeps it, else the op's own name
+    op: str
+    macs_fraction: float  # of the artifact's multiply-accumulates
+    why: str | None = None  # why it stayed float, where the pipeline knows
+
+
+class Int8Share(BaseModel):
+    """How much of an artifact's arithmetic runs with int8 kernels, read from the artifact itself
+    (formats/compute.py): by multiply-accumulates (what `min_int8_fraction` gates) and by weights."""
+
+    macs_fraction: float | None = None  # None: no compute op found, or `error`
+    weights_fraction: float | None = None
+    macs: int = 0  # per inference, at the exported input shapes
+    weights: int = 0
+    compute_ops: int = 0
+    float_compute_ops: int = 0
+    float_ops: list[FloatOp] = Field(default_factory=list)  # the largest float ones first
+    error: str | None = None  # why the artifact's ops could not be read
+
+    @property
+    def mostly_float(self) -> bool:
+        return self.macs_fraction is not None and self.macs_fraction < MOSTLY_INT8
+
+
+# An int8 target whose artifact runs less than this share of its MACs int8 is "mostly fp32"
+MOSTLY_INT8 = 0.5
+
+
 class Artifact(BaseModel):
     target: str
     format: str
@@ -88,7 +117,16 @@ class Artifact(BaseModel):
     accuracy: float | None = None
     parity: Parity | None = None
     details: dict = Field(default_factory=dict)
+    int8_share: Int8Share | None = None
     benchmarks: list[Benchmark] = Field(default_factory=list)
+
+    @property
+    def precision_shown(self) -> str:
+        """The precision the tables show: an int8 target's artifact that runs most of its MACs in
+        float is `mostly fp32`, whatever its target is called."""
+        if self.precision == "int8" and self.int8_share is not None and self.int8_share.mostly_float:
+            return "mostly fp32"
+        return self.precision
 
     @field_validator("target")
     @classmethod

@@ -1,0 +1,161 @@
+"""How much of each artifact runs int8, read from the artifact itself (formats/*_compute.py):
+every format counts the same multiply-accumulates for the same model; an int8 CNN is all int8 and
+its fp32 twin none; a static LSTM that every static flow leaves float is reported mostly float,
+in the tables, in a warning line and by a `min_int8_fraction` budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeship.formats import export_atomically, spec_for
+from edgeship.gate.budgets import evaluate
+from edgeship.recipe import Budget
+from edgeship.report.schema import Int8Share, Report
+from edgeship.report.writers import markdown, mostly_float, rows
+from edgeship.targets import get_target
+from peers import edgeship_export
+
+STORED = Path(__file__).parent / "data" / "report-digits.json"
+INT8 = ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack")
+FP32 = ("torchscript-fp32", "onnx-fp32", "executorch-fp32")
+
+
+class SmallCnn(nn.Module):
+    """Not an example model: a strided conv with batch norm, a depthwise conv, a pool, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU())
+        self.head = nn.Linear(12 * 8 * 8, 7)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(self.depthwise(self.stem(x)), 2)
+        return self.head(torch.flatten(x, 1))
+
+
+class LstmClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(10, 24, batch_first=True)
+        self.head = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def _macs_by_hooks(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of the model's convolutions and linears, counted on the float model."""
+    total = []
+
+    def count(module, args, out):
+        weight = module.weight
+        total.append(out.numel() * weight[0].numel())
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    return sum(total)
+
+
+@pytest.fixture(scope="module")
+def cnn_shares(tmp_path_factory) -> dict[str, dict]:
+    torch.manual_seed(0)
+    model = SmallCnn().eval()
+    calibration = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
+    folder = tmp_path_factory.mktemp("cnn")
+    shares = {name: edgeship_export(name, model, calibration, folder / name).details["int8_share"]
+              for name in INT8 + FP32}
+    return {"shares": shares, "macs": _macs_by_hooks(model, torch.from_numpy(calibration[:1]))}
+
+
+@pytest.mark.parametrize("name", INT8 + FP32)
+def test_every_format_counts_the_float_models_macs(cnn_shares, name):
+    share = cnn_shares["shares"][name]
+    assert share["macs"] == cnn_shares["macs"], share
+    assert share["compute_ops"] == 3
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_an_int8_cnn_runs_all_its_macs_int8(cnn_shares, name):
+    share = cnn_shares["shares"][name]
+    assert share["macs_fraction"] == 1.0 and share["weights_fraction"] == 1.0, share
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_an_fp32_twin_runs_none_int8_and_names_its_float_ops(cnn_shares, name):
+    share = cnn_shares["shares"][name]
+    assert share["macs_fraction"] == 0.0
+    assert {op["name"] for op in share["float_ops"]} >= {"depthwise.0", "head"}, share["float_ops"]
+    assert sum(op["macs_fraction"] for op in share["float_ops"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ("torchscript-fbgemm", "onnx-int8", "executorch-xnnpack"))
+def test_a_static_lstm_is_measured_mostly_float(tmp_path, name):
+    """Every static flow leaves nn.LSTM float (FX, ONNX Runtime, XNNPACK): the artifact says so."""
+    torch.manual_seed(0)
+    model = LstmClassifier().eval()
+    calibration = np.random.default_rng(0).standard_normal((64, 12, 10), dtype=np.float32)
+    share = Int8Share.model_validate(edgeship_export(name, model, calibration, tmp_path).details["int8_share"])
+    assert share.mostly_float and share.macs_fraction < 0.1, share
+    assert share.float_ops[0].name == "lstm" and share.float_ops[0].macs_fraction > 0.9, share.float_ops
+
+
+def test_a_dynamic_torchscript_lstm_runs_int8(tmp_path):
+    model = LstmClassifier().eval()
+    examples = (torch.randn(1, 12, 10),)
+    target = get_target("torchscript-fbgemm")
+    spec = spec_for(target.format)
+    with spec.running(target):
+        dynamic = spec.quantize_dynamic(target, model, examples)
+        made = export_atomically(dynamic.export, dynamic.module, examples, target, tmp_path)
+    share = made.details["int8_share"]
+    assert share["macs_fraction"] == 1.0 and share["compute_ops"] == 2, share
+
+
+@pytest.fixture
+def report() -> Report:
+    return Report.model_validate(json.loads(STORED.read_text()))
+
+
+def _mostly_float(report: Report, target: str) -> Report:
+    report.artifact(target).int8_share = Int8Share(
+        macs_fraction=0.12, weights_fraction=0.2, macs=1000, weights=100, compute_ops=3, float_compute_ops=1,
+        float_ops=[{"name": "lstm", "op": "LSTM", "macs_fraction": 0.88, "why": "the flow has no int8 LSTM"}])
+    return report
+
+
+def test_a_mostly_float_int8_artifact_is_never_shown_as_int8(report):
+    _mostly_float(report, "onnx-int8")
+    row = next(r for r in rows(report) if r[0] == "onnx-int8")
+    assert row[1:3] == ["mostly fp32", "12%"]
+    (line,) = mostly_float(report)
+    assert line == ("onnx-int8 runs only 12% of its multiply-accumulates with int8 kernels; "
+                    "float: lstm LSTM 88% (the flow has no int8 LSTM)")
+    assert line in markdown(report)
+
+
+def test_min_int8_fraction_gates_the_share_of_macs(report):
+    _mostly_float(report, "onnx-int8")
+    for a in report.artifacts:
+        if a.target != "onnx-int8":
+            a.int8_share = Int8Share(macs_fraction=1.0 if a.precision == "int8" else 0.0, macs=1000)
+    gate = evaluate([Budget(min_int8_fraction=0.9)], report)  # int8 targets only, by default
+    (v,) = gate.violations
+    assert (v.target, v.limit_name, v.measured) == ("onnx-int8", "min_int8_fraction", 0.12)
+    assert v.message == "onnx-int8: int8 share of MACs 0.120 < min_int8_fraction 0.9"
+
+
+def test_min_int8_fraction_fails_where_the_share_was_not_read(report):
+    report.artifact("onnx-int8").int8_share = Int8Share(error="KeyError: 'x'")
+    gate = evaluate([Budget(targets=["onnx-int8"], min_int8_fraction=0.5)], report)
+    (v,) = gate.violations
+    assert v.measured is None and "not measured" in v.message
+    assert mostly_float(report) == ["onnx-int8: its int8 share could not be read from the artifact: KeyError: 'x'"]
