@@ -69,9 +69,14 @@ def test_export_failure_is_recorded_and_other_targets_go_on(tmp_path):
     assert artifacts["torchscript-fp32"]["benchmarks"][0]["status"] == "ok"
     failed = artifacts["executorch-fp32"]
     assert failed["status"] == "failed" and failed["path"] is None
-    assert failed["error"].startswith("export: ")
-    assert "data-dependent" in failed["error"].lower() or "guard" in failed["error"].lower(), failed["error"]
+    # one line naming the user's line and the fix; torch's graph dumps go to a log in the run folder
+    line = next(i for i, text in enumerate(MODELS.splitlines(), 1) if "if x.sum() > 0" in text)
+    assert failed["error"].startswith(f"export: {tmp_path / 'models.py'}:{line} in forward: "
+                                      "`if x.sum() > 0:` decides on a tensor's values"), failed["error"]
+    assert "torch.cond" in failed["error"]
     assert "executorch-fp32 failed: export:" in result.stdout
+    assert "def forward(self" not in result.stderr
+    assert "def forward(self" in (tmp_path / "run" / "edgeship-torch.log").read_text()
 
 
 def test_nan_outputs_fail_verification(tmp_path):
@@ -126,3 +131,60 @@ def test_a_trained_float_model_gets_no_warning(tmp_path):
     assert result.code == 0, result.stderr[-2000:]
     assert result.report()["float"]["accuracy"] > 0.9
     assert result.report()["float"]["warning"] is None
+
+
+def test_a_failure_is_described_by_its_innermost_cause_without_terminal_colours():
+    from edgeship.pipeline.stages import describe
+
+    try:
+        try:
+            raise LookupError("No ONNX function found for aten._adaptive_avg_pool3d")
+        except LookupError as cause:
+            raise RuntimeError("Failed to convert. \x1b[96mThis is step 3/3\x1b[0m of exporting") from cause
+    except RuntimeError as e:
+        said = describe(e)
+    assert said == ("LookupError: No ONNX function found for aten._adaptive_avg_pool3d "
+                    "(raised as RuntimeError: Failed to convert)")
+    assert "\x1b" not in describe(ValueError("\x1b[31mred\x1b[0m"))
+
+
+def test_fx_tracing_control_flow_names_the_users_line():
+    import torch
+    from torch import nn
+
+    from edgeship.pipeline.stages import describe
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x
+            return -x
+
+    try:
+        torch.fx.symbolic_trace(Branchy())
+    except Exception as e:  # noqa: BLE001 - torch.fx's TraceError
+        said = describe(e)
+    assert said.startswith(f"{__file__}:") and " in forward: `if x.sum() > 0:` decides on a tensor's values" in said
+    assert "(TraceError); rewrite it with torch.cond" in said
+
+
+def test_an_int8_artifact_unlike_its_quantized_model_fails_with_its_figures():
+    import numpy as np
+    import pytest
+    from torch import nn
+
+    from edgeship.pipeline.values import Source
+    from edgeship.pipeline.verify import VerificationFailed, check_parity
+    from edgeship.report.schema import Parity
+    from edgeship.targets import get_target
+
+    def source(int8_reference: bool) -> Source:
+        return Source(nn.Identity(), None, "converted PyTorch model (fx-fbgemm)", np.zeros((4, 3)), "k",
+                      int8_reference=int8_reference)
+
+    broken = Parity(reference="converted PyTorch model (fx-fbgemm)", top1_agreement=0.62, max_abs_error=7.5)
+    with pytest.raises(VerificationFailed, match=r"top-1 agreement 0.6200 \(at least 0.9 expected"):
+        check_parity(get_target("torchscript-fbgemm"), source(True), broken)
+    # quantized at export from the float model (onnx-int8): the accuracy budgets judge it
+    check_parity(get_target("onnx-int8"), source(False), broken)
+    check_parity(get_target("torchscript-fbgemm"), source(True), broken.model_copy(update={"top1_agreement": 0.996}))

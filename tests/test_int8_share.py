@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from edgeship.engines import attention_slow_path
 from edgeship.formats import export_atomically, spec_for
 from edgeship.gate.budgets import evaluate
+from edgeship.quantize.float_layers import LEFT_FLOAT, layers_of
 from edgeship.recipe import Budget
 from edgeship.report.schema import Int8Share, Report
 from edgeship.report.writers import markdown, mostly_float, rows
-from edgeship.targets import get_target
+from edgeship.quantize.calibrate import calibrate
+from edgeship.quantize.flows import flow_for
+from edgeship.targets import Flow, Format, get_target
 from peers import edgeship_export
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
@@ -97,15 +102,26 @@ def test_an_fp32_twin_runs_none_int8_and_names_its_float_ops(cnn_shares, name):
     assert sum(op["macs_fraction"] for op in share["float_ops"]) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", ("torchscript-fbgemm", "onnx-int8", "executorch-xnnpack"))
-def test_a_static_lstm_is_measured_mostly_float(tmp_path, name):
-    """Every static flow leaves nn.LSTM float (FX, ONNX Runtime, XNNPACK): the artifact says so."""
+def _lstm_share(name: str, folder: Path) -> Int8Share:
     torch.manual_seed(0)
     model = LstmClassifier().eval()
     calibration = np.random.default_rng(0).standard_normal((64, 12, 10), dtype=np.float32)
-    share = Int8Share.model_validate(edgeship_export(name, model, calibration, tmp_path).details["int8_share"])
+    return Int8Share.model_validate(edgeship_export(name, model, calibration, folder).details["int8_share"])
+
+
+def test_a_static_lstm_on_xnnpack_is_measured_mostly_float(tmp_path):
+    """The XNNPACK quantizer annotates no LSTM: it stays float, and the artifact says so."""
+    share = _lstm_share("executorch-xnnpack", tmp_path)
     assert share.mostly_float and share.macs_fraction < 0.1, share
     assert share.float_ops[0].name == "lstm" and share.float_ops[0].macs_fraction > 0.9, share.float_ops
+
+
+@pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))
+def test_a_static_lstm_is_dynamic_int8_inside_the_static_model(tmp_path, name):
+    """No static int8 LSTM in torch.ao or ONNX Runtime's static quantizer: the LSTM is quantized
+    dynamically inside the otherwise static model (aten::quantized_lstm, DynamicQuantizeLSTM)."""
+    share = _lstm_share(name, tmp_path)
+    assert share.macs_fraction > 0.95, share
 
 
 def test_a_dynamic_torchscript_lstm_runs_int8(tmp_path):
@@ -118,6 +134,55 @@ def test_a_dynamic_torchscript_lstm_runs_int8(tmp_path):
         made = export_atomically(dynamic.export, dynamic.module, examples, target, tmp_path)
     share = made.details["int8_share"]
     assert share["macs_fraction"] == 1.0 and share["compute_ops"] == 2, share
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(1))
+
+
+def test_a_dynamic_torchscript_transformer_exports_and_says_what_stays_float(tmp_path):
+    """PyTorch's attention fast path breaks after quantize_dynamic; runs take the Python path,
+    where the encoder's feed-forward Linears are int8 and the attention projections float."""
+    model, examples = Encoder().eval(), (torch.randn(1, 6, 16),)
+    target = get_target("torchscript-fbgemm")
+    spec = spec_for(target.format)
+    with attention_slow_path(), spec.running(target):
+        dynamic = spec.quantize_dynamic(target, model, examples)
+        share = export_atomically(dynamic.export, dynamic.module, examples, target, tmp_path).details["int8_share"]
+    fp32 = export_atomically(spec.export, model, examples, get_target("torchscript-fp32"), tmp_path / "fp32")
+    assert share["macs"] == fp32.details["int8_share"]["macs"]  # attention's matmuls counted too
+    assert 0.3 < share["macs_fraction"] < 0.7, share
+    assert {op["name"] for op in share["float_ops"]} >= {"encoder.layers.0.self_attn"}
+
+
+def test_fx_qat_of_a_transformer_encoder_converts_and_exports(tmp_path):
+    """FX observes torch.nn's TransformerEncoder as one leaf; with a QAT qconfig its convert
+    failed ('FusedMovingAvgObsFakeQuantize' object has no attribute 'activation_post_process').
+    The leaf has no qconfig now: it stays float, the rest is int8."""
+    torch.manual_seed(0)
+    model, examples = Encoder(), (torch.randn(1, 6, 16),)
+    flow = flow_for(Flow.FX_FBGEMM)
+    data = TensorDataset(torch.randn(32, 6, 16), torch.zeros(32, dtype=torch.int64))
+    with attention_slow_path():
+        prepared = calibrate(flow, model, examples, data, batches=2, batch_size=16, qat=True)
+        with flow.engine():
+            converted = flow.convert(prepared)
+            made = export_atomically(spec_for(Format.TORCHSCRIPT).export, converted, examples,
+                                     get_target("torchscript-fbgemm"), tmp_path)
+    share = made.details["int8_share"]
+    assert 0 < share["macs_fraction"] < 0.5 and share["float_ops"][0]["name"].startswith("encoder."), share
+
+
+def test_fx_says_why_a_transformer_encoder_stays_float():
+    left = layers_of(LEFT_FLOAT, Encoder(), Flow.FX_FBGEMM)
+    assert list(left) == ["encoder"] and "leaf module" in left["encoder"]  # its layers are inside it
 
 
 @pytest.fixture

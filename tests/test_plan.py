@@ -66,6 +66,15 @@ def test_a_layer_no_runtime_of_a_target_runs_is_refused_by_name():
     check_model(_plan(targets=["onnx-int8", "torchscript-fbgemm"]), clip)  # both run Conv3d
 
 
+def test_a_refusal_names_the_listed_target_once_per_reason_never_a_twin():
+    video = nn.Sequential(nn.Conv3d(1, 2, 3), nn.ReLU(), nn.Conv3d(2, 2, 3))
+    with pytest.raises(UserError) as refused:
+        check_model(_plan(targets=["executorch-xnnpack"]), video)
+    (line,) = str(refused.value).splitlines()
+    assert line.startswith("target executorch-xnnpack cannot run layers '0' (Conv3d), '2' (Conv3d): ")
+    assert line.endswith("; remove executorch-xnnpack from targets") and "executorch-fp32" not in line
+
+
 def test_every_target_has_a_format_spec_the_runner_can_load():
     for target in TARGETS.values():
         spec = spec_for(target.format)

@@ -109,3 +109,24 @@ def test_a_run_folder_that_cannot_be_made_is_bad_input(recipe, tmp_path):
     assert result.code == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'a-file' / 'run'}: cannot create the run " \
                                     f"folder: Not a directory"
+
+
+def test_an_edited_forward_is_another_float_model_for_the_cache():
+    from torch import nn
+
+    from edgeship.pipeline.load import model_source
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class Edited(Net):
+        def forward(self, x):
+            return self.fc(x).relu()
+
+    assert model_source(Net()) != model_source(Edited())
+    assert model_source(nn.Sequential(nn.Linear(2, 2))) == []  # torch's own classes: its version is in the key

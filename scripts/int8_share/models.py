@@ -13,11 +13,24 @@ from edgeship.data import Splits
 from edgeship.examples import digits
 
 
+class _Inputs(Dataset):
+    """((inputs...), label) samples for a model with several forward() arguments."""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return tuple(x[i] for x in self.inputs), self.labels[i]
+
+
 def _mapped(splits: Splits, inputs) -> Splits:
-    def one(ds: Dataset) -> TensorDataset:
+    def one(ds: Dataset) -> Dataset:
         images, labels = ds.tensors
         made = inputs(images)
-        return TensorDataset(*(made if isinstance(made, tuple) else (made,)), labels)
+        return _Inputs(made, labels) if isinstance(made, tuple) else TensorDataset(made, labels)
     return Splits(train=one(splits.train), calibration=one(splits.calibration), test=one(splits.test))
 
 
@@ -51,7 +64,7 @@ class Video2Plus1D(nn.Module):
             nn.Conv3d(1, 16, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(16), nn.ReLU(),
             nn.Conv3d(16, 16, (3, 1, 1), padding=(1, 0, 0)), nn.BatchNorm3d(16), nn.ReLU(),
             nn.Conv3d(16, 32, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(32), nn.ReLU(),
-            nn.AdaptiveAvgPool3d((1, 2, 2)))
+            nn.AvgPool3d((4, 4, 4)))  # the dynamo ONNX exporter has no AdaptiveAvgPool3d
         self.head = nn.Linear(32 * 4, 10)
 
     def forward(self, x):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeship.engines import captures_logged
 from edgeship.formats.artifact import ExportedArtifact
 from edgeship.formats.compute import measured_share
 from edgeship.formats.executorch_compute import compute_ops
@@ -21,7 +22,8 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = torch.export.export(module, examples)  # already in eval mode: flows leave it so
+    with captures_logged():
+        program = torch.export.export(module, examples)  # already in eval mode: flows leave it so
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     details = {"delegation": delegation(lowered.exported_program().graph_module),
                "int8_share": measured_share(compute_ops, lowered.exported_program())}

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeship.engines import captures_logged
 from edgeship.formats.artifact import ExportedArtifact
 from edgeship.formats.compute import measured_share
 from edgeship.formats.onnx_compute import compute_ops
@@ -24,7 +25,8 @@ def onnx_program(module: nn.Module, examples: tuple):
         # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
         # torch.export froze it in eval form, so this warning is wrong for it.
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
-        return torch.onnx.export(module, examples, dynamo=True, verbose=False)
+        with captures_logged():
+            return torch.onnx.export(module, examples, dynamo=True, verbose=False)
 
 
 def strip_debug_metadata(program) -> dict[str, str]:

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import ast
 import itertools
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +89,48 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         path = workdir / f"{target.name}.onnx"
         reader = _Reader(program.model.graph.inputs, calibration, examples[0].shape[0],
                          options.calibration_samples)
-        quantize_static(str(scratch / "pre.onnx"), str(path), reader, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=options.per_channel, reduce_range=options.reduce_range,
-                        calibrate_method=getattr(CalibrationMethod, options.calibrate_method),
-                        nodes_to_exclude=excluded,
-                        extra_options={"CalibMovingAverage": options.moving_average})
+        with _root_log_errors_only():
+            quantize_static(str(scratch / "pre.onnx"), str(path), reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=options.per_channel, reduce_range=options.reduce_range,
+                            calibrate_method=getattr(CalibrationMethod, options.calibrate_method),
+                            nodes_to_exclude=excluded,
+                            extra_options={"CalibMovingAverage": options.moving_average})
+        _recurrent_dynamic(path, excluded)
         for f in scratch.iterdir():
             f.unlink()
         scratch.rmdir()
         return artifact_of(path, workdir, layers)
     return export_static
+
+
+def _recurrent_dynamic(path: Path, excluded: list[str]) -> None:
+    """The static graph's LSTMs made DynamicQuantizeLSTM by ONNX Runtime's quantize_dynamic, its
+    static quantizer having no int8 LSTM (quantize/float_layers.py, DYNAMIC_IN_STATIC)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if not any(n.op_type == "LSTM" and n.name not in excluded for n in graph.node):
+        return
+    mixed = path.with_name(f"mixed-{path.name}")
+    with _root_log_errors_only():  # its warning that the model looks quantized: it is, on purpose
+        quantize_dynamic(path, mixed, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"],
+                         nodes_to_exclude=excluded)
+    os.replace(mixed, path)
+
+
+@contextmanager
+def _root_log_errors_only() -> Iterator[None]:
+    """ONNX Runtime's quantizer warns on the root logger about what it rightly skips (a per-channel
+    axis on a LayerNorm's 1-D weight, a model already quantized): nothing the user can act on."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _Reader:

@@ -21,7 +21,8 @@ _WEIGHTED = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution
 _PRODUCTS = {"aten::matmul", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
 _RECURRENT = {"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu"}
 _ATTENTION = {"aten::_transformer_encoder_layer_fwd", "aten::_native_multi_head_attention"}
-_COMPUTE = _INT8 | _WEIGHTED | _PRODUCTS | _RECURRENT | _ATTENTION
+_SDPA = "aten::scaled_dot_product_attention"
+_COMPUTE = _INT8 | _WEIGHTED | _PRODUCTS | _RECURRENT | _ATTENTION | {_SDPA}
 
 
 def compute_ops(scripted: torch.jit.ScriptModule, examples: tuple) -> list[ComputeOp]:
@@ -59,6 +60,9 @@ def _op(node, values: dict) -> ComputeOp:
     elif kind in _ATTENTION:
         tokens, length, width = out.numel() // out.shape[-1], out.shape[-2], out.shape[-1]
         macs = tokens * sum(w.numel() for w in weights) + 2 * tokens * length * width
+    elif kind == _SDPA:  # query x key, then weights x value: [.., L, E] x [.., S, E] twice
+        key = values[node.inputsAt(1)]
+        macs = 2 * out.numel() * key.shape[-2]
     elif kind in _PRODUCTS:  # K is the first matrix's last axis, whichever input is constant
         macs = out.numel() * (first.shape[-1] if first is not None and first.dim() else 1)
     elif weights and "conv_transpose" in kind:

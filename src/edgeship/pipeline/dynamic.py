@@ -36,4 +36,5 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
     return Source(made.module, made.export, made.reference, reference,
                   digest("dynamic", float_model.key, target.name, per_channel),
                   QuantizationDetails(mode="dynamic", qat=False, per_channel=per_channel,
-                                      layers=spec.dynamic_layers))
+                                      layers=spec.dynamic_layers),
+                  int8_reference=made.module is not float_model.module)

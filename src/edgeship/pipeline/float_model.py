@@ -19,7 +19,7 @@ def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
         answers = logits(loaded.model, loaded.test)
         accuracy = top1(answers, loaded.test.labels)
         notes.append(f"top-1 {accuracy:.4f} on {len(loaded.test)} test samples")
-        warning = not_learning(accuracy, answers, loaded.test.labels)
+        warning = not_learning(accuracy, answers, loaded.test.labels) or loss_not_falling(loaded.epoch_losses)
         if warning:  # said before any quantization, which would otherwise get the blame
             ctx.progress.log(f"warning: {warning}", style="yellow")
     return FloatModel(loaded.model, loaded.key, accuracy, answers, warning=warning)
@@ -42,6 +42,19 @@ def not_learning(accuracy: float, answers: np.ndarray, labels: np.ndarray) -> st
     return (f"the float model answers near chance: top-1 {accuracy:.4f} on the test split, where "
             f"{guess} scores {chance:.4f}; it has not learned the task, so its int8 artifacts "
             f"cannot be judged: train it (model.train) or load trained weights")
+
+
+def loss_not_falling(losses: tuple[float, ...]) -> str | None:
+    """A line when float training's last epoch ended no lower in loss than its first, else None.
+
+    >>> loss_not_falling((2.30, 2.31)) is not None, loss_not_falling((2.30, 0.50)), loss_not_falling((2.3,))
+    (True, None, None)
+    """
+    if len(losses) < 2 or losses[-1] < losses[0]:
+        return None
+    return (f"the float model's training loss did not fall: {losses[0]:.4f} in epoch 1, "
+            f"{losses[-1]:.4f} in epoch {len(losses)}; it is not learning the task (try another "
+            f"model.train.lr), so its int8 artifacts cannot be judged")
 
 
 def prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> FloatModel:

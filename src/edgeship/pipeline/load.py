@@ -3,6 +3,8 @@ plan, then the float model trained when the recipe says so (or taken from the st
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
@@ -102,6 +104,19 @@ def fill_examples(examples: tuple[torch.Tensor, ...], test: Arrays) -> tuple[tor
     return tuple(torch.from_numpy(a[rows]) for a in test.inputs)
 
 
+def model_source(model: nn.Module) -> list[str]:
+    """The source of the user's module classes in `model`: a forward() edited since the last
+    run is another model, whose trained weights the cache must not give back."""
+    out = []
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
+        if not cls.__module__.startswith("torch."):
+            try:
+                out.append(inspect.getsource(cls))
+            except (OSError, TypeError):  # defined in a notebook or built at run time
+                out.append(cls.__qualname__)
+    return out
+
+
 def load(ctx: RunContext) -> Loaded:
     recipe = ctx.recipe
     with ctx.log.stage("load") as notes:
@@ -113,31 +128,35 @@ def load(ctx: RunContext) -> Loaded:
         examples = fill_examples(examples, arrays["test"])
         data = [arrays[name] for name in ("train", "calibration", "test")]
         key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
-                     tensors_digest(model.state_dict()),
+                     tensors_digest(model.state_dict()), model_source(model),
                      tensors_digest([a for d in data for a in (*d.inputs, d.labels)]))
-        loss = _train_float(ctx, model, splits, key, notes) if recipe.model.train else None
+        losses = _train_float(ctx, model, splits, key, notes) if recipe.model.train else ()
         model.eval()
         notes.append(f"{len(splits.train)} train / {len(splits.calibration)} calibration / "
                      f"{len(splits.test)} test samples")
-    return Loaded(model, splits, examples, data[2], key, loss)
+    fresh = losses and not notes.cached  # a cached model's last loss was said by the run that trained it
+    return Loaded(model, splits, examples, data[2], key, losses[-1] if fresh else None, tuple(losses))
 
 
 def _train_float(ctx: RunContext, model: nn.Module, splits: Splits, key: str,
-                 notes: StageNotes) -> float | None:
-    """Trains `model` in place, or loads its trained state from the cache (then: None)."""
+                 notes: StageNotes) -> list[float]:
+    """Trains `model` in place, or loads its trained state from the cache; its mean loss per epoch."""
     recipe, config = ctx.recipe, ctx.recipe.model.train
-    state = ctx.cache.load_state("float", key)
+    state, cached = ctx.cache.load_state("float", key), ctx.cache.load_json("float-losses", key)
     if state is not None:
         model.load_state_dict(state)
         notes.cached = True
-        return None
+        return cached["losses"] if cached else []
     torch.manual_seed(recipe.seed)
+    losses: list[float] = []
     try:
-        loss = train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-                     epochs=config.epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                     progress=ctx.progress, label="train float model", schedule=config.schedule)
+        train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+              epochs=config.epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
+              progress=ctx.progress, label="train float model", schedule=config.schedule,
+              on_epoch_end=lambda epoch, loss: losses.append(loss))
     except TrainingDiverged as e:  # nothing to ship: say which key to change
         raise UserError(f"model.train: {e}") from None
+    ctx.cache.store_json("float-losses", key, {"losses": losses})
     ctx.cache.store_state("float", key, model)
-    notes.append(f"trained {config.epochs} epochs, loss {loss:.4f}")
-    return loss
+    notes.append(f"trained {config.epochs} epochs, loss {losses[-1]:.4f}")
+    return losses

@@ -82,13 +82,19 @@ def check_budget_devices(recipe: Recipe, devices: list[str]) -> None:
 
 
 def check_model(plan: Plan, model: nn.Module) -> None:
-    """Before any training: what a target cannot do with this model is said now."""
+    """Before any training: what a target cannot do with this model is said now, one line per
+    target and reason, naming the targets the recipe lists (a twin fails with its int8 target)."""
     check_quantizable(model, list(plan.dynamic))
-    problems = []
+    problems, refused = [], set()
+    modules = dict(model.named_modules())
     for t in plan.targets:
+        by_reason: dict[str, list[str]] = {}
         for name, reason in unsupported_layers(model, t).items():
-            kind = type(dict(model.named_modules())[name]).__name__
-            problems.append(f"target {t.name} cannot run layer {name!r} ({kind}): {reason}; "
-                            f"remove {t.name} from targets")
+            by_reason.setdefault(reason, []).append(f"{name!r} ({type(modules[name]).__name__})")
+        if by_reason and not any(get_target(r).twin == t.name for r in refused):
+            problems += [f"target {t.name} cannot run layer{'s' if len(layers) > 1 else ''} "
+                         f"{', '.join(layers)}: {reason}; remove {t.name} from targets"
+                         for reason, layers in by_reason.items()]
+        refused |= {t.name} if by_reason else set()
     if problems:
         raise UserError("\n".join(problems))

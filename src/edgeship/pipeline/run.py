@@ -9,10 +9,12 @@ others go on; the stage cache in the run folder lets an unchanged recipe resume.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 from edgeship.version import __version__
+from edgeship.engines import attention_slow_path, torch_logs_into
 from edgeship.environment import environment
 from edgeship.errors import UserError
 from edgeship.gate.decide import decide
@@ -37,10 +39,21 @@ from edgeship.report.schema import FloatResult, Report
 from edgeship.report.writers import append_step_summary
 
 
+# torch's log output during a run (graph dumps of a failed capture), in the run folder
+TORCH_LOG = "edgeship-torch.log"
+
+
 def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Progress | None = None,
                baseline: Report | None = None, use_cache: bool = True) -> Report:
+    with attention_slow_path(), contextlib.ExitStack() as stack:
+        return _run(recipe, out, force, progress, baseline, use_cache, stack)
+
+
+def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, baseline: Report | None,
+         use_cache: bool, stack: contextlib.ExitStack) -> Report:
     started = time.perf_counter()
     ctx, env = _start(recipe, Path(out), force, progress or Progress(), baseline, use_cache)
+    stack.enter_context(torch_logs_into(ctx.folder.root / TORCH_LOG))
     loaded = load(ctx)
     float_model = evaluate_float(ctx, loaded)
     if ctx.plan.prune:

@@ -3,9 +3,13 @@ inside a stage: bad input stops the run, a failing flow or target is recorded an
 
 from __future__ import annotations
 
+import re
+import sysconfig
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 from edgeship.errors import STAGE_NOTE, TARGET_NOTE, EdgeshipError, UserError, noted
@@ -18,10 +22,47 @@ X = TypeVar("X")
 V = TypeVar("V")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _lines(e: BaseException, count: int) -> str:
+    text = _ANSI.sub("", str(e)).strip()  # exporters colour their messages for a terminal
+    return " ".join(line.strip() for line in text.splitlines()[:count] if line.strip())
+
+
+# How captures fail on an `if` or loop over a tensor's values: torch.export (PT2E, ONNX) and
+# torch.fx's symbolic tracing (FX)
+_DATA_DEPENDENT = ("data-dependent", "cannot be used as inputs to control flow",
+                   "Dynamic control flow is not supported")
+_LIBRARY_DIRS = (str(Path(sysconfig.get_paths()["stdlib"])), str(Path(sysconfig.get_paths()["purelib"])),
+                 str(Path(__file__).resolve().parents[1]))
+
+
+def user_line(e: BaseException) -> str | None:
+    """For a capture that failed on data-dependent control flow: the user's line it failed on,
+    and what to do; None for any other failure."""
+    if not any(marker in str(e) for marker in _DATA_DEPENDENT):
+        return None
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(_LIBRARY_DIRS) and not f.filename.startswith("<")]
+    if not frames:
+        return None
+    f = frames[-1]  # the deepest frame in the user's code: their forward()
+    return (f"{f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}` decides on a tensor's "
+            f"values, which a captured graph cannot ({type(e).__name__}); rewrite it with torch.cond "
+            f"or move the decision out of the model")
+
+
 def describe(e: BaseException, limit: int = 600) -> str:
-    """The first lines of an exception: they name the op or the line that failed."""
-    text = " ".join(line.strip() for line in str(e).strip().splitlines()[:4] if line.strip())
-    text = f"{type(e).__name__}: {text}"
+    """The first lines of an exception: they name the op or the line that failed. A wrapped
+    exception (torch.onnx's ConversionError around a DispatchError) is described by its innermost
+    cause, which names the op, then the first sentence of the error raised."""
+    root, depth = e, 0
+    while root.__cause__ is not None and depth < 10:
+        root, depth = root.__cause__, depth + 1
+    text = user_line(root) or f"{type(root).__name__}: {_lines(root, 4)}"
+    if root is not e:
+        text += f" (raised as {type(e).__name__}: {_lines(e, 1).split('. ')[0]})"
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -22,7 +22,7 @@ from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.evaluate import logits, top1
-from edgeship.quantize.float_layers import required_float_layers
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.qat import finetune as qat_finetune
@@ -32,6 +32,11 @@ from edgeship.recipe import QATSection
 from edgeship.report.analysis import qat_outcome
 from edgeship.report.schema import QatEpoch, QatHistory, QatProbe, QuantizationDetails
 from edgeship.targets import Flow
+
+
+# What the flows' quantizer configurations make of a model, for the cache keys of its states:
+# LSTM and GRU dynamic int8 inside static FX models, FX's torch.nn leaves (attention) unobserved
+_QCONFIG = "dynamic-rnn,float-leaves"
 
 
 def _failed(ctx: RunContext, stage: str):
@@ -59,13 +64,13 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
     # "best-state": QAT ships its best-scoring epoch (states cached before that are not reused)
     key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed, "best-state", "probe")
+                 recipe.data.batch_size, recipe.seed, "best-state", "probe", _QCONFIG)
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
-    if state is None:
+    prepared = _restored(qf, captured, examples, state, qat=ctx.plan.qat)
+    if prepared is None:
         prepared = _calibrated(ctx, loaded, float_model, qf, captured, key, notes)
         return Calibrated(qf, prepared, key, True, required)
-    prepared = _restored(qf, captured, examples, state, qat=ctx.plan.qat)
     notes.append(f"{flow.value} reused")
     qat = ctx.cache.load_json("qat", key) if ctx.plan.qat else None
     history = QatHistory.model_validate(qat["history"]) if qat and qat["history"] else None
@@ -81,11 +86,13 @@ def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, qf: Qu
     recipe, qat = ctx.recipe, ctx.plan.qat
     start = key if not qat else digest(
         "calibrated", float_model.key, qf.flow, sorted(qf.settings.float_layers),
-        recipe.quantization.model_dump(mode="json", exclude={"qat"}), recipe.data.batch_size, recipe.seed)
-    state = ctx.cache.load_state("calibrated", start) if qat else None
-    if state is not None:
+        recipe.quantization.model_dump(mode="json", exclude={"qat"}), recipe.data.batch_size, recipe.seed,
+        _QCONFIG)
+    restored = _restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", start),
+                         qat=True) if qat else None
+    if restored is not None:
         notes.append(f"{qf.flow.value} calibration reused")
-        return _restored(qf, captured, loaded.examples, state, qat=True)
+        return restored
     prepared = calibration.calibrate(
         qf, float_model.module, loaded.examples, loaded.splits.calibration,
         batches=recipe.quantization.calibration_batches, batch_size=recipe.data.batch_size, qat=qat,
@@ -94,10 +101,17 @@ def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, qf: Qu
     return prepared
 
 
-def _restored(qf: QuantFlow, captured: nn.Module, examples: tuple, state: dict, *, qat: bool) -> nn.Module:
-    """A prepared graph holding a cached state, in eval form as calibration leaves it."""
+def _restored(qf: QuantFlow, captured: nn.Module, examples: tuple, state: dict | None, *,
+              qat: bool) -> nn.Module | None:
+    """A prepared graph holding a cached state, in eval form as calibration leaves it; None
+    without a state, or for one another edgeship's quantizer configuration made (a miss)."""
+    if state is None:
+        return None
     prepared = qf.prepare_captured(captured, examples, qat=qat)
-    prepared.load_state_dict(state)
+    try:
+        prepared.load_state_dict(state)
+    except RuntimeError:  # its observers differ from this configuration's: calibrate again
+        return None
     qf.set_eval(prepared)
     return prepared
 
@@ -195,6 +209,12 @@ def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
                     _failed(ctx, "convert"))
 
 
+def _unchosen(table: dict, float_model: FloatModel, c: Calibrated) -> dict[str, str]:
+    """The layers `table` lists for the flow, but those the run chose to leave float."""
+    return {name: why for name, why in layers_of(table, float_model.module, c.flow.flow).items()
+            if name not in c.flow.settings.float_layers}
+
+
 def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
              split, notes: StageNotes) -> Converted:
     q, name = ctx.recipe.quantization, c.flow.flow.value
@@ -211,7 +231,9 @@ def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibr
     details = QuantizationDetails(
         mode="static", qat=ctx.plan.qat, per_channel=q.per_channel,
         observer="fake-quant" if qat_shipped else (q.observer or "histogram"),
-        float_layers=sorted(c.flow.settings.float_layers), float_layers_required=c.required_float_layers,
+        float_layers=sorted(c.flow.settings.float_layers),
+        float_layers_required={**c.required_float_layers, **_unchosen(LEFT_FLOAT, float_model, c)},
+        dynamic_layers=_unchosen(DYNAMIC_IN_STATIC, float_model, c) or None,
         qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
         runtime_quantizer=shipped.runtime_quantizer)
     what = "float with its weights" if shipped.export else "int8"

@@ -44,6 +44,7 @@ class Loaded:
     test: Arrays  # the test split, stacked: what every artifact answers
     key: str  # stage-cache key of the float model: its recipe sections, weights, data, versions
     train_loss: float | None
+    epoch_losses: tuple[float, ...] = ()  # float training's mean loss per epoch, when it trained
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class Source:
     reference: np.ndarray  # `module`'s answers on the test split
     key: str
     quantization: QuantizationDetails | None = None  # int8 targets
+    # the reference is the quantized PyTorch model: the artifact runs the same int8 arithmetic
+    int8_reference: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
-"""Layers a quantization flow cannot make int8 for its target, found by trying them here (torch
-2.13, torchao 0.18, executorch 1.5.1), with the message each attempt failed with. They work in
-float: leaving them float (mixed precision) makes the artifact, and the report says why.
+"""Layers a static quantization flow cannot make int8 as the rest of the model, found by trying
+them here (torch 2.13, torchao 0.18, executorch 1.5.1), and what becomes of them, per layer:
+
+- FLOAT_REQUIRED: the flow fails on them; they stay float (mixed precision) and the report says why;
+- DYNAMIC_IN_STATIC: no static int8 kernel, but a dynamic one (int8 weights, activations quantized
+  at run time) inside the otherwise static model;
+- LEFT_FLOAT: the flow's quantizer does not annotate them, so they stay float; said, not changed.
 
 Layers a runtime cannot run in any precision are the format's business (FormatSpec.unsupported
 in edgeship.formats). Conv3d elsewhere, for the record: fbgemm quantizes Conv3d
@@ -26,6 +30,46 @@ FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str] = {
 }
 
 
+_FX_RNN = ("no static int8 {0} in torch.ao: dynamically quantized inside the static model "
+           "(int8 weights, activations quantized at run time: aten::quantized_{1})")
+DYNAMIC_IN_STATIC: dict[tuple[Flow, type[nn.Module]], str] = {
+    **{(flow, nn.LSTM): _FX_RNN.format("LSTM", "lstm") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
+    **{(flow, nn.GRU): _FX_RNN.format("GRU", "gru") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
+    (Flow.ORT_QDQ, nn.LSTM):
+        "ONNX Runtime's quantize_static has no int8 LSTM: its quantize_dynamic makes the LSTM a "
+        "DynamicQuantizeLSTM (int8 weights, activations quantized at run time) in the static graph",
+}
+
+LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str] = {
+    (Flow.PT2E_XNNPACK, nn.LSTM): "the XNNPACK quantizer annotates no aten.lstm: XNNPACK runs its "
+                                  "matrix products in fp32",
+    (Flow.PT2E_XNNPACK, nn.GRU): "the XNNPACK quantizer annotates no aten.gru: XNNPACK runs its "
+                                 "matrix products in fp32",
+    (Flow.ORT_QDQ, nn.GRU): "ONNX Runtime quantizes no GRU, statically or dynamically",
+    **{(flow, layer): f"torch.ao FX takes torch.nn's {layer.__name__} as one leaf module it does "
+                      "not trace into: it stays float (mode = \"dynamic\" quantizes its Linears "
+                      "for TorchScript; onnx-int8 and executorch-xnnpack quantize them statically)"
+       for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
+       for layer in (nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                     nn.TransformerDecoderLayer, nn.MultiheadAttention)},
+}
+
+
+def layers_of(table: dict[tuple[Flow, type[nn.Module]], str], model: nn.Module, flow: Flow) -> dict[str, str]:
+    """{module name: reason} for the modules of `model` that `table` lists for `flow`, outermost
+    only (an encoder's layers are inside the encoder).
+
+    >>> layers_of(DYNAMIC_IN_STATIC, nn.Sequential(nn.Linear(2, 2), nn.LSTM(2, 2)), Flow.FX_FBGEMM).keys()
+    dict_keys(['1'])
+    """
+    found: dict[str, str] = {}
+    for name, module in model.named_modules():  # parents before children
+        inside = any(name.startswith(f"{outer}.") for outer in found)
+        if (flow, type(module)) in table and not inside:
+            found[name] = table[(flow, type(module))]
+    return found
+
+
 def required_float_layers(model: nn.Module, flow: Flow) -> dict[str, str]:
     """{module name: reason} for the layers `flow` cannot quantize for its target: leave them float.
 
@@ -34,5 +78,4 @@ def required_float_layers(model: nn.Module, flow: Flow) -> dict[str, str]:
     >>> required_float_layers(nn.Sequential(nn.Conv2d(1, 2, 3)), Flow.FX_QNNPACK)
     {}
     """
-    return {name: FLOAT_REQUIRED[(flow, type(module))] for name, module in model.named_modules()
-            if (flow, type(module)) in FLOAT_REQUIRED}
+    return layers_of(FLOAT_REQUIRED, model, flow)

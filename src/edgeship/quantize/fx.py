@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edgeship.engines import quantized_engine
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
@@ -73,11 +74,23 @@ class FxFlow(QuantFlow):
             weight = (observer.default_per_channel_weight_observer if settings.per_channel
                       else observer.default_weight_observer)
             mapping.set_global(QConfig(activation=activation, weight=weight))
+        return self._per_layer(mapping)
+
+    def _per_layer(self, mapping):
+        """The layer types and names that do not take the global qconfig."""
+        from torch.ao.quantization import default_dynamic_qconfig
+
         # Embeddings take weight-only float-qparams quantization, not int8 activations; the global
         # qconfig would make QAT refuse them ("Embedding weights requires a qscheme of
         # torch.per_channel_affine_float_qparams"). They stay float, as in the PT2E flow.
         mapping.set_object_type(nn.Embedding, None)
-        for name in settings.float_layers:
+        for (flow, layer_type) in DYNAMIC_IN_STATIC:
+            if flow is self.flow:  # static kernels it has none of, dynamic ones it has
+                mapping.set_object_type(layer_type, default_dynamic_qconfig)
+        for (flow, layer_type) in LEFT_FLOAT:
+            if flow is self.flow:  # leaves FX does not trace into: observed whole, QAT's convert fails
+                mapping.set_object_type(layer_type, None)
+        for name in self.settings.float_layers:
             mapping.set_module_name(name, None)
         return mapping
 

@@ -12,6 +12,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
+from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
@@ -34,7 +35,8 @@ class Pt2eFlow(QuantFlow):
         # at a time, which collapses batch norm (seen: 0.994 -> 0.75 accuracy).
         batch = torch.export.Dim("batch", min=1, max=4096)
         batched = tracing_batch(example_inputs)
-        return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
+        with captures_logged():
+            return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
 
     def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
