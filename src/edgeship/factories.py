@@ -14,7 +14,8 @@ from torch import nn
 
 from edgeship.data import Splits, sample_digests
 from edgeship.errors import UserError
-from edgeship.recipe import Recipe
+from edgeship.fileio import sha256_file
+from edgeship.recipe import Recipe, Teacher
 
 
 def resolve_callable(spec: str, key: str, base_dir: Path) -> Callable:
@@ -54,13 +55,41 @@ def _module_from_file(path: Path, key: str, spec: str):
 def load_model(recipe: Recipe) -> nn.Module:
     factory = resolve_callable(recipe.model.factory, "model.factory", recipe.base_dir)
     torch.manual_seed(recipe.seed)
+    return _built(factory, recipe.model.kwargs, f"model.factory {recipe.model.factory!r}")
+
+
+def load_teacher(recipe: Recipe, teacher: Teacher, key: str) -> nn.Module:
+    """The teacher network of `teacher` (at recipe key `key`), with its weights, in eval mode."""
+    model = _built(resolve_callable(teacher.factory, f"{key}.factory", recipe.base_dir),
+                   teacher.kwargs, f"{key}.factory {teacher.factory!r}")
+    if teacher.weights is not None:
+        path = recipe.base_dir / teacher.weights
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except FileNotFoundError:
+            raise UserError(f"{key}.weights: no such file {path}") from None
+        except Exception as e:  # noqa: BLE001 - not a state_dict of this network, or not one at all
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"{key}.weights {path}: not a state_dict of the teacher "
+                            f"{teacher.factory!r} ({type(e).__name__}: {first[:300]})") from None
+    return model.eval()
+
+
+def teacher_digest(recipe: Recipe, teacher: Teacher | None) -> str | None:
+    """What a teacher's weights file holds, for the cache keys of what it teaches."""
+    if teacher is None or teacher.weights is None or not (recipe.base_dir / teacher.weights).is_file():
+        return None
+    return sha256_file(recipe.base_dir / teacher.weights)
+
+
+def _built(factory: Callable, kwargs: dict, what: str) -> nn.Module:
     try:
-        model = factory(**recipe.model.kwargs)
+        model = factory(**kwargs)
     except Exception as e:  # noqa: BLE001 - the user's factory failed
-        raise UserError(f"model.factory {recipe.model.factory!r} raised {type(e).__name__}: {e}") from None
+        raise UserError(f"{what} raised {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"model.factory {recipe.model.factory!r} returned {type(model).__name__}; "
-                        f"expected a torch.nn.Module")
+        raise UserError(f"{what} returned {type(model).__name__}; expected a torch.nn.Module")
     return model
 
 

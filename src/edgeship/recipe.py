@@ -48,6 +48,16 @@ class FloatTraining(Section):
     schedule: Literal["constant", "cosine"] = Field(
         "constant", description="Learning rate over the steps: constant, or cosine-annealed to 0 "
                                 "(settles the weights, so batch-norm statistics match them).")
+    distillation: Distillation | None = Field(
+        None, description="Train the float model (the student) to mimic a teacher network too.")
+
+    @field_validator("distillation")
+    @classmethod
+    def _has_teacher(cls, value: Distillation | None) -> Distillation | None:
+        if value is not None and value.teacher is None:
+            raise ValueError("float training distils from a separate network: set "
+                             "distillation.teacher (a factory, and weights)")
+        return value
 
 
 class ModelSection(Section):
@@ -68,15 +78,32 @@ class DataSection(Section):
     metric: Literal["top1"] = Field("top1", description="Task metric on the test split.")
 
 
+class Teacher(Section):
+    """A separate, usually larger, trained network to distil from."""
+
+    factory: str = Field(description="'package.module:function' or 'path/to/file.py:function' "
+                                     "returning the teacher nn.Module; paths are relative to the recipe.")
+    kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
+    weights: str | None = Field(
+        None, description="A state_dict file (torch.save) loaded into the teacher with "
+                          "weights_only=True, relative to the recipe; default: the factory's weights.")
+
+
 class Distillation(Section):
-    """Knowledge distillation from the float model (the teacher) during QAT."""
+    """Knowledge distillation: the student learns the teacher's outputs as well as the labels."""
 
     weight: float = Field(0.5, ge=0, le=1, description="Share of the distillation loss; the rest "
                                                       "is cross-entropy on the labels.")
     # 1, not Hinton's 4: QAT fine-tunes a student that already agrees with its teacher, and at
     # T = 4 the T²-scaled soft loss outweighed the labels (MobileNetV2 example, fbgemm: top-1
     # 0.924 at T = 4, 0.988 at T = 1, 0.986 without distillation).
-    temperature: PositiveFloat = Field(1.0, description="Softmax temperature of both models.")
+    temperature: PositiveFloat = Field(1.0, description="Softmax temperature of both models (kl).")
+    loss: Literal["kl", "mse"] = Field(
+        "kl", description="kl: Hinton's T²-scaled KL divergence of the softened outputs; mse: "
+                          "squared error between the two models' logits.")
+    teacher: Teacher | None = Field(
+        None, description="The network to distil from; default in QAT: the float model. Float "
+                          "training (model.train.distillation) needs one.")
 
 
 class Distributed(Section):
@@ -113,7 +140,8 @@ class QATSection(Section):
     trainable: list[str] | None = Field(
         None, description="Train only parameters under these module names (e.g. ['classifier'] "
                           "for the head); default: all.")
-    distillation: Distillation | None = Field(None, description="Distil from the float model.")
+    distillation: Distillation | None = Field(
+        None, description="Distil from the float model, or from distillation.teacher.")
     distributed: Distributed | None = Field(None, description="Fine-tune on several processes.")
 
     @field_validator("freeze_bn_after_epochs", "freeze_observers_after_epochs")

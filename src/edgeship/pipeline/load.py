@@ -11,13 +11,13 @@ from torch import nn
 
 from edgeship.data import Arrays, Splits, as_inputs, check_labels, stack
 from edgeship.errors import UserError
-from edgeship.factories import load_data, load_model
+from edgeship.factories import load_data, load_model, load_teacher, teacher_digest
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.plan import check_model
 from edgeship.pipeline.stages import StageNotes
 from edgeship.pipeline.values import Loaded
-from edgeship.quantize.training import TrainingDiverged, train
+from edgeship.quantize.training import LossFn, TrainingDiverged, cross_entropy, distillation_loss, train
 from edgeship.recipe import Recipe
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
@@ -104,6 +104,13 @@ def fill_examples(examples: tuple[torch.Tensor, ...], test: Arrays) -> tuple[tor
     return tuple(torch.from_numpy(a[rows]) for a in test.inputs)
 
 
+def _float_loss(config, teacher: nn.Module | None) -> LossFn:
+    if teacher is None:
+        return cross_entropy
+    d = config.distillation
+    return distillation_loss(teacher, d.weight, d.temperature, d.loss)
+
+
 def model_source(model: nn.Module) -> list[str]:
     """The source of the user's module classes in `model`: a forward() edited since the last
     run is another model, whose trained weights the cache must not give back."""
@@ -126,20 +133,52 @@ def load(ctx: RunContext) -> Loaded:
         arrays = checked_data(model, examples, splits)
         check_model(ctx.plan, model)
         examples = fill_examples(examples, arrays["test"])
+        float_teacher, qat_teacher = load_teachers(recipe, model, examples)
         data = [arrays[name] for name in ("train", "calibration", "test")]
         key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
                      tensors_digest(model.state_dict()), model_source(model),
-                     tensors_digest([a for d in data for a in (*d.inputs, d.labels)]))
-        losses = _train_float(ctx, model, splits, key, notes) if recipe.model.train else ()
+                     tensors_digest([a for d in data for a in (*d.inputs, d.labels)]),
+                     *([teacher_digest(recipe, recipe.model.train.distillation.teacher)] if float_teacher else []))
+        losses = _train_float(ctx, model, splits, key, notes, float_teacher) if recipe.model.train else ()
         model.eval()
         notes.append(f"{len(splits.train)} train / {len(splits.calibration)} calibration / "
                      f"{len(splits.test)} test samples")
     fresh = losses and not notes.cached  # a cached model's last loss was said by the run that trained it
-    return Loaded(model, splits, examples, data[2], key, losses[-1] if fresh else None, tuple(losses))
+    return Loaded(model, splits, examples, data[2], key, losses[-1] if fresh else None, tuple(losses),
+                  qat_teacher)
+
+
+def load_teachers(recipe: Recipe, model: nn.Module, examples: tuple) -> tuple[nn.Module | None, nn.Module | None]:
+    """The separate teachers of float training and of QAT (None: none), each checked to answer
+    the example inputs in the student's shape."""
+    found = []
+    train = recipe.model.train
+    for key, distillation in (("model.train.distillation", train.distillation if train else None),
+                              ("quantization.qat.distillation", recipe.quantization.qat.distillation)):
+        teacher = None
+        if distillation is not None and distillation.teacher is not None:
+            teacher = load_teacher(recipe, distillation.teacher, f"{key}.teacher")
+            _answers_like(teacher, model, examples, f"{key}.teacher {distillation.teacher.factory!r}")
+        found.append(teacher)
+    return found[0], found[1]
+
+
+def _answers_like(teacher: nn.Module, student: nn.Module, examples: tuple, what: str) -> None:
+    training = student.training
+    try:
+        with torch.no_grad():
+            theirs, ours = teacher(*examples), student.eval()(*examples)
+    except Exception as e:  # noqa: BLE001 - the user's teacher failed on the student's inputs
+        raise UserError(f"{what} fails on the model's example inputs: {type(e).__name__}: {e}") from None
+    finally:
+        student.train(training)
+    if getattr(theirs, "shape", None) != ours.shape:
+        raise UserError(f"{what} answers in shape {tuple(getattr(theirs, 'shape', ()))}, the model in "
+                        f"{tuple(ours.shape)}: a teacher must answer as the student does")
 
 
 def _train_float(ctx: RunContext, model: nn.Module, splits: Splits, key: str,
-                 notes: StageNotes) -> list[float]:
+                 notes: StageNotes, teacher: nn.Module | None = None) -> list[float]:
     """Trains `model` in place, or loads its trained state from the cache; its mean loss per epoch."""
     recipe, config = ctx.recipe, ctx.recipe.model.train
     state, cached = ctx.cache.load_state("float", key), ctx.cache.load_json("float-losses", key)
@@ -153,7 +192,7 @@ def _train_float(ctx: RunContext, model: nn.Module, splits: Splits, key: str,
         train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
               epochs=config.epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
               progress=ctx.progress, label="train float model", schedule=config.schedule,
-              on_epoch_end=lambda epoch, loss: losses.append(loss))
+              on_epoch_end=lambda epoch, loss: losses.append(loss), loss_fn=_float_loss(config, teacher))
     except TrainingDiverged as e:  # nothing to ship: say which key to change
         raise UserError(f"model.train: {e}") from None
     ctx.cache.store_json("float-losses", key, {"losses": losses})

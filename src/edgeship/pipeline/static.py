@@ -18,6 +18,7 @@ from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.post_training import against_post_training, candidate
 from edgeship.pipeline.stages import StageNotes, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
+from edgeship.factories import teacher_digest
 from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
@@ -64,7 +65,8 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
     # "best-state": QAT ships its best-scoring epoch (states cached before that are not reused)
     key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed, "best-state", "probe", _QCONFIG)
+                 recipe.data.batch_size, recipe.seed, "best-state", "probe", _QCONFIG,
+                 *_teacher_key(recipe))
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
     prepared = _restored(qf, captured, examples, state, qat=ctx.plan.qat)
@@ -161,7 +163,8 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     if qat.distributed is None:
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
                             batch_size=recipe.data.batch_size, seed=recipe.seed,
-                            teacher=float_model.module, progress=ctx.progress, on_epoch_end=tracker.score)
+                            teacher=loaded.qat_teacher or float_model.module, progress=ctx.progress,
+                            on_epoch_end=tracker.score)
         notes.append(f"{name} loss {loss:.4f}")
     else:  # the workers train; the parent scores what they give back against calibration
         with_qat = recipe.quantization.model_copy(update={"qat": qat})
@@ -188,7 +191,7 @@ def _settings(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     if probe_needed(qat):
         found = run_probe(c.flow, c.prepared, loaded.splits.train, scorer, qat=qat,
                           batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
-                          teacher=float_model.module)
+                          teacher=loaded.qat_teacher or float_model.module)
         probe = QatProbe(steps=found.steps, seconds=round(found.seconds, 2),
                          calibrated_loss=found.calibrated_loss,
                          trials=[{**dataclasses.asdict(t), "loss": t.loss if math.isfinite(t.loss) else None}
@@ -207,6 +210,13 @@ def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
     with ctx.log.stage("convert") as notes:
         return each(tuned.ok.items(), lambda flow, c: _convert(ctx, loaded, float_model, c, split, notes),
                     _failed(ctx, "convert"))
+
+
+def _teacher_key(recipe) -> list[str]:
+    """The QAT teacher's weights, for the cache key of what QAT makes; nothing without one."""
+    distillation = recipe.quantization.qat.distillation
+    found = teacher_digest(recipe, distillation.teacher) if distillation is not None else None
+    return [found] if found else []
 
 
 def _unchosen(table: dict, float_model: FloatModel, c: Calibrated) -> dict[str, str]:

@@ -45,6 +45,7 @@ class Loaded:
     key: str  # stage-cache key of the float model: its recipe sections, weights, data, versions
     train_loss: float | None
     epoch_losses: tuple[float, ...] = ()  # float training's mean loss per epoch, when it trained
+    qat_teacher: nn.Module | None = None  # QAT's separate teacher; None: the float model teaches
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgeship.errors import UserError
-from edgeship.factories import load_data, load_model
+from edgeship.factories import load_data, load_model, load_teacher
 from edgeship.fileio import write_atomic
 from edgeship.processes import dies_with_parent
 from edgeship.quantize.flow import QuantFlow, QuantSettings
@@ -108,7 +108,8 @@ def _train_rank(job: Path) -> None:
     try:
         recipe, model, train_split, flow, prepared = _rebuild(job, spec, device)
         loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
-                        batch_size=recipe.data.batch_size, seed=recipe.seed, teacher=model,
+                        batch_size=recipe.data.batch_size, seed=recipe.seed,
+                        teacher=_teacher(recipe, model, device),
                         shard=Shard(rank, world), device=device)
         # What each rank trained on in the first epoch: disjoint shards, except for the samples
         # DistributedSampler repeats to make the shards equal.
@@ -140,6 +141,15 @@ def _rebuild(job: Path, spec: dict, device: torch.device | None) -> tuple:
         prepared.to(device)
         model.to(device)
     return recipe, model, load_data(recipe).train, flow, prepared
+
+
+def _teacher(recipe, model: nn.Module, device: torch.device | None) -> nn.Module:
+    """QAT's teacher: the recipe's separate network, or the float model."""
+    distillation = recipe.quantization.qat.distillation
+    if distillation is None or distillation.teacher is None:
+        return model
+    teacher = load_teacher(recipe, distillation.teacher, "quantization.qat.distillation.teacher")
+    return teacher.to(device) if device is not None else teacher
 
 
 def _write_result(job: Path, prepared: nn.Module, result: dict, shards: list[list[int]]) -> None:

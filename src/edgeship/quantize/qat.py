@@ -42,7 +42,8 @@ def _loss(qat: QATSection, teacher: nn.Module | None, params: list[nn.Parameter]
     loss = cross_entropy
     if qat.distillation is not None:
         teacher.eval()
-        loss = distillation_loss(teacher, qat.distillation.weight, qat.distillation.temperature)
+        loss = distillation_loss(teacher, qat.distillation.weight, qat.distillation.temperature,
+                                 qat.distillation.loss)
     return anchored(loss, params, qat.anchor) if qat.anchor > 0 else loss
 
 

@@ -20,15 +20,19 @@ def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) ->
     return nn.functional.cross_entropy(outputs, labels)
 
 
-def distillation_loss(teacher: nn.Module, weight: float, temperature: float) -> LossFn:
-    """Hinton et al.'s loss: (1 - w) CE(labels) + w T^2 KL(teacher_T || student_T)."""
+def distillation_loss(teacher: nn.Module, weight: float, temperature: float, kind: str = "kl") -> LossFn:
+    """(1 - w) CE(labels) + w D(student, teacher): D is Hinton et al.'s T^2 KL(teacher_T ||
+    student_T) for `kl`, the mean squared error between the logits for `mse`."""
 
     def loss(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) -> torch.Tensor:
         with torch.no_grad():
             teacher_logits = teacher(*inputs)
-        soft = nn.functional.kl_div(nn.functional.log_softmax(outputs / temperature, dim=1),
-                                    nn.functional.softmax(teacher_logits / temperature, dim=1),
-                                    reduction="batchmean") * temperature ** 2
+        if kind == "mse":
+            soft = nn.functional.mse_loss(outputs, teacher_logits)
+        else:
+            soft = nn.functional.kl_div(nn.functional.log_softmax(outputs / temperature, dim=1),
+                                        nn.functional.softmax(teacher_logits / temperature, dim=1),
+                                        reduction="batchmean") * temperature ** 2
         return (1 - weight) * nn.functional.cross_entropy(outputs, labels) + weight * soft
 
     return loss
