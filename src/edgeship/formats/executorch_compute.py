@@ -74,8 +74,10 @@ def _constant(node) -> torch.fx.Node | None:
     node = _source(node)
     if isinstance(node, torch.fx.Node) and "dequantize" in _name(node.target):
         node = _source(node.args[0])
+    if not isinstance(node, torch.fx.Node):  # a literal argument: no weight behind it
+        return None
     lifted = node.op == "placeholder" and node.name.startswith(("p_", "b_", "c_", "_lifted"))
-    return node if isinstance(node, torch.fx.Node) and (lifted or node.op == "get_attr") else None
+    return node if lifted or node.op == "get_attr" else None
 
 
 def _macs(node, name: str, x, w) -> int:
