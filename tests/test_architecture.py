@@ -4,7 +4,8 @@ cycles, no long functions. Nothing is imported; a failure lists every offender.
 The layers, bottom to top (a module imports only from its own layer or lower ones):
 
     0 foundation   errors, fileio, progress, environment, engines, version, processes, benchmarks.*
-    1 data models  targets, config, regression, recipe, factories, devices.profile, report.schema, data
+    1 data models  targets, config, regression, recipe, factories, metrics, devices.profile, report.schema,
+                   data
     2 quantize     quantize.*
     3 formats      formats.*
     4 devices      devices.* (but profile)
@@ -31,7 +32,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("edgeship.errors", "edgeship.fileio", "edgeship.progress", "edgeship.environment",
         "edgeship.engines", "edgeship.version", "edgeship.processes", "edgeship.benchmarks.*"),
     1: ("edgeship.targets", "edgeship.config", "edgeship.regression", "edgeship.recipe",
-        "edgeship.factories", "edgeship.devices.profile", "edgeship.report.schema", "edgeship.data"),
+        "edgeship.factories", "edgeship.metrics", "edgeship.devices.profile", "edgeship.report.schema",
+        "edgeship.data"),
     2: ("edgeship.quantize.*",),
     3: ("edgeship.formats.*",),
     4: ("edgeship.devices.*",),

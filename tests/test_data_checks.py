@@ -10,7 +10,8 @@ import torch
 
 from edgeship.data import Splits
 from edgeship.errors import UserError
-from edgeship.pipeline.load import checked_data, output_classes, stack_splits
+from edgeship.metrics import builtin
+from edgeship.pipeline.load import check_outputs, checked_data, stack_splits
 from support import run_cli, write_recipe
 
 # A tiny model and a data factory whose `case` plants one problem in an otherwise good split.
@@ -122,7 +123,7 @@ def test_the_load_stage_checks_name_split_sample_and_what_is_allowed(factories: 
     model = factories["model"](**recipe["model"].get("kwargs", {}))
     splits = Splits.coerce(factories["splits"](**recipe["data"]["kwargs"]), "factories.py:splits")
     with pytest.raises(UserError) as raised:
-        checked_data(model, (torch.zeros(1, 1, 8, 8),), splits)
+        checked_data(model, (torch.zeros(1, 1, 8, 8),), splits, builtin("top1"), None)
     assert len(str(raised.value).splitlines()) == 1
     for text in expected:
         assert text in str(raised.value)
@@ -130,7 +131,7 @@ def test_the_load_stage_checks_name_split_sample_and_what_is_allowed(factories: 
 
 def test_the_same_data_without_the_planted_problem_passes(factories: dict) -> None:
     splits = Splits.coerce(factories["splits"](), "factories.py:splits")
-    arrays = checked_data(factories["model"](), (torch.zeros(1, 1, 8, 8),), splits)
+    arrays = checked_data(factories["model"](), (torch.zeros(1, 1, 8, 8),), splits, builtin("top1"), None)
     assert {name: len(a) for name, a in arrays.items()} == {"test": 16, "train": 24, "calibration": 16,
                                                             "validation": 16}
 
@@ -159,11 +160,11 @@ def test_good_data_passes_every_check_and_keeps_its_values() -> None:
     assert [a.shape for a in test.inputs] == [(10, 1, 8, 8), (10, 4)]
     assert test.inputs[0][:, 0, 0, 0].tolist() == list(range(10))
     assert test.labels.tolist() == list(range(10))
-    assert output_classes(_TwoInputs(), test) == 10
+    assert check_outputs(_TwoInputs(), test, builtin("top1")) == 10
 
 
 def test_the_class_count_comes_from_the_model_output() -> None:
     test = stack_splits(_good_splits())["test"]
     with pytest.raises(UserError, match=r"samples 0\.\.7: the model's output for a batch of 8 is "
                                         r"\[8, 10, 1\]"):
-        output_classes(_ThreeDimensional(), test)
+        check_outputs(_ThreeDimensional(), test, builtin("top1"))

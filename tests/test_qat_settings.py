@@ -12,6 +12,7 @@ import torch
 
 from edgeship.data import stack
 from edgeship.examples import digits
+from edgeship.metrics import TaskLoss, builtin, cross_entropy
 from edgeship.pipeline.post_training import compare
 from edgeship.progress import Progress
 from edgeship.quantize.best_state import Scorer
@@ -53,12 +54,15 @@ def _logits(margins: np.ndarray) -> np.ndarray:
     return np.stack([margins, np.zeros_like(margins)], axis=1).astype(np.float32)
 
 
+TASK = (builtin("top1"), TaskLoss("cross_entropy", cross_entropy))
+
+
 def test_qat_wins_only_when_its_loss_is_lower_beyond_noise():
     labels = np.zeros(200, dtype=np.int64)
     rng = np.random.default_rng(0)
     ptq = rng.normal(3.0, 1.0, 200)
     # Every sample a little more confident: a real improvement, even with top-1 tied
-    better = compare(_logits(ptq + 0.3), _logits(ptq), labels)
+    better = compare(_logits(ptq + 0.3), _logits(ptq), labels, *TASK)
     assert better["p_value"] < 1e-6 and better["qat_loss"] < better["post_training_loss"]
     assert better["qat_accuracy"] == better["post_training_accuracy"]
     # Two samples flipped right, the rest noise around the same loss: a lead top-1 would take
@@ -66,9 +70,9 @@ def test_qat_wins_only_when_its_loss_is_lower_beyond_noise():
     flipped = np.argsort(ptq)[:2]
     noise[flipped] = np.abs(noise[flipped]) + 0.1
     ptq[flipped] = -np.abs(ptq[flipped]) - 0.1
-    lucky = compare(_logits(noise), _logits(ptq), labels)
+    lucky = compare(_logits(noise), _logits(ptq), labels, *TASK)
     assert lucky["qat_only_right"] >= 2 and lucky["p_value"] > 0.05
-    same = compare(_logits(ptq), _logits(ptq), labels)
+    same = compare(_logits(ptq), _logits(ptq), labels, *TASK)
     assert same["p_value"] == 1.0 and same["qat_only_right"] == same["post_training_only_right"] == 0
 
 

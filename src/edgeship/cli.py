@@ -138,8 +138,8 @@ def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json bef
     and whether each latency change is beyond the noise the runs themselves show."""
     comparison = diff.compare(load_report(a), load_report(b))
     table = Table(title=escape(f"edgeship compare · A {a} → B {b}"), title_justify="left")
-    for h in diff.HEADERS:
-        table.add_column(h, justify="left" if h in ("target", "device") else "right", no_wrap=True)
+    for h in diff.headers(comparison):
+        table.add_column(escape(h), justify="left" if h in ("target", "device") else "right", no_wrap=True)
     for row in diff.rows(comparison):
         table.add_row(*map(escape, row))
     wide = Console(width=None if sys.stdout.isatty() else 200)  # 12 columns: no truncation in CI logs

@@ -65,14 +65,16 @@ class Arrays:
         return {f"input_{i}": a for i, a in enumerate(self.inputs)}
 
 
-def stack(dataset: Dataset, split: str = "data", like: Arrays | None = None) -> Arrays:
+def stack(dataset: Dataset, split: str = "data", like: Arrays | None = None,
+          labels: str = "classes") -> Arrays:
     """The split `split` stacked, checked sample by sample: UserError naming the split, the
     sample's index and what is wrong when a sample is not (inputs, label), its inputs differ in
     shape or dtype from sample 0's (or from `like`'s samples: the test split's), an input holds
-    NaN or Inf, or its label is not an integer >= 0."""
+    NaN or Inf, or its label is not what the metric reads (`labels`, edgeship.metrics.LABEL_KINDS:
+    an integer >= 0, integers >= 0 of one shape, or finite numbers of one shape)."""
     if len(dataset) == 0:
         raise UserError(f"data split {split!r} is empty")
-    samples = [read_sample(dataset, i, split) for i in range(len(dataset))]
+    samples = [read_sample(dataset, i, split, labels) for i in range(len(dataset))]
     expected = (_signature_of_arrays(like), "the test split's samples are") if like is not None \
         else (_signature(samples[0][0]), "sample 0 is")
     for i, (inputs, _) in enumerate(samples):
@@ -83,10 +85,23 @@ def stack(dataset: Dataset, split: str = "data", like: Arrays | None = None) -> 
     inputs = tuple(np.stack([x[k] for x, _ in samples]) for k in range(len(expected[0])))
     for k, array in enumerate(inputs):
         check_finite(array, split, k)
-    return Arrays(inputs, np.asarray([y for _, y in samples], dtype=np.int64))
+    return Arrays(inputs, _stacked_labels([y for _, y in samples], split, labels, like))
 
 
-def read_sample(dataset: Dataset, index: int, split: str) -> tuple[tuple[np.ndarray, ...], int]:
+def _stacked_labels(labels: list, split: str, kind: str, like: Arrays | None) -> np.ndarray:
+    if kind == "classes":
+        return np.asarray(labels, dtype=np.int64)
+    shape = like.labels.shape[1:] if like is not None else np.shape(labels[0])
+    for i, y in enumerate(labels):
+        if np.shape(y) != shape:
+            raise UserError(f"data split {split!r}, sample {i}: label of shape {list(np.shape(y))}, but "
+                            f"{'the test split' if like is not None else 'sample 0'} has {list(shape)}; "
+                            f"every label must have the same shape")
+    return np.stack(labels)
+
+
+def read_sample(dataset: Dataset, index: int, split: str,
+                labels: str = "classes") -> tuple[tuple[np.ndarray, ...], int | np.ndarray]:
     """Sample `index` of `split` as (input arrays, label), or UserError saying what it is instead."""
     where = f"data split {split!r}, sample {index}"
     try:
@@ -102,11 +117,40 @@ def read_sample(dataset: Dataset, index: int, split: str) -> tuple[tuple[np.ndar
         if not isinstance(x, torch.Tensor):
             raise UserError(f"{where}: input {k} is {_kind(x)}; inputs must be torch tensors")
         arrays.append(x.detach().cpu().numpy())
-    return tuple(arrays), _label(item[1], where)
+    reader = {"classes": _label, "tokens": _tokens, "values": _values}[labels]
+    return tuple(arrays), reader(item[1], where)
+
+
+def _label_array(value: object) -> np.ndarray:
+    return np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+
+
+def _tokens(value: object, where: str) -> np.ndarray:
+    """A token index per position (data.metric perplexity)."""
+    array = _label_array(value)
+    if array.dtype.kind not in "iu" or array.ndim != 1:
+        raise UserError(f"{where}: label of shape {list(array.shape)} ({array.dtype}) is not a "
+                        f"sequence of token indices; metric 'perplexity' needs labels that are "
+                        f"integers >= 0, one per position (the next token)")
+    if (array < 0).any():
+        raise UserError(f"{where}: label holds the negative token index {int(array.min())}; "
+                        f"token indices are integers >= 0")
+    return array.astype(np.int64)
+
+
+def _values(value: object, where: str) -> np.ndarray:
+    """Numbers of any shape (data.metric mse, or a metric function)."""
+    array = _label_array(value)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{where}: label is {array.dtype}, not numbers; this metric needs "
+                        f"numeric labels")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{where}: label holds NaN or Inf; labels must be finite numbers")
+    return array.astype(np.float32) if array.dtype.kind == "f" else array.astype(np.int64)
 
 
 def _label(value: object, where: str) -> int:
-    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+    array = _label_array(value)
     if array.size != 1 or array.dtype.kind not in "iu":
         shown = f"{array.reshape(()).item()!r} ({array.dtype})" if array.size == 1 else \
             f"of shape {list(array.shape)}"
@@ -131,10 +175,12 @@ def check_finite(array: np.ndarray, split: str, input_index: int) -> None:
 
 
 def check_labels(arrays: Arrays, split: str, classes: int) -> None:
-    """Every label a class the model can answer: the model gives `classes` scores per sample."""
-    bad = np.flatnonzero(arrays.labels >= classes)
+    """Every label (every token of a sequence label) a class the model can answer: the model
+    gives `classes` scores per sample (per position)."""
+    bad = np.flatnonzero((arrays.labels >= classes).reshape(len(arrays), -1).any(axis=1))
     if bad.size:
-        raise UserError(f"data split {split!r}, sample {bad[0]}: label {arrays.labels[bad[0]]} is not "
+        shown = arrays.labels[bad[0]] if arrays.labels.ndim == 1 else arrays.labels[bad[0]].max()
+        raise UserError(f"data split {split!r}, sample {bad[0]}: label {shown} is not "
                         f"one of the model's {classes} output classes ({bad.size} of the split's "
                         f"{len(arrays)} labels are not); labels must be integers 0..{classes - 1}")
 

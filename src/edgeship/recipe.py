@@ -70,12 +70,57 @@ class ModelSection(Section):
         None, description="Train the float model in the load stage (for untrained factories).")
 
 
+# Built-in metrics and whether higher is better; losses by name (edgeship/metrics.py has both)
+METRICS = {"top1": True, "mse": False, "perplexity": False}
+LOSSES = ("cross_entropy", "mse")
+MATCHING_LOSS = {"top1": "cross_entropy", "mse": "mse", "perplexity": "cross_entropy"}
+
+
 class DataSection(Section):
     factory: str = Field(description="'package.module:function' returning edgeship.data.Splits "
                                      "(or a mapping with train, calibration and test datasets).")
     kwargs: dict = Field(default_factory=dict, description="Keyword arguments for the factory.")
     batch_size: int = Field(64, ge=1, description="Batch size for training and calibration.")
-    metric: Literal["top1"] = Field("top1", description="Task metric on the test split.")
+    metric: str = Field(
+        "top1", description="Task metric on the test split: top1 (classes), mse (regression), "
+                            "perplexity (next-token logits [batch, positions, vocabulary]), or a "
+                            "function 'package.module:function' / 'file.py:function' called on "
+                            "each batch's outputs and labels, returning a number.")
+    higher_is_better: bool | None = Field(
+        None, description="Direction of a metric function (required for one); the built-ins "
+                          "know theirs (top1 higher, mse and perplexity lower).")
+    loss: str | None = Field(
+        None, description="Training loss of float training, fine-tuning and QAT: cross_entropy, "
+                          "mse or a function (outputs, labels) -> scalar tensor; default: the "
+                          "metric's match (top1, perplexity: cross_entropy; mse: mse).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS and ":" not in value:
+            raise ValueError(f"unknown metric {value!r}; allowed: {', '.join(METRICS)}, or a "
+                             f"function 'package.module:function' or 'file.py:function'")
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str | None) -> str | None:
+        if value is not None and value not in LOSSES and ":" not in value:
+            raise ValueError(f"unknown loss {value!r}; allowed: {', '.join(LOSSES)}, or a "
+                             f"function 'package.module:function' or 'file.py:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _direction_known(self) -> DataSection:
+        builtin = METRICS.get(self.metric)
+        if builtin is None and self.higher_is_better is None:
+            raise ValueError(f"metric {self.metric!r} is a function: set data.higher_is_better "
+                             f"(true when a larger value is better)")
+        if builtin is not None and self.higher_is_better not in (None, builtin):
+            raise ValueError(f"higher_is_better = {self.higher_is_better} contradicts metric "
+                             f"{self.metric!r}, where {'higher' if builtin else 'lower'} is better; "
+                             f"leave it out")
+        return self
 
 
 class Teacher(Section):
@@ -93,7 +138,7 @@ class Distillation(Section):
     """Knowledge distillation: the student learns the teacher's outputs as well as the labels."""
 
     weight: float = Field(0.5, ge=0, le=1, description="Share of the distillation loss; the rest "
-                                                      "is cross-entropy on the labels.")
+                                                      "is the task loss on the labels (data.loss).")
     # 1, not Hinton's 4: QAT fine-tunes a student that already agrees with its teacher, and at
     # T = 4 the T²-scaled soft loss outweighed the labels (MobileNetV2 example, fbgemm: top-1
     # 0.924 at T = 4, 0.988 at T = 1, 0.986 without distillation).
@@ -155,8 +200,9 @@ class QATSection(Section):
 class Fallback(Section):
     """Accuracy-aware fallback: leave the most sensitive layers in float, one at a time."""
 
-    max_accuracy_drop: float = Field(ge=0, le=100, description="Target drop in points, measured "
-                                     "on the calibration split (the test split stays unseen).")
+    max_accuracy_drop: float = Field(ge=0, le=100, description="Target drop of the metric (top1: "
+                                     "in points; others: in their units), measured on the "
+                                     "calibration split (the test split stays unseen).")
     max_float_layers: int = Field(4, ge=1, description="Give up after this many float layers.")
 
 
@@ -205,15 +251,20 @@ class Budget(Section):
     targets: list[str] | None = Field(None, description="Target names; default: every int8 target.")
     devices: list[str] | None = Field(None, description="Device names; default: every device.")
     max_accuracy_drop: float | None = Field(
-        None, ge=0, le=100, description="Float accuracy minus artifact accuracy, in percentage "
-                                        "points (0.5 = half a point).")
+        None, ge=0, le=100, description="How much worse the artifact's metric is than the float "
+                                        "model's: top1 in percentage points (0.5 = half a "
+                                        "point), other metrics in their own units.")
     max_size_mb: PositiveFloat | None = Field(None, description="Artifact size, 10^6 bytes, "
                                                                 "external data included.")
     max_latency_p50_ms: PositiveFloat | None = Field(None, description="p50 latency per device.")
     max_latency_p90_ms: PositiveFloat | None = Field(None, description="p90 latency per device.")
     max_peak_rss_mb: PositiveFloat | None = Field(None, description="Peak RSS of the runner.")
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="Artifact accuracy, a fraction "
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="Artifact top-1, a fraction "
                                                                      "0..1 like the report's.")
+    min_metric: float | None = Field(None, description="Artifact metric at least this (a metric "
+                                                       "where higher is better), in its units.")
+    max_metric: float | None = Field(None, description="Artifact metric at most this (mse, "
+                                                       "perplexity, ...), in its units.")
     min_int8_fraction: float | None = Field(
         None, ge=0, le=1, description="Share of the artifact's multiply-accumulates that run int8 "
                                       "kernels, read from the artifact itself (0..1).")
@@ -253,7 +304,8 @@ class Budget(Section):
         return [parse_regression(t) for t in self.max_regression or []]
 
 
-ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "min_int8_fraction",
+ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "min_metric", "max_metric",
+                   "min_int8_fraction",
                    "max_latency_p50_ms", "max_latency_p90_ms", "max_peak_rss_mb")
 
 
@@ -302,6 +354,35 @@ class Recipe(Section):
             if unbuilt:
                 raise ValueError(f"budgets[{i}].targets: {', '.join(map(repr, unbuilt))} not "
                                  f"built by this recipe; its targets: {', '.join(built)}")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits_the_rest(self) -> Recipe:
+        """A training loss where anything trains, distillation and budgets that fit the metric."""
+        data, q = self.data, self.quantization
+        trains = [key for key, on in (("model.train", self.model.train is not None),
+                                      ("quantization.qat", q.qat.enabled and any(
+                                          TARGETS[t].is_int8 and self.mode(t) == "static" for t in self.targets)),
+                                      ("prune.finetune_epochs", bool(self.prune and self.prune.finetune_epochs)))
+                  if on]
+        if trains and data.loss is None and data.metric not in MATCHING_LOSS:
+            raise ValueError(f"data.loss: {trains[0]} trains, and metric {data.metric!r} is a function "
+                             f"with no loss of its own: set data.loss to {' or '.join(LOSSES)} or a "
+                             f"function (outputs, labels) -> scalar tensor")
+        regression = (data.loss or MATCHING_LOSS.get(data.metric)) == "mse"
+        for key, d in (("model.train.distillation", self.model.train and self.model.train.distillation),
+                       ("quantization.qat.distillation", q.qat.distillation)):
+            if d and d.loss == "kl" and regression:
+                raise ValueError(f"{key}.loss: 'kl' compares class distributions; a model trained "
+                                 f"with mse distils with loss = 'mse'")
+        higher = METRICS.get(data.metric, data.higher_is_better)
+        for i, budget in enumerate(self.budgets):
+            wrong = "max_metric" if higher else "min_metric"
+            if getattr(budget, wrong) is not None or (budget.min_accuracy is not None and data.metric != "top1"):
+                name = wrong if getattr(budget, wrong) is not None else "min_accuracy"
+                right = "min_metric" if higher else "max_metric"
+                raise ValueError(f"budgets[{i}].{name}: data.metric {data.metric!r} is "
+                                 f"{'higher' if higher else 'lower'}-is-better; use {right}")
         return self
 
     def built_targets(self) -> list[str]:

@@ -11,6 +11,7 @@ without one they are skipped, never violated."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from edgeship.config import validation_problems
 from edgeship.errors import ExitCode, UserError
 from edgeship.recipe import Budget
 from edgeship.regression import Metric, Regression
-from edgeship.report.schema import Artifact, Benchmark, Gate, Report, Violation
+from edgeship.report.schema import Artifact, Benchmark, Gate, MetricInfo, Report, Violation
 from edgeship.targets import get_target
 
 
@@ -84,10 +85,18 @@ def _latency(key: str) -> Callable:
     return lambda a, b, f: getattr(b.latency_ms, key) if b is not None and b.latency_ms else None
 
 
-def _drop(a: Artifact, b, float_accuracy: float | None) -> float | None:
-    if a.accuracy is None or float_accuracy is None:
+@dataclass(frozen=True)
+class _Float:
+    """What the metric's figures are read against: the float model's value, and the metric."""
+
+    accuracy: float | None
+    metric: MetricInfo
+
+
+def _drop(a: Artifact, b, ref: _Float | None) -> float | None:
+    if a.accuracy is None or ref is None or ref.accuracy is None:
         return None
-    return (float_accuracy - a.accuracy) * 100
+    return ref.metric.worsening(ref.accuracy, a.accuracy)
 
 
 def _int8_fraction(a: Artifact, b, f) -> float | None:
@@ -104,6 +113,8 @@ ABSOLUTE: dict[str, tuple[_Figure, bool]] = {
     "max_accuracy_drop": (_Figure("accuracy drop", "points", ".3f", False, False, _drop), True),
     "max_size_mb": (_SIZE_MB, True),
     "min_accuracy": (_ACCURACY, False),
+    "min_metric": (_ACCURACY, False),
+    "max_metric": (_ACCURACY, True),
     "min_int8_fraction": (_Figure("int8 share of MACs", "", ".3f", False, False, _int8_fraction), False),
     "max_latency_p50_ms": (_Figure("latency p50", "ms", ".3f", True, True, _latency("p50")), True),
     "max_latency_p90_ms": (_Figure("latency p90", "ms", ".3f", True, True, _latency("p90")), True),
@@ -156,11 +167,25 @@ def _benches(budget: Budget, artifact: Artifact, report: Report) -> list[Benchma
                       for d in missing]
 
 
+def _in_metric(figure: _Figure, name: str, metric: MetricInfo) -> _Figure:
+    """The figure of limit `name` as the report's metric names and prints it (top1 is the
+    `accuracy` messages have always said)."""
+    if metric.name == "top1":
+        return figure
+    spec = ".3f" if metric.drop_scale == 100 else ".4g"
+    if name == "max_accuracy_drop":
+        return dataclasses.replace(figure, what=f"{metric.name} drop", unit=metric.drop_unit, spec=spec)
+    if figure is _ACCURACY:
+        return dataclasses.replace(figure, what=metric.name, spec=spec)
+    return figure
+
+
 def _absolute(index: int, name: str, limit: float, artifact: Artifact, bench: Benchmark | None,
-              float_accuracy: float | None) -> Check:
+              ref: _Float) -> Check:
     figure, upper = ABSOLUTE[name]
+    figure = _in_metric(figure, name, ref.metric)
     where = artifact.target if bench is None else f"{artifact.target} on {bench.device}"
-    value = figure.read(artifact, bench, float_accuracy)
+    value = figure.read(artifact, bench, ref)
     why = _not_measured(figure, artifact, bench)
     if why is None and value is None:
         why = "not measured"
@@ -174,9 +199,9 @@ def _absolute(index: int, name: str, limit: float, artifact: Artifact, bench: Be
                  Outcome.PASSED if ok else Outcome.FAILED, f"{where}: {figure.what} {why}", upper)
 
 
-def _change(rule: Regression, value: float, base: float) -> str:
+def _change(rule: Regression, value: float, base: float, metric: MetricInfo) -> str:
     if rule.metric is Metric.ACCURACY:
-        return f"{(value - base) * 100:+.2f} points"
+        return f"{-metric.worsening(base, value):{'+.2f' if metric.drop_scale == 100 else '+.4g'}} {metric.drop_unit}"
     if rule.unit == "%":
         pct = (value / base - 1) * 100 if base else (math.inf if value > base else 0.0)
         return f"{pct:+.1f}%"
@@ -184,9 +209,18 @@ def _change(rule: Regression, value: float, base: float) -> str:
     return f"{delta:+.3f} {rule.unit}"
 
 
+def _allowed(rule: Regression, base: float, metric: MetricInfo) -> tuple[float, bool]:
+    """The worst value that passes and whether it is an upper limit: `accuracy:-X` lets the
+    metric get worse by X drop units, whichever way it points."""
+    if rule.metric is not Metric.ACCURACY:
+        return rule.allowed(base), rule.upper
+    worse = -rule.amount / metric.drop_scale
+    return round(base - worse if metric.higher_is_better else base + worse, 12), not metric.higher_is_better
+
+
 def _relative(index: int, rule: Regression, artifact: Artifact, bench: Benchmark | None,
-              baseline: Report | None) -> Check:
-    figure = RELATIVE[rule.metric]
+              baseline: Report | None, metric: MetricInfo) -> Check:
+    figure = _in_metric(RELATIVE[rule.metric], "", metric)
     device = bench.device if bench else None
     where = artifact.target if bench is None else f"{artifact.target} on {bench.device}"
     if baseline is None:
@@ -195,21 +229,20 @@ def _relative(index: int, rule: Regression, artifact: Artifact, bench: Benchmark
     old = baseline.artifact(artifact.target)
     old_bench = next((b for b in old.benchmarks if b.device == device), None) if bench else None
     base = figure.read(old, old_bench, None)
-    limit = rule.allowed(base)
+    limit, upper = _allowed(rule, base, metric)
     value = figure.read(artifact, bench, None)
     why = _not_measured(figure, artifact, bench) or ("not measured" if value is None else None)
-    ok = why is None and (value <= limit if rule.upper else value >= limit)
+    ok = why is None and (value <= limit if upper else value >= limit)
     if why is None:
-        sign = ("<=" if ok else ">") if rule.upper else (">=" if ok else "<")
-        why = (f"{figure.show(value)} is {_change(rule, value, base)} vs baseline "
+        sign = ("<=" if ok else ">") if upper else (">=" if ok else "<")
+        why = (f"{figure.show(value)} is {_change(rule, value, base, metric)} vs baseline "
                f"{figure.show(base)} {sign} {rule.text}")
     return Check(index, artifact.target, device, rule.text, limit, value,
-                 Outcome.PASSED if ok else Outcome.FAILED, f"{where}: {figure.what} {why}",
-                 rule.upper, base)
+                 Outcome.PASSED if ok else Outcome.FAILED, f"{where}: {figure.what} {why}", upper, base)
 
 
 def _no_device(index: int, limits: dict[str, float], rules: list[Regression], artifact: Artifact,
-               baseline: Report | None) -> Iterator[Check]:
+               baseline: Report | None, metric: MetricInfo) -> Iterator[Check]:
     """A per-device limit in a run that measured on no device (`devices = []`): nobody saw the
     figure, so each limit is a violation naming it (a regression limit without a baseline is
     skipped, as everywhere)."""
@@ -220,7 +253,7 @@ def _no_device(index: int, limits: dict[str, float], rules: list[Regression], ar
                     f"{artifact.target}: {figure.what} {why}; budgets[{index}].{name} {limit:g}", upper)
     for rule in rules:
         if baseline is None:
-            yield _relative(index, rule, artifact, None, baseline)
+            yield _relative(index, rule, artifact, None, baseline, metric)
             continue
         yield Check(index, artifact.target, None, rule.text, math.nan, None, Outcome.FAILED,
                     f"{artifact.target}: {RELATIVE[rule.metric].what} {why}; "
@@ -234,6 +267,8 @@ def check_baseline(budgets: list[Budget], report: Report, baseline: Report, *,
     if baseline.recipe_name != report.recipe_name:
         problems.append(f"it is a report of recipe {baseline.recipe_name!r}, this one of "
                         f"{report.recipe_name!r}")
+    if baseline.metric.name != report.metric.name:
+        problems.append(f"its accuracy is {baseline.metric.name!r}, this report's {report.metric.name!r}")
     old = {a.target: a for a in baseline.artifacts}
     for budget in budgets:
         rules = budget.regressions()
@@ -265,29 +300,29 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
     budget, artifact, then the artifact's own figures before its per-device ones."""
     if baseline is not None:
         check_baseline(budgets, report, baseline, scope=scope)
-    float_accuracy = report.float.accuracy if report.float else None
+    ref = _Float(report.float.accuracy if report.float else None, report.metric)
     for index, budget in enumerate(budgets):
         limits = budget.limits()
         rules = budget.regressions()
         for artifact in (a for a in report.artifacts if scope(budget, a)):
             for name, limit in limits.items():
                 if not ABSOLUTE[name][0].per_device:
-                    yield _absolute(index, name, limit, artifact, None, float_accuracy)
+                    yield _absolute(index, name, limit, artifact, None, ref)
             for rule in rules:
                 if not rule.metric.per_device:
-                    yield _relative(index, rule, artifact, None, baseline)
+                    yield _relative(index, rule, artifact, None, baseline, report.metric)
             device_limits = {n: v for n, v in limits.items() if ABSOLUTE[n][0].per_device}
             device_rules = [r for r in rules if r.metric.per_device]
             if not device_limits and not device_rules:
                 continue
             benches = _benches(budget, artifact, report)
             if not benches:
-                yield from _no_device(index, device_limits, device_rules, artifact, baseline)
+                yield from _no_device(index, device_limits, device_rules, artifact, baseline, report.metric)
             for bench in benches:
                 for name, limit in device_limits.items():
-                    yield _absolute(index, name, limit, artifact, bench, float_accuracy)
+                    yield _absolute(index, name, limit, artifact, bench, ref)
                 for rule in device_rules:
-                    yield _relative(index, rule, artifact, bench, baseline)
+                    yield _relative(index, rule, artifact, bench, baseline, report.metric)
 
 
 def gate_of(gated: Iterable[Check]) -> Gate:

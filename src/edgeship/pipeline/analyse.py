@@ -3,7 +3,6 @@ measured with post-training int8 on the calibration split. Decides which layers 
 
 from __future__ import annotations
 
-from edgeship.data import stack
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.values import FloatLayers, FloatModel, Loaded
@@ -37,15 +36,15 @@ def analyse(ctx: RunContext, loaded: Loaded, float_model: FloatModel) -> FloatLa
         for result in layers.fallback:
             met = "met" if result.met else "NOT met, best kept"
             notes.append(f"{result.flow}: float {result.float_layers or 'none'}, drop "
-                         f"{result.drop_points:.2f} pts ({met})")
+                         f"{result.drop_points:.4g} {ctx.metric.info.short_unit} ({met})")
     return layers
 
 
 def _analyse(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flows: list[Flow]) -> dict:
     q, settings = ctx.recipe.quantization, quant_settings(ctx)
     calibration = loaded.splits.calibration
-    probe = PtqProbe(float_model.module, loaded.examples, calibration, stack(calibration),
-                     q.calibration_batches, ctx.recipe.data.batch_size)
+    probe = PtqProbe(float_model.module, loaded.examples, calibration, loaded.arrays["calibration"],
+                     q.calibration_batches, ctx.recipe.data.batch_size, ctx.metric)
     float_accuracy = probe.float_accuracy()
     found: dict = {"sensitivity": [], "fallback": []}
     for flow in flows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeship.metrics import TaskLoss, TaskMetric
 from edgeship.pipeline.cache import StageCache
 from edgeship.pipeline.plan import Plan
 from edgeship.pipeline.runfolder import RunFolder
@@ -23,3 +24,5 @@ class RunContext:
     log: StageLog
     progress: Progress
     env_key: str  # hashes the versions of everything that makes artifacts: every key starts here
+    metric: TaskMetric  # data.metric: what every accuracy figure is
+    loss: TaskLoss | None  # data.loss (or the metric's match): what training minimises

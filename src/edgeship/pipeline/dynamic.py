@@ -8,7 +8,7 @@ from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.stages import StageNotes, each
 from edgeship.pipeline.values import FloatModel, Loaded, Results, Source
-from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.evaluate import logits
 from edgeship.report.schema import QuantizationDetails
 from edgeship.targets import Target
 
@@ -31,7 +31,7 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
     else:
         with spec.running(target):
             reference = logits(made.module, loaded.test)
-        notes.append(f"{target.name} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch")
+        notes.append(f"{target.name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch")
     per_channel = ctx.recipe.quantization.per_channel
     return Source(made.module, made.export, made.reference, reference,
                   digest("dynamic", float_model.key, target.name, per_channel),

@@ -8,7 +8,8 @@ import torch
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.values import FloatModel, Loaded
-from edgeship.quantize.evaluate import logits, top1
+from edgeship.metrics import TaskMetric
+from edgeship.quantize.evaluate import logits
 from edgeship.quantize.prune import apply_masks, make_permanent, sparsity
 from edgeship.quantize.training import train
 from edgeship.report.schema import PruneResult
@@ -17,9 +18,10 @@ from edgeship.report.schema import PruneResult
 def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
     with ctx.log.stage("evaluate-float") as notes:
         answers = logits(loaded.model, loaded.test)
-        accuracy = top1(answers, loaded.test.labels)
-        notes.append(f"top-1 {accuracy:.4f} on {len(loaded.test)} test samples")
-        warning = not_learning(accuracy, answers, loaded.test.labels) or loss_not_falling(loaded.epoch_losses)
+        accuracy = ctx.metric.score(answers, loaded.test.labels)
+        notes.append(f"{ctx.metric.said(accuracy)} on {len(loaded.test)} test samples")
+        warning = not_learning(ctx.metric, accuracy, answers, loaded.test.labels) or \
+            loss_not_falling(loaded.epoch_losses)
         if warning:  # said before any quantization, which would otherwise get the blame
             ctx.progress.log(f"warning: {warning}", style="yellow")
     return FloatModel(loaded.model, loaded.key, accuracy, answers, warning=warning)
@@ -30,8 +32,19 @@ def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
 NEAR_CHANCE = 0.1
 
 
-def not_learning(accuracy: float, answers: np.ndarray, labels: np.ndarray) -> str | None:
-    """A line when the float model scores near chance on the test split, else None."""
+_UNTRAINED = ("it has not learned the task, so its int8 artifacts cannot be judged: train it "
+              "(model.train) or load trained weights")
+
+
+def not_learning(metric: TaskMetric, accuracy: float, answers: np.ndarray, labels: np.ndarray) -> str | None:
+    """A line when the float model scores near chance on the test split, else None (a metric
+    function has no chance level edgeship knows)."""
+    if metric.name == "mse":
+        return _regression_near_chance(accuracy, labels)
+    if metric.name == "perplexity":
+        return _lm_near_chance(accuracy, answers.shape[-1])
+    if metric.name != "top1":
+        return None
     classes = answers.shape[1]
     majority = float(np.bincount(labels).max() / len(labels))
     chance = max(1.0 / classes, majority)
@@ -40,8 +53,24 @@ def not_learning(accuracy: float, answers: np.ndarray, labels: np.ndarray) -> st
     guess = "always answering its most frequent class" if majority > 1.0 / classes else \
         f"a uniform guess among its {classes} classes"
     return (f"the float model answers near chance: top-1 {accuracy:.4f} on the test split, where "
-            f"{guess} scores {chance:.4f}; it has not learned the task, so its int8 artifacts "
-            f"cannot be judged: train it (model.train) or load trained weights")
+            f"{guess} scores {chance:.4f}; {_UNTRAINED}")
+
+
+def _regression_near_chance(mse: float, labels: np.ndarray) -> str | None:
+    """Near chance: within a tenth of answering every sample with the labels' mean."""
+    variance = float(labels.astype(np.float64).var())
+    if mse < (1 - NEAR_CHANCE) * variance:
+        return None
+    return (f"the float model answers near chance: mse {mse:.4g} on the test split, where "
+            f"answering the labels' mean scores {variance:.4g}; {_UNTRAINED}")
+
+
+def _lm_near_chance(perplexity: float, vocabulary: int) -> str | None:
+    """Near chance: within a tenth of a uniform guess over the vocabulary."""
+    if perplexity < (1 - NEAR_CHANCE) * vocabulary:
+        return None
+    return (f"the float model answers near chance: perplexity {perplexity:.4g} on the test split, "
+            f"where a uniform guess among its {vocabulary} tokens scores {vocabulary}; {_UNTRAINED}")
 
 
 def loss_not_falling(losses: tuple[float, ...]) -> str | None:
@@ -70,24 +99,24 @@ def prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> FloatModel:
             result = _prune(ctx, loaded, unpruned)
             ctx.cache.store_state("prune", key, model)
             ctx.cache.store_json("prune", key, result.model_dump(mode="json"))
-        notes.append(f"sparsity {result.sparsity.overall:.2f}, top-1 {result.accuracy_pruned:.4f} "
-                     f"pruned, {result.accuracy_finetuned:.4f} fine-tuned")
+        notes.append(f"sparsity {result.sparsity.overall:.2f}, {ctx.metric.said(result.accuracy_pruned)} "
+                     f"pruned, {ctx.metric.format(result.accuracy_finetuned)} fine-tuned")
     answers = logits(model, loaded.test)
     return FloatModel(model, key, result.accuracy_finetuned, answers, result,
-                      not_learning(result.accuracy_finetuned, answers, loaded.test.labels))
+                      not_learning(ctx.metric, result.accuracy_finetuned, answers, loaded.test.labels))
 
 
 def _prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> PruneResult:
     config, recipe, model, test = ctx.recipe.prune, ctx.recipe, unpruned.module, loaded.test
     names = apply_masks(model, config)
-    pruned_accuracy = top1(logits(model, test), test.labels)
+    pruned_accuracy = ctx.metric.score(logits(model, test), test.labels)
     if config.finetune_epochs:
         torch.manual_seed(recipe.seed)
         train(model, loaded.splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
               epochs=config.finetune_epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
-              progress=ctx.progress, label="fine-tune after pruning")
+              progress=ctx.progress, label="fine-tune after pruning", loss_fn=ctx.loss)
         model.eval()
     make_permanent(model, names)
     return PruneResult(method=config.method, amount=config.amount, sparsity=sparsity(model, names),
                        accuracy_before=unpruned.accuracy, accuracy_pruned=pruned_accuracy,
-                       accuracy_finetuned=top1(logits(model, test), test.labels))
+                       accuracy_finetuned=ctx.metric.score(logits(model, test), test.labels))

@@ -17,7 +17,8 @@ from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.plan import check_model
 from edgeship.pipeline.stages import StageNotes
 from edgeship.pipeline.values import Loaded
-from edgeship.quantize.training import LossFn, TrainingDiverged, cross_entropy, distillation_loss, train
+from edgeship.metrics import TaskLoss, TaskMetric, task_sources
+from edgeship.quantize.training import LossFn, TrainingDiverged, distillation_loss, train
 from edgeship.recipe import Recipe
 
 _DTYPES = {"float32": torch.float32, "int64": torch.int64, "int32": torch.int32}
@@ -53,12 +54,12 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def stack_splits(splits: Splits) -> dict[str, Arrays]:
+def stack_splits(splits: Splits, labels: str = "classes") -> dict[str, Arrays]:
     """Every split stacked and checked (see edgeship.data.stack); the test split first, so the
-    others are held to its shapes and dtypes."""
-    test = stack(splits.test, "test")
-    others = {name: stack(dataset, name, like=test) for name, dataset in splits.present().items()
-              if name != "test"}
+    others are held to its shapes and dtypes. `labels`: what the metric reads in a label."""
+    test = stack(splits.test, "test", labels=labels)
+    others = {name: stack(dataset, name, like=test, labels=labels)
+              for name, dataset in splits.present().items() if name != "test"}
     return {"test": test, **others}
 
 
@@ -66,9 +67,9 @@ def stack_splits(splits: Splits) -> dict[str, Arrays]:
 _PROBE_BATCH = 8
 
 
-def output_classes(model: nn.Module, test: Arrays) -> int:
-    """The number of classes the model scores, from its output on the first test samples: top1
-    needs a [batch, classes] tensor (or a tuple whose first item is one, as evaluation reads it)."""
+def _first_outputs(model: nn.Module, test: Arrays) -> tuple[torch.Tensor, str]:
+    """The model's output on the first test samples (the first item of a tuple, as evaluation
+    reads it), and where that is, for messages."""
     n = min(len(test), _PROBE_BATCH)
     batch = tuple(torch.from_numpy(a[:n]) for a in test.inputs)
     where = f"data split 'test', samples 0..{n - 1}"
@@ -79,22 +80,71 @@ def output_classes(model: nn.Module, test: Arrays) -> int:
     except Exception as e:  # noqa: BLE001 - the user's model failed on their data
         raise UserError(f"{where}: the model fails on this batch of {n}: {_one_line(e)}") from None
     scores = out[0] if isinstance(out, (tuple, list)) and out else out
-    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or scores.shape[0] != n \
-            or scores.shape[1] < 1:
-        shown = list(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise UserError(f"{where}: the model's output for a batch of {n} is {shown}; data.metric "
-                        f"'top1' needs [batch, classes], here [{n}, classes]")
-    return int(scores.shape[1])
+    if not isinstance(scores, torch.Tensor):
+        raise UserError(f"{where}: the model's output for a batch of {n} is {type(scores).__name__}; "
+                        f"it must be a tensor (or a tuple whose first item is one)")
+    return scores, where
 
 
-def checked_data(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: Splits) -> dict[str, Arrays]:
+def _expected(metric: TaskMetric, labels: np.ndarray) -> tuple[int, str] | None:
+    """The output rank the metric reads and its shape in words; None: any shape."""
+    n = labels.shape[0]
+    if metric.labels == "classes":
+        return 2, f"[batch, classes], here [{n}, classes]"
+    if metric.labels == "tokens":
+        return 3, f"[batch, positions, vocabulary], here [{n}, {labels.shape[1]}, vocabulary]"
+    return None  # any shape with the batch first
+
+
+def check_outputs(model: nn.Module, test: Arrays, metric: TaskMetric) -> int | None:
+    """The model's outputs must be what `metric` reads: UserError saying what they are instead.
+    Returns the classes (vocabulary) it scores, if it scores any."""
+    scores, where = _first_outputs(model, test)
+    labels = test.labels[:min(len(test), _PROBE_BATCH)]
+    expected, n = _expected(metric, labels), len(labels)
+    fits = scores.ndim >= 1 and scores.shape[0] == n and (expected is None or (
+        scores.ndim == expected[0] and scores.shape[-1] >= 1 and scores.shape[1:-1] == labels.shape[1:]))
+    need = expected[1] if expected else f"the batch first, [{n}, ...]"
+    if fits and metric.name == "mse" and scores[0].numel() != labels[0].size:
+        fits, need = False, f"{labels[0].size} numbers per sample, as its labels hold"
+    if not fits:
+        raise UserError(f"{where}: the model's output for a batch of {n} is {list(scores.shape)}; "
+                        f"data.metric {metric.name!r} needs {need}")
+    return int(scores.shape[-1]) if expected is not None and metric.name != "mse" else None
+
+
+def check_task(model: nn.Module, test: Arrays, metric: TaskMetric, loss: TaskLoss | None) -> None:
+    """The metric and the loss on the first test samples: a user's function that fails says so
+    here, in one line, not after training."""
+    scores, _ = _first_outputs(model, test)
+    labels = test.labels[:min(len(test), _PROBE_BATCH)]
+    metric.score(scores.numpy(), labels)
+    if loss is not None:
+        _check_loss(loss, scores, labels)
+
+
+def _check_loss(loss: TaskLoss, scores: torch.Tensor, labels: np.ndarray) -> None:
+    try:
+        value = loss(scores.float(), torch.from_numpy(labels))
+    except Exception as e:  # noqa: BLE001 - the user's loss (or a loss that does not fit) failed
+        raise UserError(f"data.loss {loss.name!r} fails on the model's outputs {list(scores.shape)} "
+                        f"and labels {list(labels.shape)}: {_one_line(e)}") from None
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shown = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise UserError(f"data.loss {loss.name!r} returned {shown}; it must return a scalar tensor")
+
+
+def checked_data(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: Splits,
+                 metric: TaskMetric, loss: TaskLoss | None) -> dict[str, Arrays]:
     """Every split stacked, once each has passed every check that needs no training: sample
-    format, shapes, finite inputs, labels within the model's output classes."""
-    arrays = stack_splits(splits)
+    format, shapes, finite inputs, labels the metric reads and within the model's classes."""
+    arrays = stack_splits(splits, metric.labels)
     check_fit(model, examples, splits)
-    classes = output_classes(model, arrays["test"])
-    for name, split in arrays.items():
-        check_labels(split, name, classes)
+    classes = check_outputs(model, arrays["test"], metric)
+    if classes is not None:
+        for name, split in arrays.items():
+            check_labels(split, name, classes)
+    check_task(model, arrays["test"], metric, loss)
     return arrays
 
 
@@ -104,11 +154,11 @@ def fill_examples(examples: tuple[torch.Tensor, ...], test: Arrays) -> tuple[tor
     return tuple(torch.from_numpy(a[rows]) for a in test.inputs)
 
 
-def _float_loss(config, teacher: nn.Module | None) -> LossFn:
+def _float_loss(config, teacher: nn.Module | None, task: LossFn) -> LossFn:
     if teacher is None:
-        return cross_entropy
+        return task
     d = config.distillation
-    return distillation_loss(teacher, d.weight, d.temperature, d.loss)
+    return distillation_loss(teacher, d.weight, d.temperature, d.loss, task)
 
 
 def model_source(model: nn.Module) -> list[str]:
@@ -130,12 +180,13 @@ def load(ctx: RunContext) -> Loaded:
         model = load_model(recipe)
         splits = load_data(recipe)
         examples = example_inputs(recipe)
-        arrays = checked_data(model, examples, splits)
+        arrays = checked_data(model, examples, splits, ctx.metric, ctx.loss)
         check_model(ctx.plan, model)
         examples = fill_examples(examples, arrays["test"])
         float_teacher, qat_teacher = load_teachers(recipe, model, examples)
         data = [arrays[name] for name in ("train", "calibration", "test")]
         key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
+                     task_sources(recipe.data, recipe.base_dir),
                      tensors_digest(model.state_dict()), model_source(model),
                      tensors_digest([a for d in data for a in (*d.inputs, d.labels)]),
                      *([teacher_digest(recipe, recipe.model.train.distillation.teacher)] if float_teacher else []))
@@ -145,7 +196,7 @@ def load(ctx: RunContext) -> Loaded:
                      f"{len(splits.test)} test samples")
     fresh = losses and not notes.cached  # a cached model's last loss was said by the run that trained it
     return Loaded(model, splits, examples, data[2], key, losses[-1] if fresh else None, tuple(losses),
-                  qat_teacher)
+                  qat_teacher, arrays)
 
 
 def load_teachers(recipe: Recipe, model: nn.Module, examples: tuple) -> tuple[nn.Module | None, nn.Module | None]:
@@ -192,7 +243,7 @@ def _train_float(ctx: RunContext, model: nn.Module, splits: Splits, key: str,
         train(model, splits.train, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
               epochs=config.epochs, batch_size=recipe.data.batch_size, seed=recipe.seed,
               progress=ctx.progress, label="train float model", schedule=config.schedule,
-              on_epoch_end=lambda epoch, loss: losses.append(loss), loss_fn=_float_loss(config, teacher))
+              on_epoch_end=lambda epoch, loss: losses.append(loss), loss_fn=_float_loss(config, teacher, ctx.loss))
     except TrainingDiverged as e:  # nothing to ship: say which key to change
         raise UserError(f"model.train: {e}") from None
     ctx.cache.store_json("float-losses", key, {"losses": losses})

@@ -4,8 +4,9 @@ the PyTorch flows, ONNX Runtime's own calibration for onnx-int8), and its scores
 quantization. So when QAT is on, each flow's best QAT state and its post-training twin are both
 converted and scored on the same held-out split: in PyTorch for a flow that converts to int8
 there, in the artifact's own runtime for a flow whose runtime quantizes at export. QAT ships only
-when it is better beyond the split's noise: its per-sample cross-entropy lower by a one-sided
-Wilcoxon signed-rank test (p < SIGNIFICANCE), and its top-1 no lower. Top-1 alone cannot tell: on
+when it is better beyond the split's noise: its per-sample task loss (data.loss: cross-entropy for
+a classifier) lower by a one-sided Wilcoxon signed-rank test (p < SIGNIFICANCE), and its metric
+no worse. Top-1 alone cannot tell: on
 a few hundred samples it moves in whole samples, and a 2-sample lead there turned into a 4-sample
 loss on the test split (MobileNetV2 example, fbgemm), while a sign test on the samples only one
 model answers right (McNemar's) gave the same p = 0.25 to a lead that held (a transformer, +3
@@ -22,8 +23,9 @@ import numpy as np
 from scipy.stats import wilcoxon
 from torch import nn
 
-from edgeship.data import Arrays, stack
+from edgeship.data import Arrays
 from edgeship.formats import Exporter, export_atomically, spec_for
+from edgeship.metrics import TaskLoss, TaskMetric
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.values import Calibrated, FloatModel, Loaded
@@ -57,7 +59,7 @@ def candidate(ctx: RunContext, loaded: Loaded, flow: QuantFlow, prepared: nn.Mod
         return Candidate(flow, module, None, None, key)
     (fmt,) = {t.format for t in ctx.plan.targets_of(flow.flow)}
     samples = ctx.recipe.quantization.calibration_batches * ctx.recipe.data.batch_size
-    export, chosen = spec_for(fmt).quantize_static(stack(loaded.splits.calibration).inputs, flow.settings,
+    export, chosen = spec_for(fmt).quantize_static(loaded.arrays["calibration"].inputs, flow.settings,
                                                    samples)
     return Candidate(flow, module, export, chosen, digest(key, chosen))
 
@@ -78,29 +80,27 @@ def against_post_training(ctx: RunContext, loaded: Loaded, float_model: FloatMod
                                      qat=False)
     ptq = candidate(ctx, loaded, flow, prepared, digest(c.key, "post-training"))
     outputs = {name: _outputs(ctx, loaded, cand, split) for name, cand in (("qat", qat), ("post-training", ptq))}
-    verdict = compare(outputs["qat"], outputs["post-training"], split.labels)
-    shipped = "qat" if verdict["p_value"] < SIGNIFICANCE and verdict["qat_accuracy"] >= \
-        verdict["post_training_accuracy"] else "post-training"
+    verdict = compare(outputs["qat"], outputs["post-training"], split.labels, ctx.metric, ctx.loss)
+    shipped = "qat" if verdict["p_value"] < SIGNIFICANCE and not ctx.metric.is_better(
+        verdict["post_training_accuracy"], verdict["qat_accuracy"]) else "post-training"
     return (qat if shipped == "qat" else ptq), c.qat_history.model_copy(update={**verdict, "shipped": shipped})
 
 
-def compare(qat: np.ndarray, post_training: np.ndarray, labels: np.ndarray) -> dict:
-    """Both models' top-1 and mean cross-entropy on one split, the samples only one answers
-    right, and the one-sided Wilcoxon signed-rank p that QAT's per-sample loss is the lower."""
-    right = {n: o.argmax(axis=1) == labels for n, o in (("qat", qat), ("post_training", post_training))}
-    loss = {n: _cross_entropy(o, labels) for n, o in (("qat", qat), ("post_training", post_training))}
-    differ = loss["qat"] - loss["post_training"]
+def compare(qat: np.ndarray, post_training: np.ndarray, labels: np.ndarray, metric: TaskMetric,
+            loss: TaskLoss) -> dict:
+    """Both models' metric and mean task loss on one split, the samples only one answers right
+    (classifiers), and the one-sided Wilcoxon signed-rank p that QAT's per-sample loss is the lower."""
+    both = (("qat", qat), ("post_training", post_training))
+    losses = {n: loss.per_sample(o, labels) for n, o in both}
+    differ = losses["qat"] - losses["post_training"]
     p = 1.0 if not differ.any() else float(wilcoxon(differ, alternative="less").pvalue)
-    return {"qat_accuracy": float(right["qat"].mean()), "post_training_accuracy": float(right["post_training"].mean()),
-            "qat_loss": float(loss["qat"].mean()), "post_training_loss": float(loss["post_training"].mean()),
-            "qat_only_right": int((right["qat"] & ~right["post_training"]).sum()),
-            "post_training_only_right": int((right["post_training"] & ~right["qat"]).sum()), "p_value": p}
-
-
-def _cross_entropy(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    shifted = outputs - outputs.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(labels)), labels]
+    verdict = {f"{n}_accuracy": metric.score(o, labels) for n, o in both} | \
+        {f"{n}_loss": float(losses[n].mean()) for n, _ in both} | {"p_value": p}
+    if metric.labels == "classes":
+        right = {n: o.argmax(axis=1) == labels for n, o in both}
+        verdict |= {"qat_only_right": int((right["qat"] & ~right["post_training"]).sum()),
+                    "post_training_only_right": int((right["post_training"] & ~right["qat"]).sum())}
+    return verdict
 
 
 def _outputs(ctx: RunContext, loaded: Loaded, cand: Candidate, split: Arrays) -> np.ndarray:

@@ -18,6 +18,7 @@ from edgeship.engines import attention_slow_path, torch_logs_into
 from edgeship.environment import environment
 from edgeship.errors import UserError
 from edgeship.gate.decide import decide
+from edgeship.metrics import loss_of, metric_of
 from edgeship.pipeline import assemble
 from edgeship.pipeline.analyse import analyse
 from edgeship.pipeline.benchmark import measure
@@ -79,7 +80,7 @@ def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, base
                     environment=env,
                     devices=[assemble.device_facts(d, env["host"]) for d in ctx.plan.devices],
                     float=FloatResult(accuracy=float_model.accuracy, train_loss=loaded.train_loss,
-                                      warning=float_model.warning),
+                                      warning=float_model.warning), metric=ctx.metric.info,
                     artifacts=list(records.values()), prune=float_model.prune,
                     sensitivity=float_layers.sensitivity, fallback=float_layers.fallback)
     return _gate_and_publish(ctx, report, baseline, started)
@@ -99,7 +100,8 @@ def _start(recipe: Recipe, out: Path, force: bool, progress: Progress, baseline:
     env = environment()
     env_key = digest(__version__, {k: v for k, v in env.items() if k != "host"})
     return RunContext(recipe, plan, folder, StageCache(folder.root, read=use_cache), StageLog(progress),
-                      progress, env_key), env
+                      progress, env_key, metric_of(recipe.data, recipe.base_dir),
+                      loss_of(recipe.data, recipe.base_dir)), env
 
 
 def _gate_and_publish(ctx: RunContext, report: Report, baseline: Report | None, started: float) -> Report:

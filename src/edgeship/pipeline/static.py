@@ -11,7 +11,7 @@ import time
 
 from torch import nn
 
-from edgeship.data import Arrays, stack
+from edgeship.data import Arrays
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
@@ -22,7 +22,7 @@ from edgeship.factories import teacher_digest
 from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
-from edgeship.quantize.evaluate import logits, top1
+from edgeship.quantize.evaluate import logits
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
@@ -147,15 +147,15 @@ def _scoring_split(loaded: Loaded) -> tuple[str, Arrays]:
     """What QAT is scored on: the data factory's validation split, else the calibration split;
     never the train split it fine-tunes on, never the test split the artifacts answer."""
     if loaded.splits.validation is not None:
-        return "validation", stack(loaded.splits.validation)
-    return "calibration", stack(loaded.splits.calibration)
+        return "validation", loaded.arrays["validation"]
+    return "calibration", loaded.arrays["calibration"]
 
 
 def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
               split: tuple[str, Arrays], notes: StageNotes) -> Calibrated:
     """Trains `c.prepared` in place and leaves its best-scoring state in it."""
     recipe, name = ctx.recipe, c.flow.flow.value
-    scorer = Scorer(c.flow, c.prepared, split[1])
+    scorer = Scorer(c.flow, c.prepared, split[1], ctx.metric, ctx.loss)
     qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, notes)
     tracker = BestState(c.flow, c.prepared, split[1], scorer)
     tracker.score(0)
@@ -164,7 +164,7 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
                             batch_size=recipe.data.batch_size, seed=recipe.seed,
                             teacher=loaded.qat_teacher or float_model.module, progress=ctx.progress,
-                            on_epoch_end=tracker.score)
+                            on_epoch_end=tracker.score, task_loss=ctx.loss)
         notes.append(f"{name} loss {loss:.4f}")
     else:  # the workers train; the parent scores what they give back against calibration
         with_qat = recipe.quantization.model_copy(update={"qat": qat})
@@ -179,7 +179,7 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
                          epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],
                          settings={k: dataclasses.asdict(v) for k, v in chosen.items()},
                          probe=probe, train_seconds=round(seconds, 2))
-    notes.append(f"{name} {qat_outcome(history)}")
+    notes.append(f"{name} {qat_outcome(history, ctx.metric.info)}")
     return dataclasses.replace(c, qat_distributed=run, qat_history=history)
 
 
@@ -247,5 +247,5 @@ def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibr
         qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
         runtime_quantizer=shipped.runtime_quantizer)
     what = "float with its weights" if shipped.export else "int8"
-    notes.append(f"{name} top-1 {top1(reference, loaded.test.labels):.4f} in PyTorch ({what})")
+    notes.append(f"{name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch ({what})")
     return Converted(shipped.module, reference, shipped.key, details, shipped.export)

@@ -46,6 +46,7 @@ class Loaded:
     train_loss: float | None
     epoch_losses: tuple[float, ...] = ()  # float training's mean loss per epoch, when it trained
     qat_teacher: nn.Module | None = None  # QAT's separate teacher; None: the float model teaches
+    arrays: dict[str, Arrays] = field(default_factory=dict)  # every split stacked, by name
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class FloatModel:
 
     module: nn.Module
     key: str  # stage-cache key: everything it was made from
-    accuracy: float
+    accuracy: float  # the recipe's metric on the test split
     logits: np.ndarray  # its answers on the test split
     prune: PruneResult | None = None
     warning: str | None = None  # not_learning's line, when it has one

@@ -16,7 +16,7 @@ from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.stages import naming_target
 from edgeship.pipeline.values import Exported, Results, Source, Verified
-from edgeship.quantize.evaluate import top1
+from edgeship.metrics import TaskMetric
 from edgeship.report.schema import Parity
 from edgeship.targets import Target, get_target
 
@@ -36,9 +36,21 @@ def predict(artifact: ExportedArtifact, target: Target, inputs_npz: Path, workdi
         return data["output_0"]
 
 
+def parity_of(scores: np.ndarray, reference: np.ndarray, reference_name: str, metric: TaskMetric) -> Parity:
+    """How closely `scores` answer as `reference`: argmax agreement where the metric reads class
+    scores (per position for tokens), the largest and the relative (RMS) differences."""
+    difference = (scores.astype(np.float64) - reference).reshape(len(scores), -1)
+    rms = float(np.sqrt((reference.astype(np.float64) ** 2).mean()))
+    agreement = float((scores.argmax(-1) == reference.argmax(-1)).mean()) \
+        if metric.labels in ("classes", "tokens") else None
+    return Parity(reference=reference_name, top1_agreement=agreement,
+                  max_abs_error=float(np.abs(difference).max()),
+                  relative_error=float(np.sqrt((difference ** 2).mean())) / rms if rms > 0 else None)
+
+
 def verify(artifact: ExportedArtifact, target: Target, inputs_npz: Path, labels: np.ndarray,
            reference: np.ndarray, reference_name: str, workdir: Path,
-           batch_size: int) -> tuple[float, Parity]:
+           batch_size: int, metric: TaskMetric) -> tuple[float, Parity]:
     try:
         scores = predict(artifact, target, inputs_npz, workdir, batch_size)
     except RunnerFailed as e:
@@ -49,10 +61,7 @@ def verify(artifact: ExportedArtifact, target: Target, inputs_npz: Path, labels:
     if bad.any():
         rows = int(bad.any(axis=tuple(range(1, scores.ndim))).sum())
         raise VerificationFailed(f"NaN or Inf in the outputs of {rows} of {len(scores)} test samples")
-    parity = Parity(reference=reference_name,
-                    top1_agreement=float((scores.argmax(1) == reference.argmax(1)).mean()),
-                    max_abs_error=float(np.abs(scores - reference).max()))
-    return top1(scores, labels), parity
+    return metric.score(scores, labels), parity_of(scores, reference, reference_name, metric)
 
 
 # An fp32 twin computes what the float model computes: only float rounding (another kernel's
@@ -67,12 +76,14 @@ def check_twin(parity: Parity, reference: np.ndarray) -> None:
     """VerificationFailed, with the figures, when an fp32 artifact does not answer as the float
     model does."""
     limit = TWIN_MAX_ERROR * max(1.0, float(np.abs(reference).max()))
-    if parity.top1_agreement < TWIN_MIN_AGREEMENT or parity.max_abs_error > limit:
+    agreement = parity.top1_agreement
+    if (agreement is not None and agreement < TWIN_MIN_AGREEMENT) or parity.max_abs_error > limit:
+        agreed = "" if agreement is None else \
+            f"top-1 agreement {agreement:.4f} (at least {TWIN_MIN_AGREEMENT} expected of an fp32 export), "
         raise VerificationFailed(
-            f"does not answer as the float model it was exported from: top-1 agreement "
-            f"{parity.top1_agreement:.4f} (at least {TWIN_MIN_AGREEMENT} expected of an fp32 export), "
-            f"max abs error {parity.max_abs_error:.4g} (at most {limit:.3g}); an `if` on tensor "
-            f"values in forward() is kept by tracing for the example's branch only")
+            f"does not answer as the float model it was exported from: {agreed}max abs error "
+            f"{parity.max_abs_error:.4g} (at most {limit:.3g}); an `if` on tensor values in "
+            f"forward() is kept by tracing for the example's branch only")
 
 
 # An int8 artifact against the quantized PyTorch model it was converted from: the same int8
@@ -80,11 +91,23 @@ def check_twin(parity: Parity, reference: np.ndarray) -> None:
 # rounding separates them (measured on six models here: agreement 0.996 to 1.0). Below this, the
 # export broke the model (seen: qnnpack's quantized relu read channels-last input as NCHW).
 INT8_MIN_AGREEMENT = 0.9
+# Outputs that are not class scores (regression): the RMS of the difference against the RMS of
+# the reference's outputs; the same arithmetic differs by a rounding step here and there, a broken
+# export by the size of the outputs themselves.
+INT8_MAX_RELATIVE_ERROR = 0.1
 
 
 def check_int8(parity: Parity) -> None:
     """VerificationFailed, with the figures, when an int8 artifact does not answer as the
     quantized PyTorch model it came from."""
+    if parity.top1_agreement is None:
+        if parity.relative_error is not None and parity.relative_error > INT8_MAX_RELATIVE_ERROR:
+            raise VerificationFailed(
+                f"does not answer as the {parity.reference} it was exported from: relative (RMS) "
+                f"error {parity.relative_error:.4f} (at most {INT8_MAX_RELATIVE_ERROR} expected of "
+                f"the same int8 arithmetic in another kernel library), max abs error "
+                f"{parity.max_abs_error:.4g}")
+        return
     if parity.top1_agreement < INT8_MIN_AGREEMENT:
         raise VerificationFailed(
             f"does not answer as the {parity.reference} it was exported from: top-1 agreement "
@@ -112,7 +135,7 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
     with ctx.log.stage("verify") as notes, \
             ctx.progress.task("verify in each runtime", total=len(exported)) as advance:
         for name, made in exported.items():
-            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
+            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key, ctx.metric.name)
             found = ctx.cache.load_json("verify", key)
             with naming_target(name):
                 try:
@@ -120,7 +143,7 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
                         _verify(ctx, key, made, name, sources[name], inputs, test.labels, tmp, batch_size)
                     check_parity(get_target(name), sources[name], verified.parity)  # cached ones too
                     out.ok[name] = verified
-                    notes.append(f"{name} {out.ok[name].accuracy:.4f}")
+                    notes.append(f"{name} {ctx.metric.format(out.ok[name].accuracy)}")
                 except VerificationFailed as e:
                     out.failed[name] = f"verify: {e}"
             reused += found is not None
@@ -132,6 +155,6 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
 def _verify(ctx: RunContext, key: str, made: Exported, name: str, source: Source, inputs: Path,
             labels: np.ndarray, tmp: Path, batch_size: int) -> Verified:
     result = Verified(*verify(made.artifact, get_target(name), inputs, labels, source.reference,
-                              source.reference_name, tmp, batch_size))
+                              source.reference_name, tmp, batch_size, ctx.metric))
     ctx.cache.store_json("verify", key, {"accuracy": result.accuracy, "parity": result.parity.model_dump()})
     return result

@@ -9,5 +9,5 @@
 - prune.py: magnitude pruning before quantization;
 - sensitivity.py: per-layer accuracy cost;  fallback.py: accuracy-aware float layers;
 - float_layers.py: layers a flow cannot make int8 (they stay float);
-- training.py: the loop and losses;  evaluate.py: logits and top-1 in PyTorch.
+- training.py: the loop and distillation;  evaluate.py: logits in PyTorch (edgeship.metrics scores them).
 """

@@ -16,32 +16,38 @@ import torch
 from torch import nn
 
 from edgeship.data import Arrays
-from edgeship.quantize.evaluate import logits, top1
+from edgeship.metrics import TaskMetric, builtin, cross_entropy
+from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantFlow
+from edgeship.quantize.training import LossFn
 
 
 class Scorer:
-    """Scores states of one prepared graph on a split: (top-1, mean cross-entropy). It loads each
+    """Scores states of one prepared graph on a split: (the task metric, the mean task loss). It loads each
     state into an eval-form copy made once, with observers frozen, so scoring neither moves the
     ranges nor batch norm, and costs no graph copy or train/eval switch per score."""
 
-    def __init__(self, flow: QuantFlow, prepared: nn.Module, split: Arrays):
+    def __init__(self, flow: QuantFlow, prepared: nn.Module, split: Arrays,
+                 metric: TaskMetric | None = None, loss: LossFn = cross_entropy):
         self.flow, self.split = flow, split
+        self.metric, self.loss = metric or builtin("top1"), loss
         self.copy = copy.deepcopy(prepared)
         flow.set_eval(self.copy)
-        self.labels = torch.from_numpy(split.labels).long()
+        self.labels = torch.from_numpy(split.labels)
 
     def __call__(self, prepared: nn.Module) -> tuple[float, float]:
         self.copy.load_state_dict(prepared.state_dict())
         self.flow.freeze_observers(self.copy)  # the observers' on/off flags are state: set again
-        scores = torch.from_numpy(logits(self.copy, self.split))
-        return top1(scores.numpy(), self.split.labels), float(nn.functional.cross_entropy(scores, self.labels))
+        outputs = logits(self.copy, self.split)
+        with torch.no_grad():
+            loss = float(self.loss(torch.from_numpy(outputs), self.labels, self.split.tensors()))
+        return self.metric.score(outputs, self.split.labels), loss
 
 
 @dataclass(frozen=True)
 class Scored:
     epoch: int  # 0: the calibrated state, before any fine-tuning
-    accuracy: float  # top-1 of the fake-quant model on the scoring split
+    accuracy: float  # the task metric of the fake-quant model on the scoring split
     loss: float | None = None  # that epoch's mean training loss
 
 
@@ -62,7 +68,7 @@ class BestState:
     def score(self, epoch: int, loss: float | None = None) -> Scored:
         """Scores the current state as `epoch` and remembers it when it beats every earlier one."""
         scored = Scored(epoch, self.scorer(self.prepared)[0], loss)
-        if not self.history or scored.accuracy > self.best.accuracy:
+        if not self.history or self.scorer.metric.is_better(scored.accuracy, self.best.accuracy):
             # A deep copy keeps the state dict's _metadata: without its version, torchao's
             # observers take a loaded state for version 1 and reset `eps` to float32's.
             self._best = copy.deepcopy(self.prepared.state_dict())
@@ -72,7 +78,7 @@ class BestState:
     @property
     def best(self) -> Scored:
         """The first of the highest-scoring states."""
-        return max(self.history, key=lambda s: (s.accuracy, -s.epoch))
+        return max(self.history, key=lambda s: (self.scorer.metric.sort_key(s.accuracy), -s.epoch))
 
     def restore(self) -> Scored:
         """Loads the best state into `prepared` (in eval form) and returns its score."""

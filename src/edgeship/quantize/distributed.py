@@ -25,6 +25,7 @@ from torch import nn
 
 from edgeship.errors import UserError
 from edgeship.factories import load_data, load_model, load_teacher
+from edgeship.metrics import loss_of
 from edgeship.fileio import write_atomic
 from edgeship.processes import dies_with_parent
 from edgeship.quantize.flow import QuantFlow, QuantSettings
@@ -110,7 +111,8 @@ def _train_rank(job: Path) -> None:
         loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
                         batch_size=recipe.data.batch_size, seed=recipe.seed,
                         teacher=_teacher(recipe, model, device),
-                        shard=Shard(rank, world), device=device)
+                        shard=Shard(rank, world), device=device,
+                        task_loss=loss_of(recipe.data, recipe.base_dir))
         # What each rank trained on in the first epoch: disjoint shards, except for the samples
         # DistributedSampler repeats to make the shards equal.
         seen = list(DistributedSampler(train_split, num_replicas=world, rank=rank, seed=recipe.seed))

@@ -1,5 +1,6 @@
 """Accuracy-aware fallback: leave the most sensitive layers in float, one at a time, until
-post-training int8 accuracy on the calibration split is within the recipe's drop."""
+post-training int8 accuracy (the recipe's metric) on the calibration split is within the
+recipe's drop, in the metric's drop unit (points for top1)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ def fallback(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accurac
     `max_drop_points` or `max_float_layers` are float. Never ends with nothing: if the target is
     not met, the best set tried is kept."""
     chosen: list[str] = []
-    steps = [{"float_layers": [], "drop_points": (float_accuracy - probe.accuracy(flow, settings)) * 100}]
+    drop = probe.metric.worsening
+    steps = [{"float_layers": [], "drop_points": drop(float_accuracy, probe.accuracy(flow, settings))}]
     for name in ranking:
         if _within(steps[-1], max_drop_points) or len(chosen) >= max_float_layers:
             break
         chosen.append(name)
         accuracy = probe.accuracy(flow, settings.with_float_layers(chosen))
-        steps.append({"float_layers": list(chosen), "drop_points": (float_accuracy - accuracy) * 100})
+        steps.append({"float_layers": list(chosen), "drop_points": drop(float_accuracy, accuracy)})
     met = [s for s in steps if _within(s, max_drop_points)]
     best = met[0] if met else min(steps, key=lambda s: s["drop_points"])
     return {"flow": flow.value, "max_accuracy_drop": max_drop_points, "met": bool(met),

@@ -38,12 +38,12 @@ def _optimizer(qat: QATSection, params: list[nn.Parameter]) -> torch.optim.Optim
     return torch.optim.Adam(params, lr=qat.lr)
 
 
-def _loss(qat: QATSection, teacher: nn.Module | None, params: list[nn.Parameter]) -> LossFn:
-    loss = cross_entropy
+def _loss(qat: QATSection, teacher: nn.Module | None, params: list[nn.Parameter], task: LossFn) -> LossFn:
+    loss = task
     if qat.distillation is not None:
         teacher.eval()
         loss = distillation_loss(teacher, qat.distillation.weight, qat.distillation.temperature,
-                                 qat.distillation.loss)
+                                 qat.distillation.loss, task)
     return anchored(loss, params, qat.anchor) if qat.anchor > 0 else loss
 
 
@@ -62,7 +62,7 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
              progress: Progress | None = None, shard: Shard | None = None,
              device: torch.device | None = None,
              on_epoch_end: Callable[[int, float], object] = lambda epoch, loss: None,
-             end_in_eval: bool = True) -> float:
+             end_in_eval: bool = True, task_loss: LossFn = cross_entropy) -> float:
     """Fake-quant training at a small learning rate, on the recipe's schedule; returns the last
     epoch's mean loss. With `shard`, this process is one rank of a distributed run (see
     distributed.py) and trains `prepared` through DistributedDataParallel. `on_epoch_end` sees
@@ -81,7 +81,7 @@ def finetune(flow: QuantFlow, prepared: nn.Module, dataset: Dataset, *, qat: QAT
     loss = train(trained, dataset, optimizer=_optimizer(qat, params), epochs=qat.epochs,
                  batch_size=batch_size, seed=seed, progress=progress or Progress(enabled=False),
                  label=f"QAT {flow.flow.value}", set_train_mode=lambda m: flow.set_train(prepared),
-                 loss_fn=_loss(qat, teacher, params), on_epoch_start=_freezer(flow, prepared, qat),
+                 loss_fn=_loss(qat, teacher, params, task_loss), on_epoch_start=_freezer(flow, prepared, qat),
                  on_epoch_end=on_epoch_end, shard=shard, device=device)
     if end_in_eval:
         flow.set_eval(prepared)

@@ -1,8 +1,8 @@
 """The learning-rate probe: when the recipe leaves QAT's learning rate out, a few candidate
 (optimizer, rate) pairs each fine-tune the calibrated fake-quant model (its state restored before
 each) for the same few steps on the same slice of the train split, and the one with the lowest
-cross-entropy on the held-out scoring split wins. Loss, not top-1: on a few hundred samples top-1
-moves in whole images and ties, while the loss sees every logit move.
+task loss (data.loss) on the held-out scoring split wins. Loss, not top-1: on a few hundred
+samples top-1 moves in whole images and ties, while the loss sees every logit move.
 
 Its training is bounded by the fine-tune it serves: all candidates together train on at most
 PROBE_SHARE of the fine-tune's steps. Each candidate also pays fixed costs (its optimizer and
@@ -38,8 +38,8 @@ PROBE_SHARE = 0.3
 class Trial:
     optimizer: str
     lr: float
-    loss: float  # mean cross-entropy on the scoring split after the probe's steps; inf: diverged
-    accuracy: float
+    loss: float  # mean task loss on the scoring split after the probe's steps; inf: diverged
+    accuracy: float | None  # the task metric there; None: diverged
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ def run_probe(flow: QuantFlow, prepared: nn.Module, train: Dataset, scorer: Scor
                                        "freeze_observers_after_epochs": "never"})
         try:
             finetune(flow, prepared, piece, qat=short, batch_size=batch_size, seed=seed, teacher=teacher,
-                     end_in_eval=False)
+                     end_in_eval=False, task_loss=scorer.loss)
             accuracy, loss = scorer(prepared)
         except TrainingDiverged:  # a rate too high for this model: the probe's answer, not an error
-            accuracy, loss = 0.0, float("inf")
+            accuracy, loss = None, float("inf")
         trials.append(Trial(optimizer, lr, loss if math.isfinite(loss) else float("inf"), accuracy))
     prepared.load_state_dict(start)
     return Probe(steps, time.perf_counter() - started, calibrated_loss, trials)

@@ -1,4 +1,5 @@
-"""Where accuracy is lost, layer by layer (and the probe fallback.py uses too).
+"""Where accuracy is lost, layer by layer (and the probe fallback.py uses too). Accuracy is the
+recipe's metric, and a drop how much worse it got (edgeship/metrics.py): points for top1.
 
 It measures post-training quantization in PyTorch on the calibration split: decisions are taken
 on data the model did not train on, and the test split stays unseen until artifacts are verified.
@@ -12,7 +13,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from edgeship.data import Arrays
-from edgeship.quantize.evaluate import logits, top1
+from edgeship.metrics import TaskMetric, builtin
+from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.calibrate import calibrate
@@ -28,7 +30,7 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, str]]:
 
 @dataclass
 class PtqProbe:
-    """Post-training quantizes `model` with one flow and a set of float layers; returns accuracy."""
+    """Post-training quantizes `model` with one flow and a set of float layers; returns its metric."""
 
     model: nn.Module
     examples: tuple
@@ -36,10 +38,11 @@ class PtqProbe:
     validation: Arrays
     batches: int
     batch_size: int
+    metric: TaskMetric = field(default_factory=lambda: builtin("top1"))
     _captured: dict = field(default_factory=dict)  # one capture per flow: exports are slow
 
     def float_accuracy(self) -> float:
-        return top1(logits(self.model, self.validation), self.validation.labels)
+        return self.metric.score(logits(self.model, self.validation), self.validation.labels)
 
     def accuracy(self, flow: Flow, settings: QuantSettings) -> float:
         qf = flow_for(flow, settings)
@@ -49,12 +52,13 @@ class PtqProbe:
                              batch_size=self.batch_size, qat=False, captured=self._captured[flow])
         converted = qf.int8_in_pytorch(prepared)
         with qf.engine():
-            return top1(logits(converted, self.validation), self.validation.labels)
+            return self.metric.score(logits(converted, self.validation), self.validation.labels)
 
 
 def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accuracy: float) -> list[dict]:
-    """Per layer: the drop (points) with only that layer quantized, and with all but that layer
-    quantized. Worst first, by the first: it finds the layers that cannot be quantized at all."""
+    """Per layer: the drop (in the metric's drop unit) with only that layer quantized, and with
+    all but that layer quantized. Worst first, by the first: it finds the layers that cannot be
+    quantized at all."""
     layers = quantizable_layers(probe.model)
     names = {name for name, _ in layers}
     rows = []
@@ -62,6 +66,6 @@ def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accu
         only = probe.accuracy(flow, settings.with_float_layers(names - {name}))
         all_but = probe.accuracy(flow, settings.with_float_layers({name}))
         rows.append({"layer": name, "type": kind,
-                     "only_this_quantized_drop_points": (float_accuracy - only) * 100,
-                     "all_but_this_quantized_drop_points": (float_accuracy - all_but) * 100})
+                     "only_this_quantized_drop_points": probe.metric.worsening(float_accuracy, only),
+                     "all_but_this_quantized_drop_points": probe.metric.worsening(float_accuracy, all_but)})
     return sorted(rows, key=lambda r: -r["only_this_quantized_drop_points"])

@@ -10,30 +10,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeship.data import as_inputs
+from edgeship.metrics import cross_entropy
 from edgeship.progress import Progress
 
 # (model outputs, labels, model inputs) -> loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, tuple], torch.Tensor]
 
 
-def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) -> torch.Tensor:
-    return nn.functional.cross_entropy(outputs, labels)
-
-
-def distillation_loss(teacher: nn.Module, weight: float, temperature: float, kind: str = "kl") -> LossFn:
-    """(1 - w) CE(labels) + w D(student, teacher): D is Hinton et al.'s T^2 KL(teacher_T ||
-    student_T) for `kl`, the mean squared error between the logits for `mse`."""
+def distillation_loss(teacher: nn.Module, weight: float, temperature: float, kind: str = "kl",
+                      task: LossFn = cross_entropy) -> LossFn:
+    """(1 - w) task(labels) + w D(student, teacher): D is Hinton et al.'s T^2 KL(teacher_T ||
+    student_T) over the last axis (classes, or a language model's vocabulary at each position)
+    for `kl`, the mean squared error between the outputs for `mse`."""
 
     def loss(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = teacher(*inputs)
+            teacher_outputs = teacher(*inputs)
         if kind == "mse":
-            soft = nn.functional.mse_loss(outputs, teacher_logits)
+            soft = nn.functional.mse_loss(outputs, teacher_outputs)
         else:
-            soft = nn.functional.kl_div(nn.functional.log_softmax(outputs / temperature, dim=1),
-                                        nn.functional.softmax(teacher_logits / temperature, dim=1),
-                                        reduction="batchmean") * temperature ** 2
-        return (1 - weight) * nn.functional.cross_entropy(outputs, labels) + weight * soft
+            classes = outputs.shape[-1]
+            soft = nn.functional.kl_div(
+                nn.functional.log_softmax(outputs.reshape(-1, classes) / temperature, dim=1),
+                nn.functional.softmax(teacher_outputs.reshape(-1, classes) / temperature, dim=1),
+                reduction="batchmean") * temperature ** 2
+        return (1 - weight) * task(outputs, labels, inputs) + weight * soft
 
     return loss
 

@@ -4,15 +4,25 @@ as lines and table rows, for report.md and report.html alike."""
 from __future__ import annotations
 
 from edgeship.report.markdown import md_text
-from edgeship.report.schema import QatHistory, Report
+from edgeship.report.schema import TOP1, MetricInfo, QatHistory, Report
 
 SENSITIVITY_HEADERS = ["flow", "layer", "type", "drop pts, only this layer int8",
                        "drop pts, all but this layer int8"]
 
 
+def sensitivity_headers(report: Report) -> list[str]:
+    unit = report.metric.short_unit
+    return [h.replace("drop pts", f"drop {unit}") for h in SENSITIVITY_HEADERS]
+
+
+def _drop(value: float, metric: MetricInfo) -> str:
+    return f"{value:+.2f}" if metric.drop_scale == 100 else f"{value:+.4g}"
+
+
 def sensitivity_rows(report: Report) -> list[list[str]]:
-    return [[s.flow, r.layer, r.type, f"{r.only_this_quantized_drop_points:+.2f}",
-             f"{r.all_but_this_quantized_drop_points:+.2f}"]
+    m = report.metric
+    return [[s.flow, r.layer, r.type, _drop(r.only_this_quantized_drop_points, m),
+             _drop(r.all_but_this_quantized_drop_points, m)]
             for s in report.sensitivity for r in s.rows]
 
 
@@ -21,9 +31,10 @@ def fallback_lines(report: Report) -> list[str]:
     for f in report.fallback:
         kept = ", ".join(f.float_layers) or "none"
         verdict = "met" if f.met else "NOT met; the best set tried is kept"
-        path = " → ".join(f"{s.drop_points:.2f}" for s in f.steps)
-        out.append(f"{f.flow}: float layers {kept}; drop {f.drop_points:.2f} pts on the "
-                   f"calibration split, target {f.max_accuracy_drop:g} {verdict} (drops tried: {path})")
+        path = " → ".join(_drop(s.drop_points, report.metric).lstrip("+") for s in f.steps)
+        out.append(f"{f.flow}: float layers {kept}; drop {_drop(f.drop_points, report.metric).lstrip('+')} "
+                   f"{report.metric.short_unit} on the calibration split, target {f.max_accuracy_drop:g} "
+                   f"{verdict} (drops tried: {path})")
     return out
 
 
@@ -31,22 +42,26 @@ def prune_line(report: Report) -> str | None:
     p = report.prune
     if p is None:
         return None
-    return (f"pruned ({p.method}, {p.amount}): sparsity {p.sparsity.overall:.2f}; top-1 "
-            f"{p.accuracy_before:.4f} before, {p.accuracy_pruned:.4f} pruned, "
-            f"{p.accuracy_finetuned:.4f} after fine-tuning")
+    m = report.metric
+    return (f"pruned ({p.method}, {p.amount}): sparsity {p.sparsity.overall:.2f}; "
+            f"{'top-1' if m.name == 'top1' else m.name} {m.format(p.accuracy_before)} before, "
+            f"{m.format(p.accuracy_pruned)} pruned, {m.format(p.accuracy_finetuned)} after fine-tuning")
 
 
-def qat_outcome(history: QatHistory) -> str:
+def qat_outcome(history: QatHistory, metric: MetricInfo = TOP1) -> str:
     """Which state shipped and why, with the score after calibration and after every epoch."""
-    scores = " → ".join(f"{e.accuracy:.4f}" for e in history.epochs)
-    tried = f"top-1 on the {history.split} split after calibration and each epoch: {scores}"
+    scores = " → ".join(metric.format(e.accuracy) for e in history.epochs)
+    what = "top-1" if metric.name == "top1" else metric.name
+    tried = f"{what} on the {history.split} split after calibration and each epoch: {scores}"
     if history.post_training_accuracy is not None:
-        tried += (f"; converted: QAT {history.qat_accuracy:.4f}, calibration only "
-                  f"{history.post_training_accuracy:.4f}")
+        tried += (f"; converted: QAT {metric.format(history.qat_accuracy)}, calibration only "
+                  f"{metric.format(history.post_training_accuracy)}")
     if history.p_value is not None:
         tried += (f"; loss {history.qat_loss:.4f} vs {history.post_training_loss:.4f}, one-sided "
-                  f"Wilcoxon p = {history.p_value:.3g}; right only with QAT {history.qat_only_right}, "
-                  f"only without {history.post_training_only_right}")
+                  f"Wilcoxon p = {history.p_value:.3g}")
+        if history.qat_only_right is not None:
+            tried += (f"; right only with QAT {history.qat_only_right}, only without "
+                      f"{history.post_training_only_right}")
     if history.shipped == "post-training" and history.post_training_accuracy is not None:
         return (f"did not beat calibration alone beyond the split's noise after conversion, the "
                 f"post-training model shipped ({tried})")
@@ -78,7 +93,8 @@ def qat_lines(report: Report) -> list[str]:
         if found is not None and a.flow not in out:
             history = QatHistory.model_validate(found)
             settings = qat_settings(history)
-            out[a.flow] = f"{a.flow}: QAT {qat_outcome(history)}" + (f"; ran with {settings}" if settings else "")
+            out[a.flow] = f"{a.flow}: QAT {qat_outcome(history, report.metric)}" + \
+                (f"; ran with {settings}" if settings else "")
     return list(out.values())
 
 
@@ -92,6 +108,6 @@ def analysis_markdown(report: Report) -> list[str]:
         lines += ["**Accuracy-aware fallback**", ""] + [f"- {md_text(line)}" for line in fallback_lines(report)] + [""]
     if report.sensitivity:
         lines += ["**Sensitivity per layer** (post-training int8, calibration split, worst first)", "",
-                  "| " + " | ".join(SENSITIVITY_HEADERS) + " |", "|" + "---|" * len(SENSITIVITY_HEADERS)]
+                  "| " + " | ".join(sensitivity_headers(report)) + " |", "|" + "---|" * len(SENSITIVITY_HEADERS)]
         lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in sensitivity_rows(report)] + [""]
     return lines

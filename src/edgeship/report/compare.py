@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeship.report.schema import Artifact, Benchmark, Report
+from edgeship.report.schema import TOP1, Artifact, Benchmark, MetricInfo, Report
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class TargetDiff:
     target: str
     status: tuple[str, str]  # the artifact's status in A and B
     size_bytes: Change
-    accuracy: Change  # fractions; points = delta * 100
+    accuracy: Change  # the metric's values (top1: fractions; points = delta * 100)
     devices: list[DeviceDiff]
 
 
@@ -57,6 +57,7 @@ class Comparison:
     targets: list[TargetDiff]  # the targets both reports have, in B's order
     only_in_a: list[str]
     only_in_b: list[str]
+    metrics: tuple[MetricInfo, MetricInfo] = (TOP1, TOP1)  # what A's and B's accuracy are
 
 
 def _latency(bench: Benchmark | None, key: str) -> float | None:
@@ -90,7 +91,8 @@ def compare(a: Report, b: Report) -> Comparison:
     return Comparison(
         recipe_names=(a.recipe_name, b.recipe_name),
         targets=[_target(old[t], new[t]) for t in new if t in old],
-        only_in_a=[t for t in old if t not in new], only_in_b=[t for t in new if t not in old])
+        only_in_a=[t for t in old if t not in new], only_in_b=[t for t in new if t not in old],
+        metrics=(a.metric, b.metric))
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -109,13 +111,22 @@ HEADERS = ["target", "device", "size bytes A → B", "size B/A", "accuracy B", "
            "p50 ms A → B", "p50 B/A", "beyond noise", "p90 B/A", "peak RSS MB A → B", "RSS B/A"]
 
 
+def headers(comparison: Comparison) -> list[str]:
+    """HEADERS, with the accuracy columns named for B's metric (top1: as always)."""
+    metric = comparison.metrics[1]
+    if metric.name == "top1":
+        return HEADERS
+    return [{"accuracy B": f"{metric.name} B", "Δ pts": f"better by ({metric.short_unit})"}.get(h, h)
+            for h in HEADERS]
+
+
 def rows(comparison: Comparison) -> list[list[str]]:
     """One row per target and device, the columns of HEADERS."""
-    out = []
+    out, metric = [], comparison.metrics[1]
     for t in comparison.targets:
-        points = None if t.accuracy.delta is None else t.accuracy.delta * 100
-        size = [_pair(t.size_bytes, "d"), _ratio(t.size_bytes), _num(t.accuracy.b, ".4f"),
-                _num(points, "+.2f")]
+        better = None if t.accuracy.delta is None else -metric.worsening(t.accuracy.a, t.accuracy.b)
+        size = [_pair(t.size_bytes, "d"), _ratio(t.size_bytes), metric.format(t.accuracy.b),
+                _num(better, "+.2f" if metric.drop_scale == 100 else "+.4g")]
         for d in t.devices or [None]:
             if d is None:
                 out.append([t.target, "—", *size] + ["—"] * 6)
@@ -131,6 +142,9 @@ def notes(comparison: Comparison) -> list[str]:
     """What the table cannot show: other recipes, targets in one report only, failed artifacts."""
     a_name, b_name = comparison.recipe_names
     out = [f"the reports are of different recipes: A {a_name!r}, B {b_name!r}"] if a_name != b_name else []
+    a_metric, b_metric = (m.name for m in comparison.metrics)
+    out += [f"the reports measure different metrics: A {a_metric!r}, B {b_metric!r}; the accuracy "
+            f"change compares unlike figures"] if a_metric != b_metric else []
     out += [f"{t} is only in A" for t in comparison.only_in_a]
     out += [f"{t} is only in B" for t in comparison.only_in_b]
     out += [f"{t.target} is {t.status[0]} in A and {t.status[1]} in B"

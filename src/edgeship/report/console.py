@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.report.schema import Report
-from edgeship.report.writers import HEADERS, int8_slower, mostly_float, rows
+from edgeship.report.writers import float_line, headers, int8_slower, mostly_float, rows
 
 
 def print_verdict(report: Report, console: Console, summary: str | None = None) -> None:
@@ -32,10 +32,10 @@ def print_console(report: Report, console: Console) -> None:
     # Rich reads markup in titles and cells: user text (the recipe name, errors) is escaped.
     table = Table(title=f"edgeship · {escape(report.recipe_name)}", title_justify="left")
     table_rows = rows(report)
-    for i, h in enumerate(HEADERS):
+    for i, h in enumerate(headers(report)):
         text = h in ("target", "precision", "device", "status")
         # a narrow terminal wraps the figures' headers, never cuts a target's name
-        table.add_column(h, justify="left" if text else "right", no_wrap=text,
+        table.add_column(escape(h), justify="left" if text else "right", no_wrap=text,
                          min_width=max([len(r[i]) for r in table_rows] + [len(h)]) if text else None)
     for r in table_rows:
         table.add_row(*map(escape, r))
@@ -45,7 +45,7 @@ def print_console(report: Report, console: Console) -> None:
     for line in mostly_float(report):
         console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
     if report.float:
-        console.print(f"float accuracy {report.float.accuracy:.4f}")
+        console.print(escape(float_line(report)), highlight=False)
         if report.float.warning:
             console.print(f"[yellow]warning:[/] {escape(report.float.warning)}", highlight=False)
     for a in report.artifacts:

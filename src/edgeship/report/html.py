@@ -13,10 +13,10 @@ from edgeship.fileio import write_atomic
 from edgeship.gate.recommend import devices
 from edgeship.recipe import Budget
 from edgeship.report import plots
-from edgeship.report.analysis import (SENSITIVITY_HEADERS, fallback_lines, prune_line, qat_lines,
+from edgeship.report.analysis import (fallback_lines, prune_line, qat_lines, sensitivity_headers,
                                       sensitivity_rows)
 from edgeship.report.schema import Report
-from edgeship.report.writers import HEADERS, mostly_float, rows
+from edgeship.report.writers import float_line, headers, mostly_float, rows
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -88,7 +88,7 @@ def _summary(report: Report) -> list[str]:
 def _pareto(report: Report) -> str:
     items = []
     for device in devices(report):
-        front = plots.pareto_front(plots.points(report, device))
+        front = plots.pareto_front(plots.points(report, device), report.metric.higher_is_better)
         if front:
             items.append(f"<li>{_e(device)}: {_e(', '.join(front))}</li>")
     if not items:
@@ -110,16 +110,16 @@ def _analyses(report: Report) -> list[str]:
         parts += _list("Accuracy-aware fallback", fallback_lines(report))
     if report.sensitivity:
         parts += ["<h2>Sensitivity per layer</h2><p class=\"muted\">post-training int8 on the "
-                  "calibration split, worst first</p>", _table(SENSITIVITY_HEADERS, sensitivity_rows(report))]
+                  "calibration split, worst first</p>", _table(sensitivity_headers(report), sensitivity_rows(report))]
     return parts
 
 
 def html_page(report: Report, budgets: list[Budget]) -> str:
     parts = _summary(report)
-    float_text = f" · float accuracy {report.float.accuracy:.4f}" if report.float else ""
+    float_text = f" · {float_line(report)}" if report.float else ""
     statuses = [r[-1] for r in rows(report)]
     parts += [f"<h2>Results</h2><p class=\"muted\">{_e(len(report.artifacts))} artifacts{_e(float_text)}</p>",
-              _table(HEADERS, rows(report), [s != "ok" for s in statuses])]
+              _table(headers(report), rows(report), [s != "ok" for s in statuses])]
     parts += ["<h2>Accuracy vs latency</h2>", _pareto(report),
               _img(plots.accuracy_vs_latency(report, budgets), "accuracy vs p50 latency per device"),
               "<h2>Latency distribution</h2>",

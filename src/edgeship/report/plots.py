@@ -19,7 +19,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from edgeship.gate.recommend import devices  # noqa: E402
 from edgeship.recipe import Budget  # noqa: E402
-from edgeship.report.schema import Report  # noqa: E402
+from edgeship.report.schema import MetricInfo, Report  # noqa: E402
 from edgeship.targets import TARGETS, get_target  # noqa: E402
 
 INT8, FP32, FRONT, LIMIT = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"
@@ -46,12 +46,16 @@ def points(report: Report, device: str) -> list[tuple[str, float, float]]:
     return out
 
 
-def pareto_front(pts: list[tuple[str, float, float]]) -> list[str]:
-    """Targets no other artifact beats on both latency (lower) and accuracy (higher), fastest first.
+def pareto_front(pts: list[tuple[str, float, float]], higher_is_better: bool = True) -> list[str]:
+    """Targets no other artifact beats on both latency (lower) and accuracy (higher, or lower for
+    a metric such as perplexity), fastest first.
 
     >>> pareto_front([("a", 1.0, 0.9), ("b", 2.0, 0.95), ("c", 3.0, 0.94), ("d", 1.0, 0.8)])
     ['a', 'b']
+    >>> pareto_front([("a", 1.0, 12.0), ("b", 2.0, 11.0), ("c", 3.0, 11.5)], higher_is_better=False)
+    ['a', 'b']
     """
+    pts = pts if higher_is_better else [(t, lat, -acc) for t, lat, acc in pts]
     front = [t for t, lat, acc in pts
              if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for _, l2, a2 in pts)]
     return sorted(front, key=lambda t: next(lat for n, lat, _ in pts if n == t))
@@ -62,39 +66,48 @@ def _limits(budgets: list[Budget], device: str, name: str) -> list[float]:
                    and (b.devices is None or device in b.devices)})
 
 
+def _metric_lines(ax, budgets: list[Budget], device: str, metric: MetricInfo,
+                  float_accuracy: float | None) -> None:
+    """The float model's figure and the budgets' limits on the metric, as horizontal lines."""
+    for name in ("min_accuracy", "min_metric", "max_metric"):
+        for limit in _limits(budgets, device, name):
+            ax.axhline(metric.shown(limit), color=LIMIT, linestyle="--", label=f"{name} {limit:g}")
+    if float_accuracy is not None:
+        ax.axhline(metric.shown(float_accuracy), color="grey", linewidth=0.8, label="float model")
+        for drop in _limits(budgets, device, "max_accuracy_drop"):
+            worst = metric.shown(float_accuracy) + (-drop if metric.higher_is_better else drop)
+            ax.axhline(worst, color=LIMIT, linestyle="-.", label=f"max_accuracy_drop {drop:g} {metric.short_unit}")
+
+
 def accuracy_vs_latency(report: Report, budgets: list[Budget]) -> bytes | None:
     panels = [(d, points(report, d)) for d in devices(report)]
     panels = [(d, p) for d, p in panels if p]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
-    float_accuracy = report.float.accuracy if report.float else None
+    float_accuracy, metric = (report.float.accuracy if report.float else None), report.metric
     for ax, (device, pts) in zip(axes[0], panels):
-        front = pareto_front(pts)
+        front = pareto_front(pts, metric.higher_is_better)
         for target, lat, acc in pts:
             color = INT8 if _is_int8(target) else FP32
-            ax.scatter(lat, acc * 100, s=70, color=color, zorder=3,
+            ax.scatter(lat, metric.shown(acc), s=70, color=color, zorder=3,
                        edgecolors=FRONT if target in front else "none", linewidths=2.5)
-            ax.annotate(target, (lat, acc * 100), textcoords="offset points", xytext=(4, 6), fontsize=8,
-                        rotation=40, rotation_mode="anchor")  # slanted: close points stay legible
-        line = sorted((lat, acc * 100) for t, lat, acc in pts if t in front)
+            ax.annotate(target, (lat, metric.shown(acc)), textcoords="offset points", xytext=(4, 6),
+                        fontsize=8, rotation=40, rotation_mode="anchor")  # slanted: close points stay legible
+        line = sorted((lat, metric.shown(acc)) for t, lat, acc in pts if t in front)
         ax.step([x for x, _ in line], [y for _, y in line], where="post", color=FRONT, alpha=0.6,
                 zorder=2, label="Pareto front")
         for limit in _limits(budgets, device, "max_latency_p50_ms"):
             ax.axvline(limit, color=LIMIT, linestyle="--", label=f"max_latency_p50_ms {limit:g}")
         for limit in _limits(budgets, device, "max_latency_p90_ms"):
             ax.axvline(limit, color=LIMIT, linestyle=":", label=f"max_latency_p90_ms {limit:g} (p90)")
-        for limit in _limits(budgets, device, "min_accuracy"):
-            ax.axhline(limit * 100, color=LIMIT, linestyle="--", label=f"min_accuracy {limit:g}")
-        if float_accuracy is not None:
-            ax.axhline(float_accuracy * 100, color="grey", linewidth=0.8, label="float model")
-            for drop in _limits(budgets, device, "max_accuracy_drop"):
-                ax.axhline(float_accuracy * 100 - drop, color=LIMIT, linestyle="-.",
-                           label=f"max_accuracy_drop {drop:g} pts")
+        _metric_lines(ax, budgets, device, metric, float_accuracy)
         ax.scatter([], [], color=INT8, label="int8")
         ax.scatter([], [], color=FP32, label="fp32")
-        ax.set(title=f"accuracy vs p50 latency · {device}", xlabel="p50 latency (ms)",
-               ylabel="accuracy (%)")
+        what = "accuracy" if metric.name == "top1" else metric.name
+        ax.set(title=f"{what} vs p50 latency · {device}", xlabel="p50 latency (ms)",
+               ylabel="accuracy (%)" if metric.name == "top1" else f"{metric.name} "
+               f"({'higher' if metric.higher_is_better else 'lower'} is better)")
         ax.margins(x=0.2, y=0.45)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -28,6 +28,43 @@ class Stage(BaseModel):
     detail: str = ""
 
 
+class MetricInfo(BaseModel):
+    """The recipe's task metric (edgeship/metrics.py): every `accuracy` field of the report holds
+    its value, and every drop (`*drop_points`, budgets' max_accuracy_drop) how much worse it got,
+    in `drop_unit` (points for top1: percentage points; the metric's own units otherwise)."""
+
+    name: str = "top1"
+    higher_is_better: bool = True
+    drop_scale: builtins.float = 100.0  # a drop is the worsening x this
+
+    @property
+    def drop_unit(self) -> str:
+        return "points" if self.drop_scale == 100 else self.name
+
+    @property
+    def short_unit(self) -> str:
+        """The drop unit as table headers write it."""
+        return "pts" if self.drop_scale == 100 else self.name
+
+    def worsening(self, reference: builtins.float, value: builtins.float) -> builtins.float:
+        """How much worse `value` is than `reference`, in drop units (negative: better)."""
+        change = reference - value if self.higher_is_better else value - reference
+        return change * self.drop_scale
+
+    def is_better(self, a: builtins.float, b: builtins.float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    def format(self, value: builtins.float | None) -> str:
+        return "—" if value is None else f"{value:.4f}" if self.drop_scale == 100 else f"{value:.4g}"
+
+    def shown(self, value: builtins.float | None) -> builtins.float | None:
+        """The value as plots draw it: top1 in percent, the others as they are."""
+        return None if value is None else value * 100 if self.drop_scale == 100 else value
+
+
+TOP1 = MetricInfo()
+
+
 class FloatResult(BaseModel):
     accuracy: float
     train_loss: float | None = None
@@ -38,8 +75,11 @@ class Parity(BaseModel):
     """The artifact's outputs against the converted PyTorch model's on the same test inputs."""
 
     reference: str  # what the artifact was compared with
-    top1_agreement: float
+    top1_agreement: float | None  # argmax agreement (per position for tokens); None: not classes
     max_abs_error: float
+    # RMS of the difference over RMS of the reference: how int8 outputs that are not class
+    # scores (regression) are held to their reference
+    relative_error: float | None = None
 
 
 class Latency(BaseModel):
@@ -188,7 +228,7 @@ class FallbackResult(BaseModel):
 
 class QatEpoch(BaseModel):
     epoch: int  # 0: the calibrated state, before any fine-tuning
-    accuracy: float  # top-1 of the fake-quant model on the scoring split
+    accuracy: float  # the metric of the fake-quant model on the scoring split
     loss: float | None = None  # that epoch's mean training loss
 
 
@@ -200,8 +240,8 @@ class QatSetting(BaseModel):
 class QatTrial(BaseModel):
     optimizer: str
     lr: float
-    loss: float | None  # cross-entropy on the scoring split after the probe's steps; None: diverged
-    accuracy: float
+    loss: float | None  # task loss on the scoring split after the probe's steps; None: diverged
+    accuracy: float | None = None  # the task metric there; None: diverged
 
 
 class QatProbe(BaseModel):
@@ -307,6 +347,7 @@ class Report(BaseModel):
     environment: dict
     stages: list[Stage] = Field(default_factory=list)
     float: FloatResult | None = None
+    metric: MetricInfo = TOP1  # what every accuracy figure and drop is (reports without it: top1)
     artifacts: list[Artifact] = Field(default_factory=list)
     gate: Gate | None = None
     devices: list[DeviceFacts] = Field(default_factory=list)

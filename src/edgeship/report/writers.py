@@ -89,16 +89,18 @@ def _int8_cell(a: Artifact) -> str:
 def rows(report: Report) -> list[list[str]]:
     """One row per artifact and device: the table both the console and report.md show."""
     float_acc = report.float.accuracy if report.float else None
+    metric = report.metric
+    drop_spec = "+.2f" if metric.drop_scale == 100 else "+.4g"
     out = []
     for a in report.artifacts:
-        drop = None if a.accuracy is None or float_acc is None else (float_acc - a.accuracy) * 100
+        drop = None if a.accuracy is None or float_acc is None else metric.worsening(float_acc, a.accuracy)
         ratio = size_ratio(report, a)
         common = [
             a.target, a.precision_shown, _int8_cell(a),
             _fmt(a.size_bytes / 1e6 if a.size_bytes else None, ".3f"),
             _fmt(ratio, ".2f", "x") if ratio else "",
-            _fmt(a.accuracy, ".4f"), _fmt(drop, "+.2f") if a.precision == "int8" else "",
-            _fmt(a.parity.top1_agreement, ".4f") if a.parity else "—",
+            metric.format(a.accuracy), _fmt(drop, drop_spec) if a.precision == "int8" else "",
+            _fmt(a.parity.top1_agreement, ".4f") if a.parity and a.parity.top1_agreement is not None else "—",
         ]
         benches = a.benchmarks or [Benchmark(device="—", status=a.status, error=a.error)]
         for b in benches:
@@ -118,6 +120,24 @@ HEADERS = ["target", "precision", "int8 MACs", "size MB", "vs fp32", "accuracy",
            "device", "p50 ms", "p90 ms", "p50 vs fp32", "peak RSS MB", "status"]
 
 
+def headers(report: Report) -> list[str]:
+    """HEADERS, with the accuracy columns named for the report's metric (top1: as always)."""
+    metric = report.metric
+    if metric.name == "top1":
+        return HEADERS
+    named = {"accuracy": metric.name, "drop pts": f"worse by ({metric.short_unit})"}
+    return [named.get(h, h) for h in HEADERS]
+
+
+def float_line(report: Report) -> str | None:
+    """`float accuracy 0.9940` (top1), `float perplexity 12.31`: the float model's figure."""
+    if report.float is None:
+        return None
+    metric = report.metric
+    what = "accuracy" if metric.name == "top1" else metric.name
+    return f"float {what} {metric.format(report.float.accuracy)}"
+
+
 def write_json(report: Report, path: Path) -> None:
     write_atomic(path, report.model_dump_json(indent=2) + "\n")
 
@@ -135,9 +155,10 @@ def markdown(report: Report) -> str:
     if report.recommendations:
         lines += ["**Recommendation**", ""] + [f"- {md_text(r.statement)}" for r in report.recommendations] + [""]
     if report.float:
-        lines += [f"Float accuracy: **{report.float.accuracy:.4f}**", ""]
+        what = "accuracy" if report.metric.name == "top1" else f"{md_text(report.metric.name)}"
+        lines += [f"Float {what}: **{report.metric.format(report.float.accuracy)}**", ""]
         lines += [f"- ⚠️ {md_text(report.float.warning)}", ""] if report.float.warning else []
-    lines += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(map(md_text, headers(report))) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows(report)]
     said = int8_slower(report) + mostly_float(report)  # said plainly, under the table
     lines += ([""] + [f"- ⚠️ {md_text(line)}" for line in said]) if said else []
