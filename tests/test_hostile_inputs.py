@@ -326,20 +326,26 @@ def test_generated_device_profiles_exit_cleanly():
 # --- reports -----------------------------------------------------------------------------------
 
 def report_target(draw, report):
-    artifact = draw(st.sampled_from(report["artifacts"])) if report.get("artifacts") else {}
-    artifact["target"] = draw(TARGET_NAMES)
+    artifacts = report.get("artifacts")  # report_list_for_dict may have made it a mapping
+    artifact = draw(st.sampled_from(artifacts)) if isinstance(artifacts, list) and artifacts else {}
+    if isinstance(artifact, dict):
+        artifact["target"] = draw(TARGET_NAMES)
     return report
 
 
 def report_number(draw, report):
     """A number the gate or compare computes with, made huge, infinite, NaN or a string."""
-    artifact = draw(st.sampled_from(report["artifacts"]))
-    bench = artifact["benchmarks"][0] if artifact.get("benchmarks") else {}
-    where, key = draw(st.sampled_from([(artifact, "size_bytes"), (artifact, "accuracy"),
-                                       (bench, "peak_rss_mb"), (bench.get("latency_ms", {}), "p50"),
-                                       (bench.get("latency_ms", {}), "stdev"),
-                                       (bench.get("samples_ms", [0]), 0),
-                                       (report.get("float") or {}, "accuracy")]))
+    artifacts = report.get("artifacts")  # earlier mutations may have made it anything
+    artifact = draw(st.sampled_from(artifacts)) if isinstance(artifacts, list) and artifacts else {}
+    if not isinstance(artifact, dict):
+        return report
+    benches = artifact.get("benchmarks")
+    bench = benches[0] if isinstance(benches, list) and benches and isinstance(benches[0], dict) else {}
+    places = [(artifact, "size_bytes"), (artifact, "accuracy"), (bench, "peak_rss_mb"),
+              (bench.get("latency_ms", {}), "p50"), (bench.get("latency_ms", {}), "stdev"),
+              (bench.get("samples_ms", [0]), 0), (report.get("float") or {}, "accuracy")]
+    places = [(w, k) for w, k in places if isinstance(w, dict) or isinstance(w, list) and w]
+    where, key = draw(st.sampled_from(places))
     where[key] = draw(st.one_of(HUGE_NUMBERS, st.sampled_from(["NaN", "Infinity", "1e400", "12"])))
     return report
 

@@ -23,7 +23,12 @@ BYTE_DETERMINISTIC = ["onnx-int8", "executorch-xnnpack"]
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume")
-    return write_recipe(folder, demo_recipe(targets=TARGETS, fp32_twins=False))
+    recipe = demo_recipe(targets=TARGETS, fp32_twins=False)
+    # What is tested is resuming, not QAT's choices: one epoch at a fixed rate (no probe), and a
+    # shorter float training, keep four runs of the pipeline within the suite's time
+    recipe["model"]["train"]["epochs"] = 4
+    recipe["quantization"]["qat"] = {"enabled": True, "epochs": 1, "lr": 0.0001, "optimizer": "sgd"}
+    return write_recipe(folder, recipe)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,26 @@ def cnn() -> Cnn:
     return Cnn()
 
 
+class WideCnn(nn.Module):
+    """The same digits at a size where weights, not the container, make the file: 0.37 M
+    parameters (1.5 MB in fp32), three 3x3 convolutions of 64, 128 and 256 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 3, padding=1), nn.BatchNorm2d(256), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def wide_cnn() -> WideCnn:
+    return WideCnn()
+
+
 def image_splits() -> Splits:
     return digits.splits()
 

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 INT8 = ["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"]
 MODELS = {  # name: (model factory, data factory, example input shapes, targets)
     "cnn": ("cnn", "image_splits", [[1, 1, 8, 8]], INT8),
+    "wide cnn": ("wide_cnn", "image_splits", [[1, 1, 8, 8]], INT8),
     # ExecuTorch runs no 5-D convolution: edgeship refuses the target before any work (exit 2)
     "video (2+1)D": ("video", "clip_splits", [[1, 1, 4, 8, 8]], INT8[:3]),
     "transformer": ("transformer", "row_splits", [[1, 8, 8]], INT8),
@@ -51,7 +52,7 @@ def rows(name: str, report) -> list[str]:
         if a.precision != "int8":
             continue
         share = a.int8_share.macs_fraction if a.int8_share and a.int8_share.macs_fraction is not None else None
-        drop = (report.float.accuracy - a.accuracy) * 100 if a.accuracy is not None else None
+        drop = report.metric.worsening(report.float.accuracy, a.accuracy) if a.accuracy is not None else None
         size = size_ratio(report, a)
         speed = latency_ratio(report, a, a.benchmarks[0]) if a.benchmarks else None
         cells = [name, a.target, "—" if share is None else f"{share:.1%}",
