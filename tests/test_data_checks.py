@@ -11,7 +11,7 @@ import torch
 from edgeship.data import Splits
 from edgeship.errors import UserError
 from edgeship.metrics import builtin
-from edgeship.pipeline.load import check_outputs, checked_data, stack_splits
+from edgeship.pipeline.load import check_outputs, checked_data, first_answers, stack_splits
 from support import run_cli, write_recipe
 
 # A tiny model and a data factory whose `case` plants one problem in an otherwise good split.
@@ -160,11 +160,11 @@ def test_good_data_passes_every_check_and_keeps_its_values() -> None:
     assert [a.shape for a in test.inputs] == [(10, 1, 8, 8), (10, 4)]
     assert test.inputs[0][:, 0, 0, 0].tolist() == list(range(10))
     assert test.labels.tolist() == list(range(10))
-    assert check_outputs(_TwoInputs(), test, builtin("top1")) == 10
+    assert check_outputs(first_answers(_TwoInputs(), test), builtin("top1")) == 10
 
 
 def test_the_class_count_comes_from_the_model_output() -> None:
     test = stack_splits(_good_splits())["test"]
     with pytest.raises(UserError, match=r"samples 0\.\.7: the model's output for a batch of 8 is "
                                         r"\[8, 10, 1\]"):
-        check_outputs(_ThreeDimensional(), test, builtin("top1"))
+        check_outputs(first_answers(_ThreeDimensional(), test), builtin("top1"))

@@ -47,6 +47,7 @@ class TaskMetric:
     # (outputs, labels) of one batch -> (sum over the batch's units, units): summed over batches
     batch_sums: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
     finish: Callable[[float], float] = lambda mean: mean  # perplexity: exp of the mean
+    source: str = ""  # a metric function's source, for cache keys; "" for the built-ins
 
     @property
     def name(self) -> str:
@@ -137,20 +138,13 @@ def _user_batch(fn: Callable, spec: str) -> Callable[[torch.Tensor, torch.Tensor
     return batch_sums
 
 
-def task_sources(data: DataSection, base_dir: Path) -> list[str]:
-    """What the metric and the loss compute, for cache keys: a function's source (an edit to it
-    changes every figure it made), a built-in's name."""
-    out = []
-    for key, spec in (("data.metric", data.metric), ("data.loss", data.loss)):
-        if spec is None or spec in BUILTIN or spec in BUILTIN_LOSSES:
-            out.append(str(spec))
-            continue
-        fn = resolve_callable(spec, key, base_dir)
-        try:
-            out.append(inspect.getsource(fn))
-        except (OSError, TypeError):  # built at run time: its name is all there is
-            out.append(f"{spec} {getattr(fn, '__qualname__', '')}")
-    return out
+def _source(fn: Callable, spec: str) -> str:
+    """What a user's function computes, for cache keys: its source (an edit to it changes every
+    figure it made), or its name when it was built at run time."""
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return f"{spec} {getattr(fn, '__qualname__', '')}"
 
 
 def metric_of(data: DataSection, base_dir: Path) -> TaskMetric:
@@ -161,7 +155,7 @@ def metric_of(data: DataSection, base_dir: Path) -> TaskMetric:
     fn = resolve_callable(spec, "data.metric", base_dir)
     higher_is_better = data.higher_is_better
     info = MetricInfo(name=spec, higher_is_better=bool(higher_is_better), drop_scale=1)
-    return TaskMetric(info, "values", _user_batch(fn, spec))
+    return TaskMetric(info, "values", _user_batch(fn, spec), source=_source(fn, spec))
 
 
 # --- training losses: (outputs, labels, model inputs) -> a scalar tensor, as training.LossFn
@@ -184,6 +178,7 @@ BUILTIN_LOSSES = {"cross_entropy": cross_entropy, "mse": mse}
 class TaskLoss:
     name: str
     fn: Callable[..., torch.Tensor]  # (outputs, labels) -> scalar tensor
+    source: str = ""  # a loss function's source, for cache keys; "" for the built-ins
 
     def __call__(self, outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple = ()) -> torch.Tensor:
         return self.fn(outputs, labels)
@@ -203,5 +198,6 @@ def loss_of(data: DataSection, base_dir: Path) -> TaskLoss | None:
         return None
     if spec in BUILTIN_LOSSES:
         return TaskLoss(spec, BUILTIN_LOSSES[spec])
-    return TaskLoss(spec, resolve_callable(spec, "data.loss", base_dir))
+    fn = resolve_callable(spec, "data.loss", base_dir)
+    return TaskLoss(spec, fn, _source(fn, spec))
 

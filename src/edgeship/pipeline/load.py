@@ -4,6 +4,7 @@ plan, then the float model trained when the recipe says so (or taken from the st
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.plan import check_model
 from edgeship.pipeline.stages import StageNotes
 from edgeship.pipeline.values import Loaded
-from edgeship.metrics import TaskLoss, TaskMetric, task_sources
+from edgeship.metrics import TaskLoss, TaskMetric
 from edgeship.quantize.training import LossFn, TrainingDiverged, distillation_loss, train
 from edgeship.recipe import Recipe
 
@@ -67,9 +68,17 @@ def stack_splits(splits: Splits, labels: str = "classes") -> dict[str, Arrays]:
 _PROBE_BATCH = 8
 
 
-def _first_outputs(model: nn.Module, test: Arrays) -> tuple[torch.Tensor, str]:
+@dataclass(frozen=True)
+class FirstAnswers:
     """The model's output on the first test samples (the first item of a tuple, as evaluation
-    reads it), and where that is, for messages."""
+    reads it), their labels, and where they are, for messages."""
+
+    scores: torch.Tensor
+    labels: np.ndarray
+    where: str
+
+
+def first_answers(model: nn.Module, test: Arrays) -> FirstAnswers:
     n = min(len(test), _PROBE_BATCH)
     batch = tuple(torch.from_numpy(a[:n]) for a in test.inputs)
     where = f"data split 'test', samples 0..{n - 1}"
@@ -83,7 +92,7 @@ def _first_outputs(model: nn.Module, test: Arrays) -> tuple[torch.Tensor, str]:
     if not isinstance(scores, torch.Tensor):
         raise UserError(f"{where}: the model's output for a batch of {n} is {type(scores).__name__}; "
                         f"it must be a tensor (or a tuple whose first item is one)")
-    return scores, where
+    return FirstAnswers(scores, test.labels[:n], where)
 
 
 def _expected(metric: TaskMetric, labels: np.ndarray) -> tuple[int, str] | None:
@@ -96,11 +105,10 @@ def _expected(metric: TaskMetric, labels: np.ndarray) -> tuple[int, str] | None:
     return None  # any shape with the batch first
 
 
-def check_outputs(model: nn.Module, test: Arrays, metric: TaskMetric) -> int | None:
+def check_outputs(answers: FirstAnswers, metric: TaskMetric) -> int | None:
     """The model's outputs must be what `metric` reads: UserError saying what they are instead.
     Returns the classes (vocabulary) it scores, if it scores any."""
-    scores, where = _first_outputs(model, test)
-    labels = test.labels[:min(len(test), _PROBE_BATCH)]
+    scores, labels, where = answers.scores, answers.labels, answers.where
     expected, n = _expected(metric, labels), len(labels)
     fits = scores.ndim >= 1 and scores.shape[0] == n and (expected is None or (
         scores.ndim == expected[0] and scores.shape[-1] >= 1 and scores.shape[1:-1] == labels.shape[1:]))
@@ -113,14 +121,12 @@ def check_outputs(model: nn.Module, test: Arrays, metric: TaskMetric) -> int | N
     return int(scores.shape[-1]) if expected is not None and metric.name != "mse" else None
 
 
-def check_task(model: nn.Module, test: Arrays, metric: TaskMetric, loss: TaskLoss | None) -> None:
+def check_task(answers: FirstAnswers, metric: TaskMetric, loss: TaskLoss | None) -> None:
     """The metric and the loss on the first test samples: a user's function that fails says so
     here, in one line, not after training."""
-    scores, _ = _first_outputs(model, test)
-    labels = test.labels[:min(len(test), _PROBE_BATCH)]
-    metric.score(scores.numpy(), labels)
+    metric.score(answers.scores.numpy(), answers.labels)
     if loss is not None:
-        _check_loss(loss, scores, labels)
+        _check_loss(loss, answers.scores, answers.labels)
 
 
 def _check_loss(loss: TaskLoss, scores: torch.Tensor, labels: np.ndarray) -> None:
@@ -140,11 +146,12 @@ def checked_data(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: S
     format, shapes, finite inputs, labels the metric reads and within the model's classes."""
     arrays = stack_splits(splits, metric.labels)
     check_fit(model, examples, splits)
-    classes = check_outputs(model, arrays["test"], metric)
+    answers = first_answers(model, arrays["test"])
+    classes = check_outputs(answers, metric)
     if classes is not None:
         for name, split in arrays.items():
             check_labels(split, name, classes)
-    check_task(model, arrays["test"], metric, loss)
+    check_task(answers, metric, loss)
     return arrays
 
 
@@ -186,7 +193,7 @@ def load(ctx: RunContext) -> Loaded:
         float_teacher, qat_teacher = load_teachers(recipe, model, examples)
         data = [arrays[name] for name in ("train", "calibration", "test")]
         key = digest("float", ctx.env_key, recipe.model, recipe.data, recipe.seed,
-                     task_sources(recipe.data, recipe.base_dir),
+                     ctx.metric.source, ctx.loss.source if ctx.loss else None,
                      tensors_digest(model.state_dict()), model_source(model),
                      tensors_digest([a for d in data for a in (*d.inputs, d.labels)]),
                      *([teacher_digest(recipe, recipe.model.train.distillation.teacher)] if float_teacher else []))

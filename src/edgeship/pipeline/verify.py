@@ -135,7 +135,7 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
     with ctx.log.stage("verify") as notes, \
             ctx.progress.task("verify in each runtime", total=len(exported)) as advance:
         for name, made in exported.items():
-            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key, ctx.metric.name)
+            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
             found = ctx.cache.load_json("verify", key)
             with naming_target(name):
                 try:
