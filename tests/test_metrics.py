@@ -94,6 +94,15 @@ def test_budgets_and_distillation_must_fit_the_metric():
         parse_recipe(recipe, "r.toml", RECIPES)
 
 
+def test_a_recipe_of_another_metric_cannot_gate_a_report(tmp_path):
+    """The stored demo report is top1; the regression recipe's budgets are in mse."""
+    stored = Path(__file__).parent / "data" / "report-digits.json"
+    result = run_cli("gate", str(stored), "--recipe", str(RECIPES / "diabetes_regression.toml"))
+    assert result.code == 2, result.stderr[-2000:]
+    assert result.stderr.strip().endswith("diabetes_regression.toml: data.metric 'mse', but the report's "
+                                          "figures are 'top1': its budgets do not apply")
+
+
 def _regression(tmp_path: Path, **data) -> Path:
     (tmp_path / "fns.py").write_text(USER_FUNCTIONS)
     recipe = tomllib.loads((RECIPES / "diabetes_regression.toml").read_text())

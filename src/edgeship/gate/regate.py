@@ -23,7 +23,11 @@ class Regated:
 
 def regate(report: Report, recipe_path: Path | None = None, baseline: Report | None = None) -> Regated:
     if recipe_path is not None:
-        budgets, source = list(load_recipe(recipe_path).budgets), f"recipe {recipe_path}"
+        recipe = load_recipe(recipe_path)
+        if recipe.data.metric != report.metric.name:  # its budgets are in another metric's units
+            raise UserError(f"{recipe_path}: data.metric {recipe.data.metric!r}, but the report's "
+                            f"figures are {report.metric.name!r}: its budgets do not apply")
+        budgets, source = list(recipe.budgets), f"recipe {recipe_path}"
     else:
         budgets, source = budgets_of(report), "the report"
     check_scope(budgets, report, source)
