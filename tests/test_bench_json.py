@@ -81,7 +81,9 @@ def test_stats_are_numpys_on_the_samples_in_seconds(measured):
     assert entry["params"] == {"device": "local"} and entry["extra_info"]["peak_rss_mb"] > 0
     s = entry["stats"]
     seconds = np.asarray(bench.samples_ms) / 1e3
-    assert s["data"] == pytest.approx(seconds.tolist(), rel=1e-15)
+    assert "data" not in s  # pytest-benchmark's default: --benchmark-save-data adds it
+    data = to_pytest_benchmark(measured, with_data=True)["benchmarks"][0]["stats"]["data"]
+    assert data == pytest.approx(seconds.tolist(), rel=1e-15)
     assert s["rounds"] == len(seconds) and s["iterations"] == 1
     for key, value in {"min": seconds.min(), "max": seconds.max(), "mean": seconds.mean(),
                        "median": np.median(seconds), "stddev": seconds.std(ddof=1),
@@ -187,28 +189,45 @@ def test_report_without_samples_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
-def _with_p50(report: Report, target: str, p50: float, peak_rss_mb: float) -> None:
+def _with_p50(report: Report, target: str, p50: float, peak_rss_mb: float, *, samples: int = 0,
+              spread: float = 0.05, seed: int = 0) -> None:
+    """Sets a benchmark's p50 and peak RSS, and `samples` raw samples around that p50."""
     bench = report.artifact(target).benchmarks[0]
     bench.latency_ms = Latency(min=p50, p50=p50, p90=p50, p99=p50, mean=p50, stdev=0.0)
     bench.peak_rss_mb = peak_rss_mb
+    drawn = p50 * np.random.default_rng(seed).lognormal(0, spread, samples)
+    bench.samples_ms = (drawn * p50 / np.median(drawn)).tolist() if samples else []
 
 
 def test_int8_slower_than_its_twin_is_said_plainly():
     report = load_report(DATA / "report-digits.json")
-    _with_p50(report, "onnx-int8", 0.025, 66.0)
-    _with_p50(report, "onnx-fp32", 0.017, 60.0)
-    line = "onnx-int8 is 1.47x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms)"
-    assert int8_slower(report) == [line]  # the stored run's other int8 artifacts are faster
+    _with_p50(report, "onnx-int8", 0.025, 66.0, samples=5000)
+    _with_p50(report, "onnx-fp32", 0.017, 60.0, samples=5000, seed=1)
+    (line,) = int8_slower(report)  # the stored run's other int8 artifacts are faster
+    assert line.startswith("onnx-int8 is 1.47x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms, "
+                           "95% CI 1.4") and line.endswith(")")
     assert f"- ⚠️ {line}" in markdown(report).splitlines()
     attach_fp32_ratios({a.target: a for a in report.artifacts})
     ratios = report.artifact("onnx-int8").benchmarks[0].vs_fp32
     assert ratios == {"latency_p50_ratio": pytest.approx(0.025 / 0.017),
-                      "peak_rss_ratio": pytest.approx(66.0 / 60.0)}
+                      "peak_rss_ratio": pytest.approx(66.0 / 60.0), "latency": "slower",
+                      "latency_p50_ratio_ci95": [pytest.approx(1.47, abs=0.01)] * 2}
     fbgemm = report.artifact("torchscript-fbgemm").benchmarks[0].vs_fp32
     assert fbgemm["latency_p50_ratio"] == pytest.approx(0.043354 / 0.144093)  # faster: no sentence
     assert report.artifact("onnx-fp32").benchmarks[0].vs_fp32 is None  # fp32 has no twin but itself
     entries = {b["name"]: b for b in to_pytest_benchmark(_samples_from_latency(report))["benchmarks"]}
     assert entries["onnx-int8[local]"]["extra_info"]["vs_fp32"] == ratios
+
+
+def test_int8_slower_within_the_noise_is_not_said():
+    report = load_report(DATA / "report-digits.json")
+    _with_p50(report, "onnx-int8", 0.0204, 60.0, samples=200, spread=0.3)  # 1.02x, a wide spread
+    _with_p50(report, "onnx-fp32", 0.0200, 60.0, samples=200, spread=0.3, seed=1)
+    assert int8_slower(report) == []
+    _with_p50(report, "onnx-int8", 0.0204, 60.0)  # no samples (an older report): said, untested
+    _with_p50(report, "onnx-fp32", 0.0200, 60.0)
+    assert int8_slower(report) == ["onnx-int8 is 1.02x slower than onnx-fp32 on local (p50 0.020 vs "
+                                   "0.020 ms, not tested against noise: no raw samples)"]
 
 
 def test_no_ratio_without_the_twin_measured_on_that_device():
@@ -231,3 +250,37 @@ def test_stats_refuse_no_samples():
     with pytest.raises(ValueError):
         stats_seconds([])
     assert math.isclose(stats_seconds([2.0])["median"], 0.002)
+
+
+def test_repetitions_run_fresh_processes_and_report_their_spread(tmp_path):
+    """`repetitions = 3`: three runner processes for one artifact, their samples together, each
+    one's median kept, and a line saying how far apart they were."""
+    from edgeship.devices.profile import BenchmarkSettings, DeviceProfile
+    from edgeship.formats.artifact import ExportedArtifact
+    from edgeship.pipeline.benchmark import benchmark_device
+    from edgeship.progress import Progress
+    from edgeship.report.writers import between_processes
+    from edgeship.targets import get_target
+
+    path = tmp_path / "torchscript-fp32.pt"
+    example = torch.randn(1, 8)
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(8, 4).eval(), example), path)
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input_0=example.numpy())
+    settings = BenchmarkSettings(warmup_iterations=2, min_iterations=50, min_seconds=0.05,
+                                 repetitions=3, cooldown_seconds=0.1)
+    profile = DeviceProfile.model_validate({"name": "local", "arch": "auto", "transport": {"kind": "local"},
+                                            "runtimes": ["torchscript"], "int8_engines": ["fbgemm"]})
+    target = get_target("torchscript-fp32")
+    (bench,) = benchmark_device(profile, settings, [(target, ExportedArtifact(path, (path,)))], inputs,
+                                Progress(None, enabled=False)).values()
+    assert bench.status == "ok" and len(bench.process_p50_ms) == 3
+    assert bench.iterations == len(bench.samples_ms) >= 150
+    assert bench.latency_ms.p50 == pytest.approx(np.median(bench.samples_ms))
+    report = Report(edgeship_version=__version__, recipe_name="tiny", recipe_sha256="0" * 64,
+                    environment=environment(),
+                    artifacts=[Artifact(target="torchscript-fp32", format="torchscript", engine="torch",
+                                        precision="fp32", status="ok", path=path.name,
+                                        size_bytes=path.stat().st_size, benchmarks=[bench])])
+    (line,) = between_processes(report)
+    assert line.startswith("torchscript-fp32 on local: p50 of 3 processes ") and "spread" in line

@@ -7,15 +7,20 @@ import doctest
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
+from edgeship.benchmarks.stats import latency_summary, median_ratio
 from edgeship.errors import UserError
 from edgeship import regression as expressions
 from edgeship.gate.budgets import Outcome, checks, evaluate
 from edgeship.recipe import Budget, parse_recipe
 from edgeship.report import compare as diff
 from edgeship.report import plots
-from edgeship.report.schema import Report
+from edgeship.report.load import load_report
+from edgeship.report.publish import publish
+from edgeship.report.schema import Latency, Report
 from support import demo_recipe, run_cli, write_recipe
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
@@ -170,18 +175,72 @@ def test_a_baseline_without_the_targets_or_devices_names_them():
     assert len(message.splitlines()) == 1
 
 
-def test_compare_ratios_and_noise_rule():
-    b = changed(onnx_int8=grow(1.10), torchscript_fbgemm=slow(2.0))
-    comparison = diff.compare(stored(), b)
-    by_target = {t.target: t for t in comparison.targets}
-    assert by_target["onnx-int8"].size_bytes.ratio == pytest.approx(1.10, abs=1e-5)
+def with_samples(report: Report, seed: int = 0, n: int = 20_000) -> Report:
+    """Raw samples for each benchmark of a report that has none (the stored one predates them),
+    shaped like a runner's: a narrow peak at the p50 and a few multi-millisecond outliers."""
+    rng = np.random.default_rng(seed)
+    for bench in (b for a in report.artifacts for b in a.benchmarks if b.latency_ms):
+        samples = bench.latency_ms.p50 * rng.lognormal(0, 0.05, n)
+        samples[rng.choice(n, 40, replace=False)] += rng.uniform(4, 8, 40)
+        bench.samples_ms = samples.tolist()
+        bench.latency_ms = Latency(**latency_summary(bench.samples_ms))
+    return report
+
+
+def shift(ms: float = 0.0, factor: float = 1.0):
+    """A change of an artifact: every latency sample times `factor`, plus `ms`."""
+    def change(a):
+        bench = a.benchmarks[0]
+        bench.samples_ms = [s * factor + ms for s in bench.samples_ms]
+        bench.latency_ms = Latency(**latency_summary(bench.samples_ms))
+    return change
+
+
+def sampled(seed: int = 0, **artifact_changes) -> Report:
+    report = with_samples(stored(), seed)
+    for target, change in artifact_changes.items():
+        change(report.artifact(target.replace("_", "-")))
+    return report
+
+
+def test_the_latency_test_reads_the_samples_not_the_stdev():
+    # The issue's case: 0.2 ms added to each sample of one artifact. Forty outliers make the
+    # stdev larger than the whole shift; the old rule (|Δp50| > max stdev) called it noise.
+    a, b = sampled(0), sampled(1, torchscript_fbgemm=shift(ms=0.2), onnx_int8=grow(1.10))
+    by_target = {t.target: t for t in diff.compare(a, b).targets}
     fbgemm = by_target["torchscript-fbgemm"].devices[0]
-    lat = stored().artifact("torchscript-fbgemm").benchmarks[0].latency_ms
-    assert fbgemm.p50_ms.ratio == pytest.approx(2.0) and fbgemm.noise_ms == lat.stdev
-    assert fbgemm.beyond_noise is (lat.p50 > lat.stdev)  # the median doubled: 0.043 ms > stdev 0.0075
-    same = {t.target: t for t in diff.compare(stored(), stored()).targets}
-    assert not any(d.beyond_noise for t in same.values() for d in t.devices)
-    assert by_target["onnx-int8"].devices[0].beyond_noise is False  # only the size changed
+    assert fbgemm.p50_ms.delta == pytest.approx(0.2, rel=0.02)
+    assert b.artifact("torchscript-fbgemm").benchmarks[0].latency_ms.stdev > 0.2
+    assert fbgemm.verdict == "slower" and fbgemm.p50_test.low > 5
+    assert by_target["onnx-int8"].devices[0].verdict == "no change"  # only the size changed
+    ten = diff.compare(a, sampled(1, executorch_xnnpack=shift(factor=1.10))).targets
+    xnnpack = next(t for t in ten if t.target == "executorch-xnnpack").devices[0]
+    assert xnnpack.verdict == "slower" and 1.09 < xnnpack.p50_test.low < 1.10 < xnnpack.p50_test.high
+    faster = diff.compare(a, sampled(1, executorch_xnnpack=shift(factor=0.9))).targets
+    assert next(t for t in faster if t.target == "executorch-xnnpack").devices[0].verdict == "faster"
+    same = diff.compare(a, a).targets
+    assert {d.verdict for t in same for d in t.devices} == {"no change"}
+
+
+def test_no_samples_no_verdict():
+    comparison = diff.compare(stored(), changed(torchscript_fbgemm=slow(2.0)))
+    fbgemm = next(t for t in comparison.targets if t.target == "torchscript-fbgemm").devices[0]
+    assert fbgemm.p50_ms.ratio == pytest.approx(2.0) and fbgemm.verdict is None
+
+
+def test_the_exact_bootstrap_of_the_median_matches_resampling():
+    """The interval drawn from the exact distribution of a resample's median agrees with plain
+    resampling (scipy's bootstrap, percentile method) on skewed data of an odd and an even size."""
+    rng = np.random.default_rng(7)
+    for n in (401, 400):
+        a, b = rng.lognormal(0, 0.3, n), 1.05 * rng.lognormal(0, 0.3, n)
+        ours = median_ratio(a, b)
+        theirs = scipy_stats.bootstrap((a, b), lambda x, y: np.median(y) / np.median(x),
+                                       method="percentile", n_resamples=20_000, random_state=1,
+                                       vectorized=False).confidence_interval
+        assert ours.low == pytest.approx(theirs.low, abs=0.01)
+        assert ours.high == pytest.approx(theirs.high, abs=0.01)
+        assert ours.ratio == pytest.approx(np.median(b) / np.median(a))
 
 
 def test_compare_notes_what_the_table_cannot_show():
@@ -267,8 +326,95 @@ def test_cli_compare(tmp_path):
     line = next(x for x in result.stdout.splitlines() if "onnx-int8 " in x)
     size = stored().artifact("onnx-int8").size_bytes
     assert f"{size} → {round(size * 1.1)}" in line and "1.100x" in line
-    assert "beyond noise: |p50 B − p50 A| > max(stdev A, stdev B)" in result.stdout
+    rows = [x for x in result.stdout.splitlines() if " local " in x]
+    assert len(rows) == 7 and all("— (no samples)" in x for x in rows)  # the stored one has none
     assert run_cli("compare", str(STORED), str(tmp_path / "missing.json")).code == 2
+
+
+def _published(folder: Path, report: Report, name: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    return publish(report, [], [], folder, json_name=name)[0]
+
+
+def test_cli_compare_fails_on_a_regression_the_samples_show(tmp_path):
+    a = _published(tmp_path, sampled(0), "a.json")
+    slower = _published(tmp_path, sampled(1, torchscript_fbgemm=shift(ms=0.2)), "b.json")
+    result = run_cli("compare", str(a), str(slower), "--fail-on", "median:5%")
+    assert result.code == 1, result.stdout + result.stderr
+    rows = {x.split()[0]: x.split() for x in result.stdout.splitlines() if " local " in x}
+    assert rows["torchscript-fbgemm"][5:7] == ["5.614x", "5.608–5.619"]  # 0.043 → 0.243 ms
+    assert rows["torchscript-fbgemm"][7] == "slower"
+    assert "regression: torchscript-fbgemm on local: median 0.24" in result.stdout
+    same = run_cli("compare", str(a), str(a), "--fail-on", "median:5%")
+    assert same.code == 0, same.stdout + same.stderr
+    rows = [x for x in same.stdout.splitlines() if " local " in x]
+    assert len(rows) == 7 and all("no change" in x for x in rows)
+    assert "--fail-on: all 7 checks passed" in same.stdout
+
+
+def test_cli_compare_fits_100_columns_and_speaks_md_and_json(tmp_path):
+    a_report, b_report = sampled(0), sampled(1, executorch_xnnpack=shift(factor=1.10))
+    for report in (a_report, b_report):  # the longest device name shipped
+        report.devices = [report.devices[0].model_copy(update={"name": "android-arm64"})]
+        for artifact in report.artifacts:
+            artifact.benchmarks[0].device = "android-arm64"
+    a, b = _published(tmp_path, a_report, "a.json"), _published(tmp_path, b_report, "b.json")
+    env_columns = run_cli("compare", str(a), str(b), "--fail-on", "median:5%")
+    assert env_columns.code == 1
+    lines = env_columns.stdout.splitlines()
+    table = [x for x in lines if x.startswith(("torchscript", "onnx", "executorch"))]
+    assert len(table) == 14 and max(map(len, table)) <= 100 and "…" not in env_columns.stdout
+    md = run_cli("compare", str(a), str(b), "--format", "md")
+    assert md.code == 0 and "| executorch-xnnpack | android-arm64 | " in md.stdout
+    assert "| slower |" in md.stdout and md.stdout.startswith("# edgeship compare: digits-cnn")
+    data = json.loads(run_cli("compare", str(a), str(b), "--format", "json", "--fail-on",
+                              "median:5%").stdout)
+    xnnpack = next(t for t in data["targets"] if t["target"] == "executorch-xnnpack")["devices"][0]
+    assert xnnpack["verdict"] == "slower" and 1.09 < xnnpack["p50_test"]["low"] < 1.10
+    assert [c["target"] for c in data["checks"] if not c["passed"]] == ["executorch-xnnpack"]
+
+
+def test_cli_compare_refuses_a_bad_fail_on_expression(tmp_path):
+    result = run_cli("compare", str(STORED), str(STORED), "--fail-on", "median:fast")
+    assert result.code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --fail-on: not a 'metric:amount' expression in 'median:fast'")
+
+
+def test_samples_live_beside_the_report(tmp_path):
+    report = sampled(0)
+    path = _published(tmp_path, report, "report.json")
+    stored_json = json.loads(path.read_text())
+    assert stored_json["samples_file"] == "report.samples.npz"
+    assert all(b["samples_ms"] == [] and b["samples_key"] for a in stored_json["artifacts"]
+               for b in a["benchmarks"])
+    assert path.stat().st_size < 40_000  # 7 x 20,000 samples are in the archive
+    again = load_report(path)
+    for before, after in zip(report.artifacts, again.artifacts, strict=True):
+        assert after.benchmarks[0].samples_ms == before.benchmarks[0].samples_ms
+    (tmp_path / "report.samples.npz").unlink()  # a report copied without its samples: no verdict
+    assert load_report(path).artifacts[0].benchmarks[0].samples_ms == []
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda p: p.write_bytes(b"not a zip"), "report.samples.npz: not a samples archive numpy can read"),
+    (lambda p: np.savez(p, other=np.ones(3)), "report.samples.npz: has no samples 'a0b0'"),
+])
+def test_a_damaged_samples_file_is_bad_input(tmp_path, damage, expected):
+    path = _published(tmp_path, sampled(0), "report.json")
+    damage(tmp_path / "report.samples.npz")
+    result = run_cli("compare", str(path), str(path))
+    assert result.code == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert expected in line, line
+
+
+def test_a_samples_file_outside_the_reports_folder_is_refused(tmp_path):
+    report = stored()
+    report.samples_file = "../elsewhere.npz"
+    result = run_cli("gate", str(_write(tmp_path, report, "report.json")))
+    assert result.code == 2
+    assert "samples_file '../elsewhere.npz': must name a file beside the report" in result.stderr
 
 
 def _stored_with(change) -> str:

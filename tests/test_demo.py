@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support import demo_recipe, run_cli, write_recipe
@@ -57,6 +58,19 @@ def test_report_follows_the_contract(demo_run):
         assert bench["iterations"] >= 20
         assert bench["load_ms"] > 0 and bench["first_inference_ms"] > 0
         assert bench["peak_rss_mb"] > 10 and bench["rss_delta_mb"] is not None
+        assert bench["samples_ms"] == [] and bench["samples_key"]  # in the archive beside it
+
+
+def test_raw_samples_are_beside_the_report_not_in_it(demo_run):
+    report = demo_run.report()
+    assert report["samples_file"] == "report.samples.npz"
+    assert (demo_run.out / "report.json").stat().st_size < 200_000
+    with np.load(demo_run.out / "report.samples.npz") as archive:
+        for a in report["artifacts"]:
+            (bench,) = a["benchmarks"]
+            samples = archive[bench["samples_key"]]
+            assert len(samples) == bench["iterations"]
+            assert np.median(samples) == pytest.approx(bench["latency_ms"]["p50"], rel=1e-9)
 
 
 def test_accuracy_is_kept_in_every_runtime(demo_run):

@@ -12,6 +12,7 @@ import torch
 
 from edgeship.benchmarks.stats import latency_summary
 from edgeship.devices.transports import RUNNER
+from edgeship.environment import environment
 from support import bench_args
 
 
@@ -55,6 +56,14 @@ def test_bench_runs_until_count_and_time(artifact):
     assert len(result["warmup_ms"]) == 3
     assert result["peak_rss_mb"] >= result["rss_before_load_mb"] > 0
     assert result["threads"] == 1 and result["cpu_affinity"]
+    # the machine as the runner saw it: here the host, so the host's own facts
+    host = environment()["host"]
+    machine = result["system"]
+    assert machine["cpu"] == host["cpu"] and machine["int8_isa"] == host["int8_isa"]
+    assert machine["arch"] == host["arch"] and machine["cpus"] == result["cpu_affinity"]
+    for state in (machine["before"], machine["after"]):  # each part empty where not readable
+        assert set(state) == {"governor", "mhz", "celsius"}
+        assert all(-40 < c < 150 for c in state["celsius"].values())
 
 
 def test_bench_that_runs_out_of_time_is_not_valid(artifact):

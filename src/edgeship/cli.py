@@ -12,6 +12,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -23,12 +24,14 @@ from rich.table import Table
 
 from edgeship.devices.profile import load_profile, shipped_profiles
 from edgeship.errors import (RUN_FOLDER_NOTE, STAGE_NOTE, TARGET_NOTE, EdgeshipError, ExitCode,
-                             Interrupted, noted)
+                             Interrupted, UserError, noted)
 from edgeship.fileio import write_atomic
 from edgeship.gate.regate import regate
+from edgeship.regression import parse as parse_regression
 from edgeship.progress import Progress
 from edgeship.recipe import load_recipe, parse_recipe_text
 from edgeship.report import compare as diff
+from edgeship.report import compare_view
 from edgeship.report.console import print_console, print_verdict
 from edgeship.report.load import load_report
 from edgeship.report.pytest_json import write_pytest_benchmark
@@ -131,22 +134,42 @@ def gate(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="rep
     raise typer.Exit(result.report.exit_code)
 
 
+class CompareFormat(str, Enum):
+    TEXT = "text"
+    MD = "md"
+    JSON = "json"
+
+
 @app.command()
 def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json before.")],
-            b: Annotated[Path, typer.Argument(metavar="B", help="report.json after.")]) -> None:
+            b: Annotated[Path, typer.Argument(metavar="B", help="report.json after.")],
+            fail_on: Annotated[list[str] | None, typer.Option(
+                "--fail-on", metavar="EXPR",
+                help="Exit 1 when B regressed past this against A, by the gate's max_regression "
+                     "rules: median:5%, p90:0.2ms, size:2%, peak_rss:10%, accuracy:-0.5. "
+                     "Repeatable.")] = None,
+            output: Annotated[CompareFormat, typer.Option(
+                "--format", help="text (tables), md (Markdown, e.g. for $GITHUB_STEP_SUMMARY) "
+                                 "or json.")] = CompareFormat.TEXT) -> None:
     """What changed from report A to report B: sizes, accuracies, latencies per device (B/A),
-    and whether each latency change is beyond the noise the runs themselves show."""
-    comparison = diff.compare(load_report(a), load_report(b))
-    table = Table(title=escape(f"edgeship compare · A {a} → B {b}"), title_justify="left")
-    for h in diff.headers(comparison):
-        table.add_column(escape(h), justify="left" if h in ("target", "device") else "right", no_wrap=True)
-    for row in diff.rows(comparison):
-        table.add_row(*map(escape, row))
-    wide = Console(width=None if sys.stdout.isatty() else 200)  # 12 columns: no truncation in CI logs
-    wide.print(table)
-    for note in diff.notes(comparison):
-        stdout.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
-    stdout.print("beyond noise: |p50 B − p50 A| > max(stdev A, stdev B), in ms", highlight=False)
+    and whether each latency changed, tested on the runs' raw samples."""
+    for text in fail_on or []:
+        try:
+            parse_regression(text)
+        except ValueError as e:
+            raise UserError(f"--fail-on: {e}") from None
+    old, new = load_report(a), load_report(b)
+    comparison = diff.compare(old, new)
+    checks = diff.regressions(old, new, fail_on) if fail_on else []
+    if output is CompareFormat.JSON:
+        sys.stdout.write(compare_view.as_json(comparison, checks))
+    elif output is CompareFormat.MD:
+        sys.stdout.write(compare_view.markdown(comparison, checks))
+    else:
+        compare_view.print_text(comparison, checks, Console(width=None if sys.stdout.isatty() else 100),
+                                f"edgeship compare · A {a} → B {b}")
+    failed = compare_view.failed_lines(checks)
+    raise typer.Exit(ExitCode.BUDGET_FAILED if failed else ExitCode.PASSED)
 
 
 @app.command()
@@ -154,10 +177,13 @@ def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="re
           benchmark_json: Annotated[Path, typer.Option(
               "--benchmark-json", metavar="PATH",
               help="Write the report's benchmarks here in pytest-benchmark's JSON schema (read by "
-                   "`pytest-benchmark compare` and --benchmark-compare).")]) -> None:
+                   "`pytest-benchmark compare` and --benchmark-compare).")],
+          save_data: Annotated[bool, typer.Option(
+              "--benchmark-save-data", help="Also write every raw sample (stats.data), as "
+                                            "pytest-benchmark's option of that name.")] = False) -> None:
     """Export a report's benchmarks as pytest-benchmark JSON: one entry per artifact and device,
     stats in seconds from the runner's raw samples."""
-    count = write_pytest_benchmark(load_report(report_path), benchmark_json)
+    count = write_pytest_benchmark(load_report(report_path), benchmark_json, with_data=save_data)
     stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True,
                  markup=False)
 
@@ -205,7 +231,8 @@ def devices_check(name: Annotated[str, typer.Argument(help="Profile name or path
     memory = f"{facts['memory_mb']} MB" if facts["memory_mb"] else "unknown"
     stdout.print(f"{profile.name}: Python {facts['python']} ({facts['executable']}), "
                  f"{facts['system']} {facts['machine']}, {facts['cpu_count']} CPUs "
-                 f"({facts['cpu'] or 'model unknown'}), memory {memory}", highlight=False, markup=False)
+                 f"({facts['cpu'] or 'model unknown'}), memory {memory}, int8 ISA "
+                 f"{' '.join(facts.get('int8_isa') or []) or 'none'}", highlight=False, markup=False)
     for package, version in facts["packages"].items():
         error = facts["import_errors"].get(package)
         stdout.print(f"  {package:12} {version or 'missing' + (f' ({error})' if error else '')}",

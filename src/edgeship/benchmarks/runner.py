@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2  # 2: the device's CPU and thermal state in a bench result (`system`)
 
 
 class BadArtifact(Exception):
@@ -239,8 +239,57 @@ def milliseconds_of(call) -> tuple[object, float]:
     return result, (time.perf_counter_ns() - t0) / 1e6
 
 
+# The CPU features int8 kernels choose their code paths by (edgeship.environment.INT8_ISA_FLAGS;
+# the runner imports nothing of edgeship): x86 VNNI/AMX multiply int8 pairs without 16-bit
+# saturation, ARM's dot-product and i8mm instructions likewise.
+INT8_ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+                  "asimddp", "i8mm", "sve")
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cpu_facts() -> dict:
+    """The CPU model and its int8 ISA flags, from /proc/cpuinfo (x86 `flags`, ARM `Features`)."""
+    model, flags = None, set()
+    for line in (read_text("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Hardware") and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return {"cpu": model or platform.processor() or platform.machine(), "arch": platform.machine(),
+            "cores": os.cpu_count(), "int8_isa": sorted(flags & set(INT8_ISA_FLAGS))}
+
+
+def thermal_state(cpus: list[int]) -> dict:
+    """What can skew a timing, where the kernel lets it be read (a VM often shows none): each
+    CPU's frequency governor and current MHz, and every thermal zone's temperature."""
+    governor, mhz, celsius = {}, {}, {}
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/"
+        if (value := read_text(base + "scaling_governor")) is not None:
+            governor[str(cpu)] = value
+        if (value := read_text(base + "scaling_cur_freq")) and value.isdigit():
+            mhz[str(cpu)] = int(value) / 1000
+    zones = "/sys/class/thermal"
+    for zone in sorted(os.listdir(zones)) if os.path.isdir(zones) else []:
+        temp = read_text(f"{zones}/{zone}/temp")
+        if zone.startswith("thermal_zone") and temp and temp.lstrip("-").isdigit():
+            celsius[f"{read_text(f'{zones}/{zone}/type') or zone}:{zone}"] = int(temp) / 1000
+    return {"governor": governor, "mhz": mhz, "celsius": celsius}
+
+
 def bench(args) -> dict:
     affinity = apply_affinity(args.cpus)
+    cpus = affinity or (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [])
+    before = thermal_state(cpus)
     inputs_np = read_inputs(args.inputs)
     rss_before_load = rss_bytes()
     model, load_ms = milliseconds_of(lambda: load(args.artifact, args.engine, args.threads))
@@ -259,6 +308,7 @@ def bench(args) -> dict:
         "rss_end_mb": rss_end / 1e6,
         "rss_delta_mb": (rss_end - rss_before_load) / 1e6,
         "threads": args.threads, "cpu_affinity": affinity, "runtime": model.runtime,
+        "system": {**cpu_facts(), "cpus": cpus, "before": before, "after": thermal_state(cpus)},
     }
 
 

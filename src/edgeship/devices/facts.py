@@ -3,6 +3,7 @@ for each format and target what it lacks. Read by `edgeship devices check` throu
 
 from __future__ import annotations
 
+from edgeship.environment import INT8_ISA_FLAGS
 from edgeship.formats import FORMATS, spec_for
 from edgeship.targets import TARGETS
 
@@ -28,15 +29,18 @@ engines = []
 if packages["torch"]:
     import torch
     engines = list(torch.backends.quantized.supported_engines)
-cpu = None
+cpu, flags = None, set()
 try:
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.split(":")[0].strip() in ("model name", "Hardware"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware") and cpu is None:
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
 except OSError:
     pass
+int8_isa = sorted(flags & set(%(INT8_ISA_FLAGS)r))
 try:
     memory_mb = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e6)
 except (ValueError, OSError):
@@ -45,8 +49,9 @@ print(json.dumps({"python": platform.python_version(), "executable": sys.executa
                   "machine": platform.machine(), "system": platform.system(),
                   "release": platform.release(), "cpu": cpu or platform.processor() or None,
                   "cpu_count": os.cpu_count(), "memory_mb": memory_mb, "packages": packages,
-                  "import_errors": errors, "torch_quantized_engines": engines}))
-"""
+                  "import_errors": errors, "torch_quantized_engines": engines,
+                  "int8_isa": int8_isa}))
+""" % {"INT8_ISA_FLAGS": INT8_ISA_FLAGS}
 
 def with_missing(facts: dict) -> dict:
     """Adds, for each format and each target, what the device lacks to run it ([] = runnable):

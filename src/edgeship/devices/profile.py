@@ -30,6 +30,11 @@ class BenchmarkSettings(Section):
     min_iterations: int = Field(100, ge=1, le=1_000_000_000, description="Timed runs, at least.")
     min_seconds: float = Field(1.0, ge=0, le=3600, description="Seconds of timed runs, at least.")
     timeout_seconds: float = Field(120.0, gt=0, le=86400, description="Kill a measurement after this.")
+    repetitions: int = Field(1, ge=1, le=100, description="Fresh runner processes per artifact, one "
+                                                          "after another; the report gives the spread "
+                                                          "between them beside the spread within one.")
+    cooldown_seconds: float = Field(0.0, ge=0, le=600, description="Pause before each repetition "
+                                                                   "after the first.")
 
     def overridden(self, overrides: BenchmarkOverrides) -> BenchmarkSettings:
         """These settings with the recipe's overrides (the fields it sets) put in."""

@@ -201,7 +201,7 @@ def _absolute(index: int, name: str, limit: float, artifact: Artifact, bench: Be
 
 def _change(rule: Regression, value: float, base: float, metric: MetricInfo) -> str:
     if rule.metric is Metric.ACCURACY:
-        return f"{-metric.worsening(base, value):{'+.2f' if metric.drop_scale == 100 else '+.4g'}} {metric.drop_unit}"
+        return f"{metric.format_drop(-metric.worsening(base, value))} {metric.drop_unit}"
     if rule.unit == "%":
         pct = (value / base - 1) * 100 if base else (math.inf if value > base else 0.0)
         return f"{pct:+.1f}%"

@@ -8,6 +8,7 @@ from edgeship.formats import spec_for
 from edgeship.pipeline.plan import Device, Plan
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.values import Converted, Exported, FloatModel, Source, Verified
+from edgeship.report.compare import latency_test
 from edgeship.report.schema import Artifact, Benchmark, DeviceFacts, Int8Share, QuantizationDetails
 from edgeship.report.writers import twin_benchmark
 from edgeship.targets import Flow, Target
@@ -64,7 +65,9 @@ def int8_share(measured: dict, quantization: QuantizationDetails | None) -> Int8
 
 def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
     """Sets each int8 benchmark's `vs_fp32`: its latency p50 and peak RSS over those of its fp32
-    twin on the same device (> 1: int8 is slower or bigger). None where either was not measured."""
+    twin on the same device (> 1: int8 is slower or bigger), the median ratio's 95% interval from
+    the raw samples and its verdict (slower, faster, no change). None where either was not
+    measured."""
     artifacts = list(records.values())
     for record in artifacts:
         for bench in record.benchmarks:
@@ -72,8 +75,11 @@ def attach_fp32_ratios(records: dict[str, Artifact]) -> None:
             if base is None or not (bench.latency_ms and base.latency_ms and base.latency_ms.p50):
                 continue
             rss = bench.peak_rss_mb / base.peak_rss_mb if bench.peak_rss_mb and base.peak_rss_mb else None
+            test = latency_test(base, bench)
             bench.vs_fp32 = {"latency_p50_ratio": bench.latency_ms.p50 / base.latency_ms.p50,
-                             "peak_rss_ratio": rss}
+                             "peak_rss_ratio": rss,
+                             "latency_p50_ratio_ci95": [test.low, test.high] if test else None,
+                             "latency": test.verdict if test else None}
 
 
 def sources(plan: Plan, float_model: FloatModel, converted: dict[Flow, Converted],

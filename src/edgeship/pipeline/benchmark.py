@@ -5,12 +5,14 @@ its own results and the others go on."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgeship.benchmarks.runner import RUNNER_VERSION
 from edgeship.benchmarks.stats import latency_summary
 from edgeship.devices.profile import BenchmarkSettings, DeviceProfile
 from edgeship.devices.transports import DeviceTransport, RunnerCall, RunnerFailed, transport_for
@@ -35,6 +37,23 @@ def _skip_reason(profile: DeviceProfile, target: Target) -> str | None:
     return None
 
 
+def merged(results: list[dict]) -> dict:
+    """Runner results of one artifact from several fresh processes as one: the samples of all, in
+    order; load and first inference of the first (the cold start); the worst peak RSS; valid only
+    when every process was; and each process's own median (`process_p50_ms`)."""
+    first, last = results[0], results[-1]
+    if len(results) == 1:
+        return first
+    samples = [s for r in results for s in r["samples_ms"]]
+    reasons = [f"process {i + 1}: {why}" for i, r in enumerate(results) for why in r["invalid_reasons"]]
+    system = {**first.get("system", {}), "after": last.get("system", {}).get("after", {})}
+    return {**first, "samples_ms": samples, "iterations": len(samples),
+            "seconds": sum(r["seconds"] for r in results), "valid": all(r["valid"] for r in results),
+            "invalid_reasons": reasons, "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+            "rss_delta_mb": max(r["rss_delta_mb"] for r in results), "system": system,
+            "process_p50_ms": [float(np.median(r["samples_ms"])) for r in results]}
+
+
 def to_benchmark(device: str, result: dict) -> Benchmark:
     return Benchmark(
         device=device, status="ok", latency_ms=Latency(**latency_summary(result["samples_ms"])),
@@ -43,7 +62,8 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
         first_inference_ms=result["first_inference_ms"], peak_rss_mb=result["peak_rss_mb"],
         rss_delta_mb=result["rss_delta_mb"], threads=result["threads"],
         cpu_affinity=result["cpu_affinity"], runtime=result["runtime"],
-        samples_ms=result["samples_ms"])
+        system=result.get("system", {}), samples_ms=result["samples_ms"],
+        process_p50_ms=result.get("process_p50_ms"))
 
 
 @dataclass(frozen=True)
@@ -59,14 +79,20 @@ class _Measurement:
 
     def measure(self, target: Target, artifact: ExportedArtifact) -> Benchmark:
         """Cached, or run on the device; RunnerFailed when the runner gave no result."""
-        key = digest("benchmark", self.key_base, sha256_file(artifact.path), self.profile, self.settings)
+        key = digest("benchmark", RUNNER_VERSION, self.key_base, sha256_file(artifact.path),
+                     self.profile, self.settings)
         found = self.cache.load_json("benchmark", key) if self.cache is not None else None
         if found is not None:
             return Benchmark(**{**found, "cached": True})
         args = self.settings.runner_args() + spec_for(target.format).runner_args(target)
         call = RunnerCall("bench", artifact.path, artifact.files, self.inputs_npz, args,
                           timeout_seconds=self.settings.timeout_seconds)
-        result = to_benchmark(self.profile.name, self.transport.run(call))
+        runs = []
+        for repetition in range(self.settings.repetitions):
+            if repetition and self.settings.cooldown_seconds:
+                time.sleep(self.settings.cooldown_seconds)
+            runs.append(self.transport.run(call))
+        result = to_benchmark(self.profile.name, merged(runs))
         if self.cache is not None:
             self.cache.store_json("benchmark", key, result.model_dump(mode="json"))
         return result

@@ -30,7 +30,7 @@ LOCK = ".edgeship-lock"
 CACHE_DIR = ".edgeship-cache"  # pipeline/cache.py's CACHE_DIR
 SCRATCH_PREFIX = ".edgeship-tmp-"  # formats/artifact.py's SCRATCH_PREFIX
 # The report files publish() writes at the folder's root; recorded last of a run's files.
-REPORT_NAMES = ("report.json", "report.md", "junit.xml", "report.html")
+REPORT_NAMES = ("report.json", "report.md", "junit.xml", "report.html", "report.samples.npz")
 ARTIFACTS = "artifacts"
 # A process's temporary folder in the run folder: SCRATCH_PREFIX, its pid, a dash.
 _TMP_NAME = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")

@@ -15,14 +15,10 @@ def sensitivity_headers(report: Report) -> list[str]:
     return [h.replace("drop pts", f"drop {unit}") for h in SENSITIVITY_HEADERS]
 
 
-def _drop(value: float, metric: MetricInfo) -> str:
-    return f"{value:+.2f}" if metric.drop_scale == 100 else f"{value:+.4g}"
-
-
 def sensitivity_rows(report: Report) -> list[list[str]]:
     m = report.metric
-    return [[s.flow, r.layer, r.type, _drop(r.only_this_quantized_drop_points, m),
-             _drop(r.all_but_this_quantized_drop_points, m)]
+    return [[s.flow, r.layer, r.type, m.format_drop(r.only_this_quantized_drop_points),
+             m.format_drop(r.all_but_this_quantized_drop_points)]
             for s in report.sensitivity for r in s.rows]
 
 
@@ -31,8 +27,8 @@ def fallback_lines(report: Report) -> list[str]:
     for f in report.fallback:
         kept = ", ".join(f.float_layers) or "none"
         verdict = "met" if f.met else "NOT met; the best set tried is kept"
-        path = " → ".join(_drop(s.drop_points, report.metric).lstrip("+") for s in f.steps)
-        out.append(f"{f.flow}: float layers {kept}; drop {_drop(f.drop_points, report.metric).lstrip('+')} "
+        path = " → ".join(report.metric.format_drop(s.drop_points).lstrip("+") for s in f.steps)
+        out.append(f"{f.flow}: float layers {kept}; drop {report.metric.format_drop(f.drop_points).lstrip('+')} "
                    f"{report.metric.short_unit} on the calibration split, target {f.max_accuracy_drop:g} "
                    f"{verdict} (drops tried: {path})")
     return out

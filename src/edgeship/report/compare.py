@@ -1,19 +1,26 @@
-"""What changed between two reports A (before) and B (after). Pure: two reports in, a table out.
+"""What changed between two reports A (before) and B (after). Pure: two reports in, tables out.
 
 Per target: size in bytes with the ratio B/A, accuracy with the change in points. Per target and
 device: latency p50 and p90 and peak RSS, each with the ratio B/A.
 
-Noise rule: a latency change is *beyond the noise* when the medians differ by more than the
-larger of the two runs' own standard deviations of latency, |p50_B - p50_A| > max(stdev_A,
-stdev_B). A report holds no quartiles, and the stdev is the spread each run itself showed across
-its timed iterations; a shift smaller than that spread is within what one run varies by. It is
-not decided (None) when either benchmark is missing, failed or was marked not valid.
+Whether the latency changed is tested on the raw samples, not on summaries: the median ratio B/A
+with a 95% bootstrap interval (benchmarks/stats.py). `slower` when the whole interval is above
+1, `faster` when below, else `no change`. A mean or a stdev is a poor guide: a few
+multi-millisecond outliers in a run of tens of thousands of 0.03 ms calls make the stdev ten
+times the whole median shift. Not decided (None) where either run has no samples (a report
+written before edgeship kept them, or its samples file is missing) or a benchmark did not run.
+
+`regressions` checks B against A with the gate's own `max_regression` rules (gate/budgets.py), so
+`compare --fail-on median:5%` and `gate --baseline` with that budget agree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeship.benchmarks.stats import MedianRatio, median_ratio
+from edgeship.gate.budgets import Check, checks
+from edgeship.recipe import Budget
 from edgeship.report.schema import TOP1, Artifact, Benchmark, MetricInfo, Report
 
 
@@ -38,8 +45,11 @@ class DeviceDiff:
     p50_ms: Change
     p90_ms: Change
     peak_rss_mb: Change
-    noise_ms: float | None  # max(stdev_A, stdev_B)
-    beyond_noise: bool | None  # |p50 change| > noise_ms; None when not decidable
+    p50_test: MedianRatio | None  # from the raw samples; None when not decidable
+
+    @property
+    def verdict(self) -> str | None:
+        return None if self.p50_test is None else self.p50_test.verdict
 
 
 @dataclass(frozen=True)
@@ -64,16 +74,24 @@ def _latency(bench: Benchmark | None, key: str) -> float | None:
     return getattr(bench.latency_ms, key) if bench and bench.status == "ok" and bench.latency_ms else None
 
 
+def latency_test(a: Benchmark | None, b: Benchmark | None) -> MedianRatio | None:
+    """B's median latency over A's from their raw samples, where both ran, were valid and kept
+    their samples."""
+    usable = all(x is not None and x.status == "ok" and x.valid is not False and x.samples_ms
+                 for x in (a, b))
+    if not usable:
+        return None
+    try:
+        return median_ratio(a.samples_ms, b.samples_ms)
+    except ValueError:  # samples that are not positive latencies: nothing to test
+        return None
+
+
 def _device(device: str, a: Benchmark | None, b: Benchmark | None) -> DeviceDiff:
     p50 = Change(_latency(a, "p50"), _latency(b, "p50"))
-    noise = beyond = None
-    stdevs = (_latency(a, "stdev"), _latency(b, "stdev"))
-    decidable = all(x is not None and x.valid is not False for x in (a, b))
-    if decidable and p50.delta is not None and None not in stdevs:
-        noise = max(stdevs)
-        beyond = abs(p50.delta) > noise
     rss = Change(a.peak_rss_mb if a else None, b.peak_rss_mb if b else None)
-    return DeviceDiff(device, p50, Change(_latency(a, "p90"), _latency(b, "p90")), rss, noise, beyond)
+    return DeviceDiff(device, p50, Change(_latency(a, "p90"), _latency(b, "p90")), rss,
+                      latency_test(a, b))
 
 
 def _target(a: Artifact, b: Artifact) -> TargetDiff:
@@ -95,47 +113,15 @@ def compare(a: Report, b: Report) -> Comparison:
         metrics=(a.metric, b.metric))
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "—" if value is None else f"{value:{spec}}"
-
-
-def _pair(change: Change, spec: str) -> str:
-    return f"{_num(change.a, spec)} → {_num(change.b, spec)}"
-
-
-def _ratio(change: Change) -> str:
-    return "—" if change.ratio is None else f"{change.ratio:.3f}x"
-
-
-HEADERS = ["target", "device", "size bytes A → B", "size B/A", "accuracy B", "Δ pts",
-           "p50 ms A → B", "p50 B/A", "beyond noise", "p90 B/A", "peak RSS MB A → B", "RSS B/A"]
-
-
-def headers(comparison: Comparison) -> list[str]:
-    """HEADERS, with the accuracy columns named for B's metric (top1: as always)."""
-    metric = comparison.metrics[1]
-    if metric.name == "top1":
-        return HEADERS
-    return [{"accuracy B": f"{metric.name} B", "Δ pts": f"better by ({metric.short_unit})"}.get(h, h)
-            for h in HEADERS]
-
-
-def rows(comparison: Comparison) -> list[list[str]]:
-    """One row per target and device, the columns of HEADERS."""
-    out, metric = [], comparison.metrics[1]
-    for t in comparison.targets:
-        better = None if t.accuracy.delta is None else -metric.worsening(t.accuracy.a, t.accuracy.b)
-        size = [_pair(t.size_bytes, "d"), _ratio(t.size_bytes), metric.format(t.accuracy.b),
-                _num(better, "+.2f" if metric.drop_scale == 100 else "+.4g")]
-        for d in t.devices or [None]:
-            if d is None:
-                out.append([t.target, "—", *size] + ["—"] * 6)
-                continue
-            noise = "—" if d.beyond_noise is None else \
-                f"{'yes' if d.beyond_noise else 'no'} (±{d.noise_ms:.3f})"
-            out.append([t.target, d.device, *size, _pair(d.p50_ms, ".3f"), _ratio(d.p50_ms), noise,
-                        _ratio(d.p90_ms), _pair(d.peak_rss_mb, ".1f"), _ratio(d.peak_rss_mb)])
-    return out
+def regressions(a: Report, b: Report, expressions: list[str]) -> list[Check]:
+    """B checked against A with `max_regression` expressions (`median:5%`, `size:2%`, ...) on
+    every target both reports have, by the gate's own rules. A bad expression: ValueError naming
+    the accepted forms; reports that cannot be compared so: UserError (as `gate --baseline`)."""
+    shared = [t.target for t in b.artifacts if any(x.target == t.target for x in a.artifacts)]
+    if not shared:
+        return []
+    budget = Budget(targets=shared, max_regression=expressions)
+    return list(checks([budget], b, a))
 
 
 def notes(comparison: Comparison) -> list[str]:

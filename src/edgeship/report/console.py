@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.report.schema import Report
-from edgeship.report.writers import float_line, headers, int8_slower, mostly_float, rows
+from edgeship.report.writers import (between_processes, float_line, headers, int8_slower, machines,
+                                     mostly_float, rows)
 
 
 def print_verdict(report: Report, console: Console, summary: str | None = None) -> None:
@@ -44,6 +45,10 @@ def print_console(report: Report, console: Console) -> None:
         console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
     for line in mostly_float(report):
         console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
+    for line in machines(report):
+        console.print(f"measured on {escape(line)}", highlight=False)
+    for line in between_processes(report):
+        console.print(f"between processes: {escape(line)}", highlight=False)
     if report.float:
         console.print(escape(float_line(report)), highlight=False)
         if report.float.warning:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from edgeship.config import validation_problems
 from edgeship.errors import UserError
+from edgeship.report.samples import attach_samples
 from edgeship.report.schema import Report
 from edgeship.version import __version__
 
@@ -52,7 +53,7 @@ def load_report(path: str | Path) -> Report:
         what = f"an integer of {value.bit_length()} bits" if isinstance(value, int) else repr(value)
         raise UserError(f"{path}: not a valid edgeship report: {where}: {what}, not a finite "
                         f"number within ±2^63")
-    return report
+    return attach_samples(report, path)
 
 
 # edgeship writes reports with pydantic, which writes NaN and infinities as null, and no figure

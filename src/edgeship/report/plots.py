@@ -104,7 +104,7 @@ def accuracy_vs_latency(report: Report, budgets: list[Budget]) -> bytes | None:
         _metric_lines(ax, budgets, device, metric, float_accuracy)
         ax.scatter([], [], color=INT8, label="int8")
         ax.scatter([], [], color=FP32, label="fp32")
-        what = "accuracy" if metric.name == "top1" else metric.name
+        what = metric.label
         ax.set(title=f"{what} vs p50 latency · {device}", xlabel="p50 latency (ms)",
                ylabel="accuracy (%)" if metric.name == "top1" else f"{metric.name} "
                f"({'higher' if metric.higher_is_better else 'lower'} is better)")

@@ -43,8 +43,9 @@ def _quartiles(data: list[float]) -> tuple[float, float]:
     return statistics.median(data[: n // 2]), statistics.median(data[n // 2:])
 
 
-def stats_seconds(samples_ms: list[float]) -> dict:
-    """pytest-benchmark's `stats` object for raw latency samples given in milliseconds."""
+def stats_seconds(samples_ms: list[float], with_data: bool = True) -> dict:
+    """pytest-benchmark's `stats` object for raw latency samples given in milliseconds; the
+    samples themselves (`data`) only `with_data`, as pytest-benchmark's --benchmark-save-data."""
     if not samples_ms:
         raise ValueError("no latency samples")
     data = [s / 1e3 for s in samples_ms]
@@ -65,7 +66,7 @@ def stats_seconds(samples_ms: list[float]) -> dict:
         "ld15iqr": ordered[0] if len(data) == 1 else ordered[bisect_left(ordered, low)],
         "hd15iqr": ordered[-1] if len(data) == 1 else ordered[bisect_right(ordered, high) - 1],
         "ops": len(data) / total if total else 0,
-        "total": total, "data": data, "iterations": 1,
+        "total": total, "iterations": 1, **({"data": data} if with_data else {}),
     }
 
 
@@ -92,7 +93,7 @@ def _commit_info(report: Report) -> dict:
             "branch": git.get("branch", "(unknown)")}
 
 
-def _entry(report: Report, artifact: Artifact, bench: Benchmark) -> dict:
+def _entry(report: Report, artifact: Artifact, bench: Benchmark, with_data: bool) -> dict:
     name = f"{artifact.target}[{bench.device}]"
     lat = bench.latency_ms
     return {
@@ -113,11 +114,11 @@ def _entry(report: Report, artifact: Artifact, bench: Benchmark) -> dict:
         },
         # each sample is one timed call, read with time.perf_counter_ns on the device
         "options": {"timer": "time.perf_counter_ns", "disable_gc": True, "warmup": True},
-        "stats": stats_seconds(bench.samples_ms),
+        "stats": stats_seconds(bench.samples_ms, with_data),
     }
 
 
-def to_pytest_benchmark(report: Report, now: datetime | None = None) -> dict:
+def to_pytest_benchmark(report: Report, now: datetime | None = None, *, with_data: bool = False) -> dict:
     """The pytest-benchmark JSON document for every measured benchmark in `report`.
 
     Benchmarks that did not run (skipped, failed, timeout) have no figures and are left out, as
@@ -131,7 +132,7 @@ def to_pytest_benchmark(report: Report, now: datetime | None = None) -> dict:
     return {
         "machine_info": _machine_info(report),
         "commit_info": _commit_info(report),
-        "benchmarks": [_entry(report, a, b) for a, b in measured],
+        "benchmarks": [_entry(report, a, b, with_data) for a, b in measured],
         "datetime": (now or datetime.now(timezone.utc)).isoformat(),
         "version": SCHEMA_VERSION,
         "edgeship": {"version": report.edgeship_version, "recipe_name": report.recipe_name,
@@ -139,12 +140,12 @@ def to_pytest_benchmark(report: Report, now: datetime | None = None) -> dict:
     }
 
 
-def write_pytest_benchmark(report: Report, path: Path) -> int:
+def write_pytest_benchmark(report: Report, path: Path, *, with_data: bool = False) -> int:
     """Writes the document to `path` (atomically); returns how many benchmarks it holds."""
     if path.is_dir():
         raise UserError(f"--benchmark-json {path}: is a folder; give the path of a file to write, "
                         f"such as {path / 'benchmarks.json'}")
-    document = to_pytest_benchmark(report)
+    document = to_pytest_benchmark(report, with_data=with_data)
     try:
         write_atomic(path, json.dumps(document, indent=2) + "\n")
     except OSError as e:  # a parent that is a file, a read-only folder: the user's path

@@ -42,6 +42,11 @@ class MetricInfo(BaseModel):
         return "points" if self.drop_scale == 100 else self.name
 
     @property
+    def label(self) -> str:
+        """What tables and plots call the figure: `accuracy` for top1, else the metric's name."""
+        return "accuracy" if self.name == "top1" else self.name
+
+    @property
     def short_unit(self) -> str:
         """The drop unit as table headers write it."""
         return "pts" if self.drop_scale == 100 else self.name
@@ -56,6 +61,13 @@ class MetricInfo(BaseModel):
 
     def format(self, value: builtins.float | None) -> str:
         return "—" if value is None else f"{value:.4f}" if self.drop_scale == 100 else f"{value:.4g}"
+
+    def format_drop(self, value: builtins.float | None) -> str:
+        """A drop or gain in drop units, signed: +0.25 (points), -0.0031 (mse)."""
+        if value is None:
+            return "—"
+        value += 0.0  # no "-0.00"
+        return f"{value:+.2f}" if self.drop_scale == 100 else f"{value:+.4g}"
 
     def shown(self, value: builtins.float | None) -> builtins.float | None:
         """The value as plots draw it: top1 in percent, the others as they are."""
@@ -107,8 +119,17 @@ class Benchmark(BaseModel):
     threads: int | None = None
     cpu_affinity: list[int] | None = None
     runtime: dict = Field(default_factory=dict)
+    # The device as the runner saw it: cpu, arch, cores, int8_isa, the cpus that ran, and
+    # governor / MHz / thermal zones before and after the timed runs, where readable.
+    system: dict = Field(default_factory=dict)
+    # With `repetitions` > 1: each fresh process's own median, the spread between processes
+    # (latency_ms and the samples hold all processes' runs together).
+    process_p50_ms: list[float] | None = None
     cached: bool = False  # taken from the stage cache of an earlier run, not measured in this one
-    samples_ms: list[float] = Field(default_factory=list)  # the runner's raw timed runs, in order
+    # The runner's raw timed runs, in order. Written to the report's samples file (samples_key
+    # names the array there), read back into this field; older reports hold them inline.
+    samples_ms: list[float] = Field(default_factory=list)
+    samples_key: str | None = None
     # int8 only: {latency_p50_ratio, peak_rss_ratio} to its fp32 twin on the same device (>1: int8 is more)
     vs_fp32: dict | None = None
 
@@ -358,6 +379,7 @@ class Report(BaseModel):
     recommendations: list[Recommendation] = Field(default_factory=list)
     exit_code: int = 0
     wall_seconds: builtins.float | None = None  # `float` is a field name in this class
+    samples_file: str | None = None  # the raw latency samples, beside report.json (report/samples.py)
 
     def artifact(self, target: str) -> Artifact:
         for a in self.artifacts:

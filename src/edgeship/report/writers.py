@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgeship.fileio import write_atomic
 from edgeship.report.analysis import analysis_markdown
+from edgeship.report.compare import latency_test
 from edgeship.report.markdown import md_code, md_text
 from edgeship.report.schema import Artifact, Benchmark, Report
 from edgeship.targets import get_target
@@ -46,8 +47,10 @@ def latency_ratio(report: Report, artifact: Artifact, bench: Benchmark) -> float
 
 
 def int8_slower(report: Report) -> list[str]:
-    """One plain sentence per device where an int8 artifact's p50 is above its fp32 twin's:
-    `onnx-int8 is 1.49x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms)`."""
+    """One plain sentence per device where an int8 artifact is slower than its fp32 twin, tested
+    on both runs' raw samples (the median ratio's 95% interval above 1; report/compare.py):
+    `onnx-int8 is 1.49x slower than onnx-fp32 on local (p50 0.025 vs 0.017 ms, 95% CI 1.47–1.51)`.
+    Without samples (an older report) the p50 ratio alone, said untested."""
     out = []
     for a in report.artifacts:
         for b in a.benchmarks:
@@ -55,8 +58,49 @@ def int8_slower(report: Report) -> list[str]:
             if ratio is None or round(ratio, 2) <= 1.0:
                 continue
             base = twin_benchmark(report.artifacts, a, b)
+            test = latency_test(base, b)
+            if test is not None and test.verdict != "slower":
+                continue
+            tested = f"95% CI {test.interval()}" if test else "not tested against noise: no raw samples"
             out.append(f"{a.target} is {ratio:.2f}x slower than {get_target(a.target).twin} on {b.device} "
-                       f"(p50 {b.latency_ms.p50:.3f} vs {base.latency_ms.p50:.3f} ms)")
+                       f"(p50 {b.latency_ms.p50:.3f} vs {base.latency_ms.p50:.3f} ms, {tested})")
+    return out
+
+
+def _temperatures(state: dict) -> str:
+    celsius = state.get("celsius") or {}
+    return f"{max(celsius.values()):.0f} °C" if celsius else "—"
+
+
+def machines(report: Report) -> list[str]:
+    """One line per device the benchmarks ran on, as its runner saw it: what explains the numbers.
+    `local: AMD EPYC 7B13 (x86_64, 2 cores), int8 ISA avx2; ran on cpus 0,1; hottest zone — → —`"""
+    out, seen = [], set()
+    for bench in (b for a in report.artifacts for b in a.benchmarks if b.system):
+        if bench.device in seen:
+            continue
+        seen.add(bench.device)
+        m = bench.system
+        governors = sorted(set((m.get("before") or {}).get("governor", {}).values()))
+        out.append(f"{bench.device}: {m.get('cpu')} ({m.get('arch')}, {m.get('cores')} cores), int8 ISA "
+                   f"{' '.join(m.get('int8_isa') or []) or 'none'}; "
+                   f"ran on cpus {','.join(map(str, m.get('cpus') or [])) or '?'}; governor "
+                   f"{'/'.join(governors) or '—'}; hottest zone {_temperatures(m.get('before') or {})} → "
+                   f"{_temperatures(m.get('after') or {})}")
+    return out
+
+
+def between_processes(report: Report) -> list[str]:
+    """With benchmark repetitions: each process's median beside the others', per artifact and device.
+    `onnx-int8 on local: p50 of 3 processes 0.041 0.043 0.046 ms, spread 12.2% (max/min - 1)`"""
+    out = []
+    for a in report.artifacts:
+        for b in a.benchmarks:
+            medians = b.process_p50_ms or []
+            if len(medians) > 1 and min(medians) > 0:
+                spread = (max(medians) / min(medians) - 1) * 100
+                out.append(f"{a.target} on {b.device}: p50 of {len(medians)} processes "
+                           f"{' '.join(f'{m:.3f}' for m in medians)} ms, spread {spread:.1f}% (max/min - 1)")
     return out
 
 
@@ -90,7 +134,6 @@ def rows(report: Report) -> list[list[str]]:
     """One row per artifact and device: the table both the console and report.md show."""
     float_acc = report.float.accuracy if report.float else None
     metric = report.metric
-    drop_spec = "+.2f" if metric.drop_scale == 100 else "+.4g"
     out = []
     for a in report.artifacts:
         drop = None if a.accuracy is None or float_acc is None else metric.worsening(float_acc, a.accuracy)
@@ -99,7 +142,7 @@ def rows(report: Report) -> list[list[str]]:
             a.target, a.precision_shown, _int8_cell(a),
             _fmt(a.size_bytes / 1e6 if a.size_bytes else None, ".3f"),
             _fmt(ratio, ".2f", "x") if ratio else "",
-            metric.format(a.accuracy), _fmt(drop, drop_spec) if a.precision == "int8" else "",
+            metric.format(a.accuracy), metric.format_drop(drop) if a.precision == "int8" and drop is not None else "",
             _fmt(a.parity.top1_agreement, ".4f") if a.parity and a.parity.top1_agreement is not None else "—",
         ]
         benches = a.benchmarks or [Benchmark(device="—", status=a.status, error=a.error)]
@@ -133,9 +176,7 @@ def float_line(report: Report) -> str | None:
     """`float accuracy 0.9940` (top1), `float perplexity 12.31`: the float model's figure."""
     if report.float is None:
         return None
-    metric = report.metric
-    what = "accuracy" if metric.name == "top1" else metric.name
-    return f"float {what} {metric.format(report.float.accuracy)}"
+    return f"float {report.metric.label} {report.metric.format(report.float.accuracy)}"
 
 
 def write_json(report: Report, path: Path) -> None:
@@ -155,7 +196,7 @@ def markdown(report: Report) -> str:
     if report.recommendations:
         lines += ["**Recommendation**", ""] + [f"- {md_text(r.statement)}" for r in report.recommendations] + [""]
     if report.float:
-        what = "accuracy" if report.metric.name == "top1" else f"{md_text(report.metric.name)}"
+        what = md_text(report.metric.label)
         lines += [f"Float {what}: **{report.metric.format(report.float.accuracy)}**", ""]
         lines += [f"- ⚠️ {md_text(report.float.warning)}", ""] if report.float.warning else []
     lines += ["| " + " | ".join(map(md_text, headers(report))) + " |", "|" + "---|" * len(HEADERS)]
@@ -166,9 +207,13 @@ def markdown(report: Report) -> str:
     lines += ["| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {md_text(s.name)} | {md_text(s.status)} | {s.seconds:.2f} |" for s in report.stages]
     env = report.environment
+    host = env.get("host", {})
     lines += ["", md_text(f"torch {env.get('torch')} · executorch {env.get('executorch')} · "
-                          f"onnxruntime {env.get('onnxruntime')} · host {env.get('host', {}).get('cpu')}"), ""]
-    return "\n".join(lines)
+                          f"onnxruntime {env.get('onnxruntime')} · host {host.get('cpu')}, int8 ISA "
+                          f"{' '.join(host.get('int8_isa') or []) or '—'}"), ""]
+    lines += [f"- measured on {md_text(line)}" for line in machines(report)]
+    lines += [f"- between processes: {md_text(line)}" for line in between_processes(report)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def write_markdown(report: Report, path: Path) -> None:
