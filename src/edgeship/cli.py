@@ -172,20 +172,91 @@ def compare(a: Annotated[Path, typer.Argument(metavar="A", help="report.json bef
     raise typer.Exit(ExitCode.BUDGET_FAILED if failed else ExitCode.PASSED)
 
 
+def _opt(*names: str, help: str, metavar: str | None = None):  # noqa: A002 - typer's word
+    return typer.Option(*names, help=help, metavar=metavar)
+
+
+
+
 @app.command()
-def bench(report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="report.json of a run.")],
-          benchmark_json: Annotated[Path, typer.Option(
-              "--benchmark-json", metavar="PATH",
-              help="Write the report's benchmarks here in pytest-benchmark's JSON schema (read by "
-                   "`pytest-benchmark compare` and --benchmark-compare).")],
-          save_data: Annotated[bool, typer.Option(
-              "--benchmark-save-data", help="Also write every raw sample (stats.data), as "
-                                            "pytest-benchmark's option of that name.")] = False) -> None:
-    """Export a report's benchmarks as pytest-benchmark JSON: one entry per artifact and device,
-    stats in seconds from the runner's raw samples."""
+def bench(path: Annotated[Path, typer.Argument(
+              metavar="MODEL|REPORT", help="A model file to measure on --device (.onnx with its "
+              "external data, .pte, TorchScript .pt), made by anything; or a run's report.json to "
+              "convert with --benchmark-json.")],
+          benchmark_json: Annotated[Path | None, _opt("--benchmark-json", metavar="PATH", help=(
+              "REPORT: write its benchmarks here in pytest-benchmark's JSON schema (read by "
+              "`pytest-benchmark compare` and --benchmark-compare)."))] = None,
+          save_data: Annotated[bool, _opt("--benchmark-save-data", help=(
+              "With --benchmark-json: also write every raw sample (stats.data)."))] = False,
+          device: Annotated[str, _opt("--device", help="MODEL: device profile name or .toml.")] = "local",
+          inputs: Annotated[list[str] | None, _opt("--input", metavar="NAME:1x3x224x224:float32", help=(
+              "MODEL: an input's shape and dtype, once per input, in order; default: the file's "
+              "own metadata (ONNX, ExecuTorch).") )] = None,
+          inputs_npz: Annotated[Path | None, _opt("--inputs", metavar="NPZ", help=(
+              "MODEL: real inputs, one array per input (by input name, else in order)."))] = None,
+          batch_sizes: Annotated[str | None, _opt("--batch-sizes", metavar="1,4,8", help=(
+              "MODEL: measure once per batch size (the inputs' first dimension)."))] = None,
+          engine: Annotated[str | None, _opt("--engine", help=(
+              "MODEL: torch quantized engine for a quantized TorchScript file (fbgemm, qnnpack)."))] = None,
+          out: Annotated[Path, _opt("--out", "-o", help="MODEL: folder for report.json and report.md.")]
+          = Path("edgeship-bench"),
+          max_latency_p50_ms: Annotated[float | None, _opt("--max-latency-p50-ms", help=(
+              "Budget: exit 1 above this p50."))] = None,
+          max_latency_p90_ms: Annotated[float | None, _opt("--max-latency-p90-ms", help=(
+              "Budget: exit 1 above this p90."))] = None,
+          max_peak_rss_mb: Annotated[float | None, _opt("--max-peak-rss-mb", help=(
+              "Budget: exit 1 above this peak RSS."))] = None) -> None:
+    """Measure any model file on a device (the runner and transports of `run`), or export a run's
+    benchmarks as pytest-benchmark JSON."""
+    if path.suffix == ".json":
+        _bench_json(path, benchmark_json, save_data)
+        return
+    if benchmark_json is not None:
+        raise UserError(f"--benchmark-json converts a report.json; {path} is a model file")
+    limits = {"max_latency_p50_ms": max_latency_p50_ms, "max_latency_p90_ms": max_latency_p90_ms,
+              "max_peak_rss_mb": max_peak_rss_mb}
+    _bench_model(path, device, inputs or [], inputs_npz, batch_sizes, engine, out,
+                 {k: v for k, v in limits.items() if v is not None})
+
+
+def _bench_json(report_path: Path, benchmark_json: Path | None, save_data: bool) -> None:
+    if benchmark_json is None:
+        raise UserError(f"{report_path}: a report.json is converted with --benchmark-json PATH")
     count = write_pytest_benchmark(load_report(report_path), benchmark_json, with_data=save_data)
     stdout.print(f"wrote {count} benchmarks to {benchmark_json}", highlight=False, soft_wrap=True,
                  markup=False)
+
+
+def _batch_sizes(text: str | None) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",")] if text else []
+    except ValueError:
+        sizes = [0]
+    if any(s < 1 for s in sizes):
+        raise UserError(f"--batch-sizes {text!r}: positive integers separated by commas, e.g. 1,4,8")
+    return sizes
+
+
+def _bench_model(path: Path, device: str, inputs: list[str], inputs_npz: Path | None,
+                 batch_sizes: str | None, engine: str | None, out: Path, limits: dict) -> None:
+    from edgeship.formats.model_file import open_model_file, parse_input
+    from edgeship.pipeline.model_bench import bench_model_file, write_report
+    from edgeship.report import model_bench_view
+
+    if engine not in (None, "fbgemm", "qnnpack"):
+        raise UserError(f"--engine {engine!r}: fbgemm or qnnpack")
+    given = [parse_input(text, i) for i, text in enumerate(inputs)]
+    sizes = _batch_sizes(batch_sizes)
+    profile = load_profile(device)
+    quiet_third_party()  # before the ExecuTorch runtime reads a .pte's metadata (it loads torchao)
+    model = open_model_file(path)
+    report = bench_model_file(model, profile, profile.benchmark, given=given, inputs_npz=inputs_npz,
+                              batch_sizes=sizes, engine=engine, limits=limits)
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_report(report, out, model_bench_view.markdown(report))
+    model_bench_view.print_model_bench(report, stdout)
+    stdout.print(f"reports: {' · '.join(map(str, written))}", highlight=False, markup=False)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()

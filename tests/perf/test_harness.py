@@ -30,7 +30,7 @@ from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, LocalTran
 from edgeship.pipeline.benchmark import benchmark_device
 from edgeship.progress import Progress
 from edgeship.report.schema import Benchmark
-from perf_support import LOCAL, SETTINGS, Built
+from perf_support import LOCAL, SETTINGS, Built, conv_net
 from sshd import sshd  # noqa: F401  (a fixture: a real OpenSSH server on 127.0.0.1)
 
 TIME = "/usr/bin/time"
@@ -207,3 +207,51 @@ def test_ssh_and_local_medians(benchmark, figure, artifacts, sshd, tmp_path):  #
            ssh_over_local=ratio, loadavg=os.getloadavg())
     assert 0.8 < ratio < 1.25
 
+
+
+def test_a_model_file_edgeship_did_not_make(benchmark, figure, sshd, tmp_path):  # noqa: F811
+    """`edgeship bench MODEL`: an ONNX file written by torch.onnx.export itself, its inputs read
+    from the file; edgeship's p50 against a bare onnxruntime loop, and through ssh to 127.0.0.1,
+    three rounds interleaved."""
+    import onnxruntime as ort
+
+    from edgeship.formats.model_file import open_model_file, random_inputs
+    from edgeship.pipeline.model_bench import bench_model_file
+
+    torch.manual_seed(0)
+    path = tmp_path / "foreign.onnx"
+    torch.onnx.export(conv_net().eval(), (torch.randn(1, 3, 32, 32),), path, dynamo=True)
+    model = open_model_file(path)
+    ssh = DeviceProfile(
+        name="ssh-127.0.0.1", arch="x86_64", int8_engines=["onnxruntime"], runtimes=["onnx"],
+        transport=SshTransport(kind="ssh", host="127.0.0.1", port=sshd.port,
+                               identity_file=sshd.identity_file, python=sys.executable,
+                               workdir=str(tmp_path / "device"), connect_timeout_seconds=5,
+                               options=[f"UserKnownHostsFile={sshd.known_hosts}"]))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = SETTINGS.threads, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {model.inputs[0].name: random_inputs(model.inputs)[0]}
+    medians: dict[str, list[float]] = {"edgeship": [], "bare": [], "ssh": []}
+
+    def p50(profile: DeviceProfile) -> tuple[float, int]:
+        report = bench_model_file(model, profile, SETTINGS, given=[], inputs_npz=None, batch_sizes=[],
+                                  engine=None, limits={})
+        bench = report.runs[0].benchmark
+        assert bench.status == "ok" and bench.valid, bench.error or bench.invalid_reasons
+        return bench.latency_ms.p50, bench.iterations
+
+    def one_round() -> None:
+        ms, calls = p50(LOCAL)
+        medians["edgeship"].append(ms)
+        medians["bare"].append(bare_p50_ms(lambda: session.run(None, feed), calls, SETTINGS.warmup_iterations))
+        medians["ssh"].append(p50(ssh)[0])
+
+    benchmark.pedantic(one_round, rounds=3, iterations=1)
+    local = statistics.median(medians["edgeship"])
+    bare, through_ssh = statistics.median(medians["bare"]), statistics.median(medians["ssh"])
+    figure(f"edgeship bench on a torch.onnx.export file: p50 {_ms(medians['edgeship'])} ms vs bare "
+           f"onnxruntime loop {_ms(medians['bare'])} ms: ratio {local / bare:.3f} (target 0.97-1.03); "
+           f"through ssh {_ms(medians['ssh'])} ms: ssh/local {through_ssh / local:.3f} (target "
+           f"0.95-1.05){_load()}", p50_ms=medians, over_bare=local / bare, ssh_over_local=through_ssh / local)
+    assert 0.85 < local / bare < 1.15 and 0.8 < through_ssh / local < 1.25

@@ -66,6 +66,18 @@ def to_benchmark(device: str, result: dict) -> Benchmark:
         process_p50_ms=result.get("process_p50_ms"))
 
 
+def measured(device: str, transport: DeviceTransport, call: RunnerCall,
+             settings: BenchmarkSettings) -> Benchmark:
+    """`call` run `settings.repetitions` times in fresh processes, merged; RunnerFailed when the
+    runner gave no result."""
+    runs = []
+    for repetition in range(settings.repetitions):
+        if repetition and settings.cooldown_seconds:
+            time.sleep(settings.cooldown_seconds)
+        runs.append(transport.run(call))
+    return to_benchmark(device, merged(runs))
+
+
 @dataclass(frozen=True)
 class _Measurement:
     """How one device measures: its profile, settings, transport, and the stage cache to use."""
@@ -87,12 +99,7 @@ class _Measurement:
         args = self.settings.runner_args() + spec_for(target.format).runner_args(target)
         call = RunnerCall("bench", artifact.path, artifact.files, self.inputs_npz, args,
                           timeout_seconds=self.settings.timeout_seconds)
-        runs = []
-        for repetition in range(self.settings.repetitions):
-            if repetition and self.settings.cooldown_seconds:
-                time.sleep(self.settings.cooldown_seconds)
-            runs.append(self.transport.run(call))
-        result = to_benchmark(self.profile.name, merged(runs))
+        result = measured(self.profile.name, self.transport, call, self.settings)
         if self.cache is not None:
             self.cache.store_json("benchmark", key, result.model_dump(mode="json"))
         return result

@@ -386,3 +386,30 @@ class Report(BaseModel):
             if a.target == target:
                 return a
         raise KeyError(f"no artifact for target {target!r} in this report")
+
+
+class ModelRun(BaseModel):
+    """One input set of `edgeship bench MODEL` and its benchmark on the device."""
+
+    inputs: list[str]  # NAME:1x3x224x224:float32 each (from --inputs: dtype[shape])
+    benchmark: Benchmark
+
+
+class ModelBenchReport(BaseModel):
+    """report.json of `edgeship bench MODEL`: a model file made by anything, measured on one
+    device (the pipeline's Report is per target; this one is per input set)."""
+
+    edgeship_version: str
+    kind: Literal["model-bench"] = "model-bench"
+    model: str
+    format: str
+    sha256: str
+    size_bytes: int
+    inputs_from: str  # --inputs FILE, --input, or the file's metadata
+    device: str
+    environment: dict
+    runs: list[ModelRun] = Field(default_factory=list)
+    limits: dict[str, builtins.float] = Field(default_factory=dict)
+    gate: Gate
+    exit_code: int = 0
+    samples_file: str | None = None

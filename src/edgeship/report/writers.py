@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from edgeship.fileio import write_atomic
@@ -75,8 +76,12 @@ def _temperatures(state: dict) -> str:
 def machines(report: Report) -> list[str]:
     """One line per device the benchmarks ran on, as its runner saw it: what explains the numbers.
     `local: AMD EPYC 7B13 (x86_64, 2 cores), int8 ISA avx2; ran on cpus 0,1; hottest zone — → —`"""
+    return machines_of(b for a in report.artifacts for b in a.benchmarks)
+
+
+def machines_of(benchmarks: Iterable[Benchmark]) -> list[str]:
     out, seen = [], set()
-    for bench in (b for a in report.artifacts for b in a.benchmarks if b.system):
+    for bench in (b for b in benchmarks if b.system):
         if bench.device in seen:
             continue
         seen.add(bench.device)
