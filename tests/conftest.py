@@ -9,7 +9,10 @@ from support import CliResult, demo_recipe, run_cli, write_recipe
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> CliResult:
-    """The built-in demo recipe through the real CLI (`edgeship run`), measured briefly."""
+    """The built-in demo recipe through the real CLI (`edgeship run`), measured briefly, and
+    profiled per op (`profile = true`)."""
     folder = tmp_path_factory.mktemp("demo")
-    recipe = write_recipe(folder, demo_recipe())
+    recipe = demo_recipe()
+    recipe["benchmark"]["profile"] = True
+    recipe = write_recipe(folder, recipe)
     return run_cli("run", str(recipe), out=folder / "run")

@@ -140,3 +140,24 @@ def test_another_recipe_is_refused_in_a_folder_with_a_run(demo_run, tmp_path):
     assert refused.code == 2
     assert refused.stderr.strip() == (f"error: {demo_run.out}: holds a run of another recipe; use "
                                       f"--force to replace it, or choose another --out")
+
+
+def test_each_artifact_is_profiled_per_op_apart_from_its_timing(demo_run):
+    """`profile = true`: each runtime's own profiler, in a process of its own: the int8 kernels
+    show by name (QLinearConv, quantized::conv2d_relu, XNNPACK's QC8 convolutions)."""
+    report = by_target(demo_run.report())
+    kinds = {}
+    for target, artifact in report.items():
+        (bench,) = artifact["benchmarks"]
+        profile = bench["profile"]
+        assert "error" not in profile, profile
+        assert profile["runs"] >= 20 and profile["ms_per_run"] > 0 and profile["ops"]
+        assert sum(profile["ms_by_op_type"].values()) == pytest.approx(profile["ms_per_run"])
+        kinds[target] = {op["op"] for op in profile["ops"]}
+    assert "QLinearConv" in kinds["onnx-int8"] and "Conv" not in kinds["onnx-int8"]
+    assert "QLinearConv" not in kinds["onnx-fp32"] and kinds["onnx-fp32"] & {"Conv", "FusedConv"}
+    assert "conv2d_relu" in kinds["torchscript-fbgemm"] and "conv2d_relu" not in kinds["torchscript-fp32"]
+    assert "DELEGATE_CALL" in kinds["executorch-xnnpack"]
+    assert any("QC8" in op for op in kinds["executorch-xnnpack"])
+    lines = [x for x in demo_run.stdout.splitlines() if x.startswith("profile: onnx-int8 on local: ops ")]
+    assert len(lines) == 1 and "more than onnx-fp32: " in lines[0], demo_run.stdout[-3000:]

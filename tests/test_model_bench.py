@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from edgeship.errors import UserError
+from edgeship.formats.model_file import open_model_file
 from sshd import SshServer, sshd  # noqa: F401  (sshd is a fixture)
 from support import run_cli
 
@@ -87,10 +89,13 @@ def test_torchscript_needs_its_inputs_given(files, tmp_path):
                                      f"file keeps no input shapes); give them with --input "
                                      f"NAME:1x3x224x224:float32 (once per input) or --inputs data.npz")
     result, report = bench(str(files["net.pt"]), "--device", profile, "--input", "x:1x3x16x16:float32",
-                           "--out", "out", "--max-latency-p50-ms", "1e-6", cwd=tmp_path)
+                           "--out", "out", "--max-latency-p50-ms", "1e-6", "--profile", cwd=tmp_path)
     assert result.code == 1, result.stdout + result.stderr  # measured, and over a budget nobody meets
     assert report["gate"]["violations"][0]["message"].startswith(
         "quick-local x:1x3x16x16:float32: p50 latency ms ")
+    ops = {op["name"] for op in report["runs"][0]["benchmark"]["profile"]["ops"]}
+    assert {"aten::conv2d", "aten::linear"} & ops or "aten::_convolution" in ops, ops
+    assert "profile: x:1x3x16x16:float32: ops " in result.stdout and "top ops" in result.stdout
 
 
 def test_a_batch_sweep_of_a_dynamic_batch(files, tmp_path):
@@ -135,16 +140,24 @@ def _broken(folder: Path, name: str, content: bytes) -> Path:
     ("model.tflite", b"TFL3", "unknown model file suffix '.tflite'; known: .onnx, .pte, .pt"),
     ("missing.onnx", False, "no such file"),
 ])
-def test_bad_model_files_get_one_line_and_exit_2(files, tmp_path, name, content, expected):
+def test_bad_model_files_are_bad_input_naming_the_file(files, tmp_path, name, content, expected):
     if content is None:  # the first third of a real file
         whole = files["net.pte" if name.endswith(".pte") else "net.onnx"].read_bytes()
         content = whole[: len(whole) // 3]
     path = tmp_path / name if content is False else _broken(tmp_path, name, content)
+    with pytest.raises(UserError) as e:
+        open_model_file(path)
+    assert str(e.value).startswith(f"{path}: ") and expected in str(e.value), e.value
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_bad_model_file_exits_2_in_one_line_and_writes_nothing(tmp_path):
+    path = _broken(tmp_path, "noise.pte", bytes(range(256)) * 8)
     result, _ = bench(str(path), "--device", str(local_profile(tmp_path)), "--out", "out", cwd=tmp_path)
     assert result.code == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {path}: ") and expected in line, line
-    assert not (tmp_path / "out").exists()  # nothing written
+    assert line.startswith(f"error: {path}: not an ExecuTorch program"), line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args, expected", [

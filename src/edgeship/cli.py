@@ -205,7 +205,9 @@ def bench(path: Annotated[Path, typer.Argument(
           max_latency_p90_ms: Annotated[float | None, _opt("--max-latency-p90-ms", help=(
               "Budget: exit 1 above this p90."))] = None,
           max_peak_rss_mb: Annotated[float | None, _opt("--max-peak-rss-mb", help=(
-              "Budget: exit 1 above this peak RSS."))] = None) -> None:
+              "Budget: exit 1 above this peak RSS."))] = None,
+          profile: Annotated[bool, _opt("--profile", help=(
+              "MODEL: also time each op on the device, in a process of its own."))] = False) -> None:
     """Measure any model file on a device (the runner and transports of `run`), or export a run's
     benchmarks as pytest-benchmark JSON."""
     if path.suffix == ".json":
@@ -216,7 +218,7 @@ def bench(path: Annotated[Path, typer.Argument(
     limits = {"max_latency_p50_ms": max_latency_p50_ms, "max_latency_p90_ms": max_latency_p90_ms,
               "max_peak_rss_mb": max_peak_rss_mb}
     _bench_model(path, device, inputs or [], inputs_npz, batch_sizes, engine, out,
-                 {k: v for k, v in limits.items() if v is not None})
+                 {k: v for k, v in limits.items() if v is not None}, profile)
 
 
 def _bench_json(report_path: Path, benchmark_json: Path | None, save_data: bool) -> None:
@@ -238,7 +240,8 @@ def _batch_sizes(text: str | None) -> list[int]:
 
 
 def _bench_model(path: Path, device: str, inputs: list[str], inputs_npz: Path | None,
-                 batch_sizes: str | None, engine: str | None, out: Path, limits: dict) -> None:
+                 batch_sizes: str | None, engine: str | None, out: Path, limits: dict,
+                 profile_ops: bool) -> None:
     from edgeship.formats.model_file import open_model_file, parse_input
     from edgeship.pipeline.model_bench import bench_model_file, write_report
     from edgeship.report import model_bench_view
@@ -250,7 +253,8 @@ def _bench_model(path: Path, device: str, inputs: list[str], inputs_npz: Path | 
     profile = load_profile(device)
     quiet_third_party()  # before the ExecuTorch runtime reads a .pte's metadata (it loads torchao)
     model = open_model_file(path)
-    report = bench_model_file(model, profile, profile.benchmark, given=given, inputs_npz=inputs_npz,
+    settings = profile.benchmark.model_copy(update={"profile": profile.benchmark.profile or profile_ops})
+    report = bench_model_file(model, profile, settings, given=given, inputs_npz=inputs_npz,
                               batch_sizes=sizes, engine=engine, limits=limits)
     out.mkdir(parents=True, exist_ok=True)
     written = write_report(report, out, model_bench_view.markdown(report))

@@ -88,6 +88,19 @@ class TorchScriptModel:
             out = self.module(*inputs)
         return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
 
+    def profile(self, inputs, warmup: int, runs: int) -> list[dict]:
+        """torch.profiler's self CPU time per op (self times add up to the whole, not nested)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        for _ in range(warmup):
+            self(inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                self(inputs)
+        return [{"name": e.key, "op": e.key.split("::")[-1], "kernel": e.key.split("::")[0],
+                 "ms": e.self_cpu_time_total / 1e3 / runs, "calls": e.count / runs}
+                for e in prof.key_averages() if e.self_cpu_time_total > 0]
+
 
 class OnnxModel:
     def __init__(self, path: str, engine: str | None, threads: int) -> None:
@@ -103,6 +116,34 @@ class OnnxModel:
         self.names = [i.name for i in self.session.get_inputs()]
         self.runtime = {"name": "onnxruntime", "version": ort.__version__,
                         "engine": "CPUExecutionProvider"}
+        self.path, self.options = path, options
+
+    def profile(self, inputs, warmup: int, runs: int) -> list[dict]:
+        """ONNX Runtime's profiler: kernel time per node of the optimized graph, with the kernel's
+        op type (QLinearConv: int8; Conv: float) and provider. Warm-up runs are dropped by time."""
+        import tempfile
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.options.enable_profiling = True
+            self.options.profile_file_prefix = os.path.join(tmp, "ort")
+            session = ort.InferenceSession(self.path, self.options, providers=["CPUExecutionProvider"])
+            for _ in range(warmup + runs):
+                session.run(None, inputs)
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        starts = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+        after = starts[warmup - 1] if warmup else -1
+        ops = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > after:
+                name, detail = e["name"][: -len("_kernel_time")], e.get("args", {})
+                op = ops.setdefault(name, {"name": name, "op": detail.get("op_name"),
+                                           "kernel": detail.get("provider"), "ms": 0.0, "calls": 0.0})
+                op["ms"] += e["dur"] / 1e3 / runs
+                op["calls"] += 1 / runs
+        return list(ops.values())
 
     def to_native(self, arrays):
         return dict(zip(self.names, arrays))
@@ -166,6 +207,7 @@ class ExecuTorchModel:
 
         portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool
         self.torch = torch
+        self.path = path
         self.method = Runtime.get().load_program(path).load_method("forward")
         try:
             from executorch.version import __version__ as version
@@ -178,6 +220,55 @@ class ExecuTorchModel:
 
     def __call__(self, inputs):
         return [o.numpy() for o in self.method.execute(inputs)]
+
+    def profile(self, inputs, warmup: int, runs: int) -> list[dict]:
+        """The runtime's ETDump read with ExecuTorch's devtools Inspector: time per delegate call
+        (XNNPACK) and per operator left to the portable kernels."""
+        import tempfile
+
+        from executorch.devtools import Inspector
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(self.path, enable_etdump=True)
+        method = program.load_method("forward")
+        for _ in range(warmup):
+            method.execute(inputs)
+        with tempfile.TemporaryDirectory() as tmp:
+            program.write_etdump_result_to_file(os.path.join(tmp, "run.etdp"), os.path.join(tmp, "debug.bin"))
+            warm = Inspector(etdump_path=os.path.join(tmp, "run.etdp"))
+            for _ in range(runs):
+                method.execute(inputs)
+            program.write_etdump_result_to_file(os.path.join(tmp, "run.etdp"), os.path.join(tmp, "debug.bin"))
+            inspector = Inspector(etdump_path=os.path.join(tmp, "run.etdp"))
+        return etdump_ops(inspector, warm)
+
+
+def etdump_ops(inspector, warm) -> list[dict]:
+    """Per event of the method's executions (a delegate call, an op inside a delegate, an operator
+    on the portable kernels): ms per execution, the warm-up's own dump (`warm`) taken away.
+    Ops inside a delegate are `nested`: their time is part of their DELEGATE_CALL's."""
+    def totals(source) -> tuple[dict, int]:
+        out, executions = {}, 0
+        for block in source.event_blocks:
+            for e in block.events:
+                if e.name == "Method::execute":
+                    executions += len(e.perf_data.raw) if e.perf_data else 0
+                if e.name in ("Method::execute", "Program::load_method") or not e.perf_data:
+                    continue
+                key = (e.name, bool(e.is_delegated_op), e.delegate_backend_name or "")
+                ms, calls = out.get(key, (0.0, 0))
+                out[key] = (ms + sum(e.perf_data.raw), calls + len(e.perf_data.raw))
+        return out, executions
+
+    (before, warm_runs), (after, all_runs) = totals(warm), totals(inspector)
+    runs = max(1, all_runs - warm_runs)
+    ops = []
+    for (name, nested, backend), (ms, calls) in after.items():
+        old_ms, old_calls = before.get((name, nested, backend), (0.0, 0))
+        ops.append({"name": name, "op": name.split(" #")[0], "nested": nested,
+                    "kernel": backend or ("delegate" if nested or name == "DELEGATE_CALL" else "portable"),
+                    "ms": (ms - old_ms) / runs, "calls": (calls - old_calls) / runs})
+    return ops
 
 
 LOADERS = {".pt": TorchScriptModel, ".onnx": OnnxModel, ".pte": ExecuTorchModel}
@@ -312,6 +403,22 @@ def bench(args) -> dict:
     }
 
 
+PROFILED_RUNS = 200  # enough for steady per-op means; profiles of more grow large
+
+
+def profile(args) -> dict:
+    """Per-op time on the device, in a process of its own: profiling adds overhead, so these
+    runs never enter a latency figure."""
+    apply_affinity(args.cpus)
+    model = load(args.artifact, args.engine, args.threads)
+    inputs = model.to_native(read_inputs(args.inputs))
+    runs = max(1, min(args.min_iterations, PROFILED_RUNS))
+    ops = model.profile(inputs, max(1, args.warmup), runs)
+    ops = sorted((o for o in ops if o["ms"] > 0), key=lambda o: -o["ms"])
+    return {"mode": "profile", "runs": runs, "ops": ops, "runtime": model.runtime,
+            "ms_per_run": sum(o["ms"] for o in ops if not o.get("nested"))}
+
+
 def predict(args) -> dict:
     import numpy as np
 
@@ -375,7 +482,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse(argv):
     parser = Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["bench", "predict"])
+    parser.add_argument("mode", choices=["bench", "predict", "profile"])
     parser.add_argument("artifact")
     parser.add_argument("--inputs", required=True, help=".npz with input_0, input_1, ...")
     parser.add_argument("--outputs", help="predict: .npz to write output_0, ... to")
@@ -387,7 +494,7 @@ def parse(argv):
                 for flag, kind in BENCH_SETTINGS]
     args = parser.parse_args(argv)
     missing = [a.option_strings[0] for a in settings if getattr(args, a.dest) is None]
-    if args.mode == "bench" and missing:
+    if args.mode in ("bench", "profile") and missing:
         parser.error(f"bench needs {', '.join(missing)} (the host's benchmark settings)")
     return args
 
@@ -404,7 +511,7 @@ def run(args) -> dict:
     if not os.path.isfile(args.artifact):
         fail(f"{args.artifact}: no such file", 2)
     try:
-        return bench(args) if args.mode == "bench" else predict(args)
+        return {"bench": bench, "predict": predict, "profile": profile}[args.mode](args)
     except BadArtifact as e:
         fail(f"{os.path.basename(args.artifact)}: {e}", 2)
     except Exception as e:  # noqa: BLE001 - the runtime failed on it: the host reports the line

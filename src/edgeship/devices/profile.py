@@ -35,6 +35,9 @@ class BenchmarkSettings(Section):
                                                           "between them beside the spread within one.")
     cooldown_seconds: float = Field(0.0, ge=0, le=600, description="Pause before each repetition "
                                                                    "after the first.")
+    profile: bool = Field(False, description="Also profile each artifact per op on the device "
+                                             "(ONNX Runtime's profiler, torch.profiler, ExecuTorch "
+                                             "ETDump), in a process of its own: never in a timing.")
 
     def overridden(self, overrides: BenchmarkOverrides) -> BenchmarkSettings:
         """These settings with the recipe's overrides (the fields it sets) put in."""
@@ -57,7 +60,8 @@ _PER_DEVICE = {"cpus"}
 
 def _optional(field: FieldInfo) -> tuple:
     """The field, unset by default, with its constraints and description."""
-    return Annotated[field.annotation, *field.metadata] | None, \
+    kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return kind | None, \
         Field(None, description=field.description)
 
 

@@ -5,6 +5,7 @@ its own results and the others go on."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,7 +76,28 @@ def measured(device: str, transport: DeviceTransport, call: RunnerCall,
         if repetition and settings.cooldown_seconds:
             time.sleep(settings.cooldown_seconds)
         runs.append(transport.run(call))
-    return to_benchmark(device, merged(runs))
+    bench = to_benchmark(device, merged(runs))
+    if settings.profile:
+        bench.profile = profiled(transport, call)
+    return bench
+
+
+PROFILE_OPS = 60  # the most time-consuming ops kept in the report; the sums count them all
+
+
+def profiled(transport: DeviceTransport, call: RunnerCall) -> dict:
+    """The runner's per-op profile of the artifact, run after (never inside) the timed runs;
+    a profile that fails says why and leaves the benchmark as it was."""
+    try:
+        result = transport.run(dataclasses.replace(call, mode="profile"))
+    except RunnerFailed as e:
+        return {"error": str(e)}
+    ops = result["ops"]
+    by_type: dict[str, float] = {}
+    for op in (o for o in ops if not o.get("nested")):
+        by_type[op["op"]] = by_type.get(op["op"], 0.0) + op["ms"]
+    return {"runs": result["runs"], "ms_per_run": result["ms_per_run"], "ops": ops[:PROFILE_OPS],
+            "ms_by_op_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]))}
 
 
 @dataclass(frozen=True)

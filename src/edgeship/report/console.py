@@ -10,7 +10,7 @@ from rich.table import Table
 
 from edgeship.report.schema import Report
 from edgeship.report.writers import (between_processes, float_line, headers, int8_slower, machines,
-                                     mostly_float, rows)
+                                     mostly_float, profiles, rows)
 
 
 def print_verdict(report: Report, console: Console, summary: str | None = None) -> None:
@@ -46,9 +46,11 @@ def print_console(report: Report, console: Console) -> None:
     for line in mostly_float(report):
         console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
     for line in machines(report):
-        console.print(f"measured on {escape(line)}", highlight=False)
+        console.print(f"measured on {escape(line)}", highlight=False, soft_wrap=True)
     for line in between_processes(report):
-        console.print(f"between processes: {escape(line)}", highlight=False)
+        console.print(f"between processes: {escape(line)}", highlight=False, soft_wrap=True)
+    for line in profiles(report):
+        console.print(f"profile: {escape(line)}", highlight=False, soft_wrap=True)
     if report.float:
         console.print(escape(float_line(report)), highlight=False)
         if report.float.warning:

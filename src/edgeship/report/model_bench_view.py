@@ -8,7 +8,23 @@ from rich.table import Table
 
 from edgeship.report.markdown import md_text
 from edgeship.report.schema import ModelBenchReport
-from edgeship.report.writers import machines_of
+from edgeship.report.writers import machines_of, profile_line
+
+TOP_OPS = 10
+
+
+def top_ops(report: ModelBenchReport) -> list[list[str]]:
+    """The first input set's most time-consuming ops: name, op type, kernel, ms a run, share."""
+    prof = report.runs[0].benchmark.profile if report.runs else None
+    if not prof or "error" in prof:
+        return []
+    total = prof["ms_per_run"] or 1.0
+    return [[o["name"], o["op"] or "", o["kernel"] or "", f"{o['ms']:.4f}",
+             f"{o['ms'] / total:.0%}" + (" (in delegate)" if o.get("nested") else "")]
+            for o in prof["ops"][:TOP_OPS]]
+
+
+OP_HEADERS = ["op", "type", "kernel", "ms a run", "share"]
 
 HEADERS = ["inputs", "p50 ms", "p90 ms", "p99 ms", "load ms", "first ms", "peak RSS MB",
            "iterations", "status"]
@@ -49,9 +65,18 @@ def print_model_bench(report: ModelBenchReport, console: Console) -> None:
         table.add_row(*map(escape, row))
     console.print(table)
     for line in machines_of(b for r in report.runs for b in [r.benchmark]):
-        console.print(f"measured on {escape(line)}", highlight=False)
+        console.print(f"measured on {escape(line)}", highlight=False, soft_wrap=True)
+    for line in filter(None, (profile_line(" ".join(r.inputs), r.benchmark) for r in report.runs)):
+        console.print(f"profile: {escape(line)}", highlight=False, soft_wrap=True)
+    if top_ops(report):
+        ops = Table(title="top ops (first input set)", title_justify="left")
+        for h in OP_HEADERS:
+            ops.add_column(h, justify="left" if h in ("op", "type", "kernel") else "right")
+        for row in top_ops(report):
+            ops.add_row(*map(escape, row))
+        console.print(ops)
     for line in problems(report):
-        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
     if report.limits:
         word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
         console.print(f"budgets {word} · exit code {report.exit_code}")
@@ -63,6 +88,11 @@ def markdown(report: ModelBenchReport) -> str:
     lines += ["| " + " | ".join(map(md_text, row)) + " |" for row in rows(report)]
     lines += [""] + [f"- measured on {md_text(line)}" for line in
                      machines_of(r.benchmark for r in report.runs)]
+    lines += [f"- profile: {md_text(line)}" for line in
+              (profile_line(" ".join(r.inputs), r.benchmark) for r in report.runs) if line]
+    if top_ops(report):
+        lines += ["", "| " + " | ".join(OP_HEADERS) + " |", "|" + "---|" * len(OP_HEADERS)]
+        lines += ["| " + " | ".join(map(md_text, row)) + " |" for row in top_ops(report)] + [""]
     lines += [f"- ⚠️ {md_text(line)}" for line in problems(report)]
     if report.limits:
         lines += ["", f"**Budgets: {'PASSED' if report.gate.passed else 'FAILED'}** · exit code "

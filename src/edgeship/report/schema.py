@@ -125,6 +125,9 @@ class Benchmark(BaseModel):
     # With `repetitions` > 1: each fresh process's own median, the spread between processes
     # (latency_ms and the samples hold all processes' runs together).
     process_p50_ms: list[float] | None = None
+    # With `profile = true`: {runs, ms_per_run, ops[{name, op, kernel, ms, calls, nested}],
+    # ms_by_op_type}, or {error}; from a process of its own, after the timed runs.
+    profile: dict | None = None
     cached: bool = False  # taken from the stage cache of an earlier run, not measured in this one
     # The runner's raw timed runs, in order. Written to the report's samples file (samples_key
     # names the array there), read back into this field; older reports hold them inline.
