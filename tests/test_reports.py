@@ -224,9 +224,13 @@ def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_pa
     assert [r["device"] for r in report["recommendations"]] == ["local"]
     root = ET.fromstring((out / "junit.xml").read_text())
     assert root.get("failures") == "0" and int(root.get("tests")) > 0
-    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 3
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "<h2>Where the time goes (per-op profiles)</h2>" in page and "QLinearConv" in page
+    assert "<h2>Devices as measured</h2>" in page and "int8 ISA" in page
     recorded = json.loads((out / MARKER).read_text())["files"]
-    assert {"junit.xml", "report.html"} <= set(recorded)
+    assert {"junit.xml", "report.html", "report.samples.npz"} <= set(recorded)
+    assert (out / "report.samples.npz").stat().st_size > 10_000
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     sizes = [a["size_bytes"] for a in report["artifacts"] if a["precision"] == "int8"]
@@ -239,3 +243,7 @@ def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_pa
     assert f"❌ {smallest}: size" in (copy / "report.md").read_text()
     failures = [f.get("message") for f in ET.fromstring((copy / "junit.xml").read_text()).iter("failure")]
     assert len(failures) == len(sizes) and any(m.startswith(f"{smallest}: size") for m in failures)
+    # gate --write rewrote the samples beside the report: compare reads them, the same samples
+    same = run_cli("compare", str(out / "report.json"), str(copy / "report.json"), "--format", "json")
+    verdicts = [d["verdict"] for t in json.loads(same.stdout)["targets"] for d in t["devices"]]
+    assert verdicts == ["no change"] * 7, same.stdout[-2000:]

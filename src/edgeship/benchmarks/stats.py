@@ -30,6 +30,12 @@ def latency_summary(samples_ms: list[float]) -> dict[str, float]:
 
 Verdict = Literal["slower", "faster", "no change"]
 
+# The smallest change in the median called slower or faster. Within one run the interval is
+# narrow (tens of thousands of samples), but two runs of the same artifacts differ by more than
+# it: two demo runs on one idle 2-core host, 5 Dec 2026, gave median ratios 0.976 to 1.015 with
+# every interval excluding 1. A change smaller than this is not one a release should act on.
+MIN_EFFECT = 0.03
+
 
 @dataclass(frozen=True)
 class MedianRatio:
@@ -39,11 +45,17 @@ class MedianRatio:
     low: float
     high: float
     confidence: float
+    min_effect: float = MIN_EFFECT
 
     @property
     def verdict(self) -> Verdict:
-        """slower (B) when the whole interval is above 1, faster when it is below, else no change."""
-        return "slower" if self.low > 1 else "faster" if self.high < 1 else "no change"
+        """slower (B) when the whole interval is above 1 and the median grew by at least
+        `min_effect`; faster the other way round; else no change."""
+        if self.low > 1 and self.ratio >= 1 + self.min_effect:
+            return "slower"
+        if self.high < 1 and self.ratio <= 1 - self.min_effect:
+            return "faster"
+        return "no change"
 
     def interval(self) -> str:
         return f"{self.low:.3f}–{self.high:.3f}"

@@ -5,7 +5,6 @@ the runtime failed on the file or the device could not run it."""
 
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from edgeship.errors import ExitCode, UserError
 from edgeship.fileio import sha256_file, write_atomic
 from edgeship.formats.model_file import InputSpec, ModelFile, random_inputs
 from edgeship.pipeline.benchmark import measured
+from edgeship.report.samples import samples_name, take_samples
 from edgeship.report.schema import Benchmark, Gate, ModelBenchReport, ModelRun, Violation
 from edgeship.version import __version__
 
@@ -123,19 +123,12 @@ def make_report(model: ModelFile, inputs_from: str, device: str, runs: list[Mode
 def write_report(report: ModelBenchReport, folder: Path, markdown: str) -> list[Path]:
     """report.json (the raw samples beside it in report.samples.npz) and report.md, atomically."""
     stored = report.model_copy(deep=True)
-    arrays = {}
-    for i, run in enumerate(stored.runs):
-        if run.benchmark.samples_ms:
-            run.benchmark.samples_key = f"run{i}"
-            arrays[run.benchmark.samples_key] = np.asarray(run.benchmark.samples_ms)
-            run.benchmark.samples_ms = []
+    samples = take_samples((f"run{i}", run.benchmark) for i, run in enumerate(stored.runs))
     paths = [folder / "report.json", folder / "report.md"]
-    if arrays:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        stored.samples_file = "report.samples.npz"
+    if samples is not None:
+        stored.samples_file = samples_name(paths[0].name)
         paths.append(folder / stored.samples_file)
-        write_atomic(paths[-1], buffer.getvalue())
+        write_atomic(paths[-1], samples)
     write_atomic(paths[0], stored.model_dump_json(indent=2) + "\n")
     write_atomic(paths[1], markdown)
     return paths

@@ -18,8 +18,8 @@ from edgeship.report.compare import Change, Comparison, DeviceDiff, notes
 from edgeship.report.markdown import md_text
 
 LEGEND = ("latency: median B/A with its 95% bootstrap interval from the raw samples; slower or "
-          "faster when the whole interval is past 1, else no change (it covers the spread within "
-          "each run, not between runs)")
+          "faster when the whole interval is past 1 and the median moved 3% or more, else no change "
+          "(the interval covers the spread within each run; two runs differ by up to ~2.5%)")
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -16,7 +16,8 @@ from edgeship.report import plots
 from edgeship.report.analysis import (fallback_lines, prune_line, qat_lines, sensitivity_headers,
                                       sensitivity_rows)
 from edgeship.report.schema import Report
-from edgeship.report.writers import float_line, headers, mostly_float, rows
+from edgeship.report.writers import (between_processes, float_line, headers, int8_slower, machines,
+                                     mostly_float, profiles, rows)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -75,7 +76,7 @@ def _summary(report: Report) -> list[str]:
     failed = [a for a in report.artifacts if a.status != "ok"]
     items = [f"<li>{_e(report.float.warning)}</li>"] if report.float and report.float.warning else []
     items += [f"<li><code>{_e(a.target)}</code> {_e(a.status)}: {_e(a.error)}</li>" for a in failed]
-    items += [f"<li>{_e(line)}</li>" for line in mostly_float(report)]
+    items += [f"<li>{_e(line)}</li>" for line in int8_slower(report) + mostly_float(report)]
     if items:
         out.append(f'<ul class="warnings">{"".join(items)}</ul>')
     if report.recommendations:
@@ -127,6 +128,9 @@ def html_page(report: Report, budgets: list[Budget]) -> str:
               "<h2>Size against the fp32 twin</h2>",
               _img(plots.size_vs_twin(report, budgets), "size per target against its fp32 twin")]
     parts += _analyses(report)
+    parts += _list("Where the time goes (per-op profiles)", found) if (found := profiles(report)) else []
+    parts += _list("Devices as measured", machines(report) + between_processes(report)) \
+        if machines(report) else []
     if report.budgets:
         parts += ["<h2>Budgets</h2>", "<ol start=\"0\">"]
         parts += [f"<li><code>{_e(json.dumps(b))}</code></li>" for b in report.budgets]
@@ -138,7 +142,8 @@ def html_page(report: Report, budgets: list[Budget]) -> str:
     versions = " · ".join(f"{k} {v}" for k, v in env.items() if not isinstance(v, dict))
     host = env.get("host", {})
     parts.append(f'<p class="muted">edgeship {_e(report.edgeship_version)} · {_e(versions)} · host '
-                 f'{_e(host.get("cpu"))} ({_e(host.get("arch"))}, {_e(host.get("cores"))} cores) · '
+                 f'{_e(host.get("cpu"))} ({_e(host.get("arch"))}, {_e(host.get("cores"))} cores, int8 '
+                 f'ISA {_e(" ".join(host.get("int8_isa") or []) or "—")}) · '
                  f"recipe sha256 {_e(report.recipe_sha256)}</p>")
     body = "\n".join(p for p in parts if p)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from edgeship.errors import UserError
-from edgeship.report.schema import Report
+from edgeship.report.schema import Benchmark, Report
 
 
 def samples_name(json_name: str) -> str:
@@ -21,24 +22,30 @@ def samples_name(json_name: str) -> str:
     return f"{Path(json_name).stem}.samples.npz"
 
 
+def take_samples(benchmarks: Iterable[tuple[str, Benchmark]]) -> bytes | None:
+    """Moves each benchmark's samples into an archive under its key (and names the key in the
+    benchmark); the archive's bytes, or None when no benchmark has samples."""
+    arrays = {}
+    for key, bench in benchmarks:
+        if bench.samples_ms:
+            bench.samples_key = key
+            arrays[key] = np.asarray(bench.samples_ms, dtype=np.float64)
+            bench.samples_ms = []
+    if not arrays:
+        return None
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def split_samples(report: Report, json_name: str) -> tuple[Report, bytes | None]:
     """A copy of `report` that names its samples instead of holding them, and the archive's bytes
     (None when no benchmark has samples)."""
     out = report.model_copy(deep=True)
-    arrays = {}
-    for a, artifact in enumerate(out.artifacts):
-        for b, bench in enumerate(artifact.benchmarks):
-            if bench.samples_ms:
-                bench.samples_key = f"a{a}b{b}"
-                arrays[bench.samples_key] = np.asarray(bench.samples_ms, dtype=np.float64)
-                bench.samples_ms = []
-    if not arrays:
-        out.samples_file = None
-        return out, None
-    out.samples_file = samples_name(json_name)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return out, buffer.getvalue()
+    data = take_samples((f"a{a}b{b}", bench) for a, artifact in enumerate(out.artifacts)
+                        for b, bench in enumerate(artifact.benchmarks))
+    out.samples_file = samples_name(json_name) if data is not None else None
+    return out, data
 
 
 def _archive(report: Report, folder: Path) -> Path:
