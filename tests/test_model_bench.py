@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,10 @@ def test_torchscript_needs_its_inputs_given(files, tmp_path):
     assert result.code == 1, result.stdout + result.stderr  # measured, and over a budget nobody meets
     assert report["gate"]["violations"][0]["message"].startswith(
         "quick-local x:1x3x16x16:float32: p50 latency ms ")
+    root = ET.fromstring((tmp_path / "out" / "junit.xml").read_text())  # what a CI server reads
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")
+    (failure,) = root.iter("failure")
+    assert failure.get("type") == "max_latency_p50_ms" and failure.get("message").startswith("quick-local x:")
     ops = {op["name"] for op in report["runs"][0]["benchmark"]["profile"]["ops"]}
     assert {"aten::conv2d", "aten::linear"} & ops or "aten::_convolution" in ops, ops
     assert "profile: x:1x3x16x16:float32: ops " in result.stdout and "top ops" in result.stdout
@@ -180,8 +185,11 @@ def test_the_same_file_through_ssh(files, tmp_path, sshd: SshServer):  # noqa: F
         f'[transport]\nkind = "ssh"\nhost = "127.0.0.1"\nport = {sshd.port}\n'
         f'identity_file = "{sshd.identity_file}"\npython = "{sys.executable}"\n'
         f'workdir = "{tmp_path / "device"}"\noptions = ["UserKnownHostsFile={sshd.known_hosts}"]\n{QUICK}')
-    result, report = bench(str(files["net.onnx"]), "--device", str(profile), "--out", "out", cwd=tmp_path)
+    result, report = bench(str(files["net.onnx"]), "--device", str(profile), "--out", "out", "--profile",
+                           cwd=tmp_path)
     assert result.code == 0, result.stdout + result.stderr
     bench_ = report["runs"][0]["benchmark"]
     assert bench_["status"] == "ok" and bench_["device"] == "loopback" and bench_["iterations"] >= 20
     assert (tmp_path / "device").is_dir()  # the file went to the device's workdir
+    # the profile came back from the device too: ONNX Runtime's kernels of this float net
+    assert {"Conv", "FusedConv"} & set(bench_["profile"]["ms_by_op_type"]), bench_["profile"]

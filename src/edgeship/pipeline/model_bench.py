@@ -17,6 +17,7 @@ from edgeship.errors import ExitCode, UserError
 from edgeship.fileio import sha256_file, write_atomic
 from edgeship.formats.model_file import InputSpec, ModelFile, random_inputs
 from edgeship.pipeline.benchmark import measured
+from edgeship.report.junit import model_bench_junit
 from edgeship.report.samples import samples_name, take_samples
 from edgeship.report.schema import Benchmark, Gate, ModelBenchReport, ModelRun, Violation
 from edgeship.version import __version__
@@ -121,16 +122,18 @@ def make_report(model: ModelFile, inputs_from: str, device: str, runs: list[Mode
 
 
 def write_report(report: ModelBenchReport, folder: Path, markdown: str) -> list[Path]:
-    """report.json (the raw samples beside it in report.samples.npz) and report.md, atomically."""
+    """report.json (the raw samples beside it in report.samples.npz), report.md and junit.xml,
+    atomically."""
     stored = report.model_copy(deep=True)
     samples = take_samples((f"run{i}", run.benchmark) for i, run in enumerate(stored.runs))
-    paths = [folder / "report.json", folder / "report.md"]
+    paths = [folder / "report.json", folder / "report.md", folder / "junit.xml"]
     if samples is not None:
         stored.samples_file = samples_name(paths[0].name)
         paths.append(folder / stored.samples_file)
         write_atomic(paths[-1], samples)
     write_atomic(paths[0], stored.model_dump_json(indent=2) + "\n")
     write_atomic(paths[1], markdown)
+    write_atomic(paths[2], model_bench_junit(report))
     return paths
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edgeship.fileio import write_atomic
 from edgeship.gate.budgets import Check, Outcome
-from edgeship.report.schema import Report
+from edgeship.report.schema import ModelBenchReport, Report
 
 
 # Characters XML 1.0 forbids even escaped (C0 controls but tab and newlines, lone surrogates,
@@ -125,3 +125,35 @@ def junit_xml(report: Report, checks: list[Check]) -> str:
 
 def write_junit(report: Report, checks: list[Check], path: Path) -> None:
     write_atomic(path, junit_xml(report, checks))
+
+
+def model_bench_junit(report: ModelBenchReport) -> str:
+    """junit.xml of `edgeship bench MODEL`: one suite, per input set a `benchmark[<device>]` case
+    (error when the runtime failed, skipped when the device lacks it) and a case per command-line
+    budget (failure when violated or not measured)."""
+    model = Path(report.model).name
+    cases = []
+    for run in report.runs:
+        b, shapes = run.benchmark, " ".join(run.inputs)
+        case = _Case(f"edgeship.bench.{model}", f"benchmark[{b.device}] {shapes}", seconds=b.seconds or 0.0)
+        if b.status == "skipped":
+            case.kind, case.message = "skipped", b.error or "skipped"
+        elif b.status != "ok":
+            case.kind, case.type, case.message = "error", b.status, f"{model} on {b.device}: {b.error}"
+        cases.append(case)
+        for name, limit in report.limits.items():
+            case = _Case(f"edgeship.bench.{model}", f"{name}[{b.device}] {shapes}")
+            broken = next((v for v in report.gate.violations if v.limit_name == name
+                           and v.message.startswith(f"{b.device} {shapes}:")), None)
+            if broken is not None:
+                case.kind, case.type, case.message = "failure", name, broken.message
+                case.detail = f"{broken.message}\nlimit: {limit:g}"
+            cases.append(case)
+    root = ET.Element("testsuites", name=xml_text(f"edgeship.bench.{model}"), tests=str(len(cases)),
+                      failures=str(sum(c.kind == "failure" for c in cases)),
+                      errors=str(sum(c.kind == "error" for c in cases)),
+                      skipped=str(sum(c.kind == "skipped" for c in cases)),
+                      time=f"{sum(c.seconds for c in cases):.3f}")
+    _suite(root, f"edgeship.bench.{model}", cases, sum(c.seconds for c in cases))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
