@@ -129,8 +129,7 @@ def html_page(report: Report, budgets: list[Budget]) -> str:
               _img(plots.size_vs_twin(report, budgets), "size per target against its fp32 twin")]
     parts += _analyses(report)
     parts += _list("Where the time goes (per-op profiles)", found) if (found := profiles(report)) else []
-    parts += _list("Devices as measured", machines(report) + between_processes(report)) \
-        if machines(report) else []
+    parts += _list("Devices as measured", seen + between_processes(report)) if (seen := machines(report)) else []
     if report.budgets:
         parts += ["<h2>Budgets</h2>", "<ol start=\"0\">"]
         parts += [f"<li><code>{_e(json.dumps(b))}</code></li>" for b in report.budgets]
