@@ -19,8 +19,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from edgeship.devices.profile import load_profile, shipped_profiles
 from edgeship.errors import (RUN_FOLDER_NOTE, STAGE_NOTE, TARGET_NOTE, EdgeshipError, ExitCode,
