@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeship.errors import UserError
 from edgeship.formats.model_file import open_model_file
+from browser import chromium, open_page  # noqa: F401  (chromium is a fixture)
 from sshd import SshServer, sshd  # noqa: F401  (sshd is a fixture)
 from support import run_cli
 
@@ -115,6 +116,46 @@ def test_a_batch_sweep_of_a_dynamic_batch(files, tmp_path):
     assert p50[1] > p50[0]  # eight images take longer than one
 
 
+BUDGETS = """name = "a recipe's budgets"
+[[budgets]]
+max_size_mb = 0.001
+max_accuracy_drop = 1.0
+[[budgets]]
+targets = ["executorch-xnnpack"]
+max_latency_p50_ms = 0.000001
+[[budgets]]
+devices = ["rpi5"]
+max_peak_rss_mb = 1
+[[budgets]]
+devices = ["quick-local"]
+max_latency_p90_ms = 1000
+max_peak_rss_mb = 4000
+"""
+
+
+def test_a_shape_sweep_gated_by_a_recipes_budgets_in_every_report(files, tmp_path, chromium):
+    """Two --input values for one name are two input sets; of the [[budgets]] only those for this
+    device and the file's format apply, the tightest value of each limit wins over the command
+    line's looser one, and what a bare file cannot show is named, not passed."""
+    (tmp_path / "budgets.toml").write_text(BUDGETS)
+    result, report = bench(str(files["dynamic.onnx"]), "--device", str(local_profile(tmp_path)),
+                           "--input", "x:1x3x16x16", "--input", "x:4x3x16x16", "--budgets", "budgets.toml",
+                           "--max-peak-rss-mb", "5000", "--out", "out", cwd=tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    assert [r["inputs"] for r in report["runs"]] == [["x:1x3x16x16:float32"], ["x:4x3x16x16:float32"]]
+    assert report["limits"] == {"max_size_mb": 0.001, "max_latency_p90_ms": 1000, "max_peak_rss_mb": 4000}
+    assert report["limits_not_checked"] == ["max_accuracy_drop"]
+    assert [v["limit_name"] for v in report["gate"]["violations"]] == ["max_size_mb"]
+    assert "not checked on a bare model file" in result.stdout and "max_accuracy_drop" in result.stdout
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("testcase")}
+    assert cases["max_size_mb"].find("failure") is not None
+    assert cases["max_latency_p90_ms[quick-local] x:4x3x16x16:float32"].find("failure") is None
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<h2>Input sweep</h2>" in page and "Budgets FAILED" in page
+    title, console = open_page(chromium, page, tmp_path)
+    assert title == "IMAGES 2 BAD []" and console == []
+
+
 def test_real_inputs_from_an_npz(files, tmp_path):
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).standard_normal((4, 3, 16, 16), np.float32))
     result, report = bench(str(files["dynamic.onnx"]), "--device", str(local_profile(tmp_path)),
@@ -170,8 +211,15 @@ def test_a_bad_model_file_exits_2_in_one_line_and_writes_nothing(tmp_path):
     (("--input", "x:1x3x16x16:float128"), "dtypes: float32, float16"),
     (("--batch-sizes", "1,0"), "--batch-sizes '1,0': positive integers"),
     (("--engine", "mkl"), "--engine 'mkl': fbgemm or qnnpack"),
+    (("--input", "x:1x3x16x16", "--input", "y:1x4", "--input", "x:2x3x16x16"),
+     "every set of a sweep names the same inputs in the same order (x, y); got x"),
+    (("--budgets", "nowhere.toml"), "nowhere.toml: cannot read budgets file"),
+    (("--budgets", "recipe.toml"), "recipe.toml: no [[budgets]] tables"),
+    (("--budgets", "typo.toml"), "typo.toml: budgets[0].max_latncy_p50_ms: unknown key"),
 ])
 def test_bad_arguments_get_one_line_and_exit_2(files, tmp_path, args, expected):
+    (tmp_path / "recipe.toml").write_text('name = "no budgets"\n')
+    (tmp_path / "typo.toml").write_text("[[budgets]]\nmax_latncy_p50_ms = 3\n")
     result, _ = bench(str(files["net.onnx"]), *args, cwd=tmp_path)
     assert result.code == 2
     (line,) = result.stderr.strip().splitlines()

@@ -4,10 +4,8 @@ the stored demo report (tests/data) with budgets chosen to pass or fail."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from edgeship.report.junit import junit_xml
 from edgeship.gate.recommend import recommend
 from edgeship.report.schema import Report
 from edgeship.report.writers import append_step_summary, markdown
+from browser import chromium, open_page  # noqa: F401  (chromium is a fixture)
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
 TIGHT = [Budget(max_size_mb=0.105, max_latency_p50_ms=0.03), Budget(max_regression=["size:2%"])]
@@ -150,49 +149,12 @@ def test_html_escapes_text_and_loads_nothing_from_elsewhere():
     assert page.count('<img alt="') == 3
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHECK_IMAGES = """<script>
-window.addEventListener("load", () => {
-  const images = [...document.images];
-  const bad = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
-  document.title = "IMAGES " + images.length + " BAD " + JSON.stringify(bad);
-});
-</script>"""
-
-
-@pytest.fixture
-def chromium():
-    if CHROMIUM is None:
-        if os.environ.get("EDGESHIP_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("EDGESHIP_REQUIRE_CHROMIUM=1 but no chromium on PATH (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium); EDGESHIP_REQUIRE_CHROMIUM=1 makes this fail")
-    return CHROMIUM
-
-
-def _open(browser: str, page: str, folder: Path) -> tuple[str, list[str]]:
-    """Load `page` with the image check added; its title after load and the console's lines."""
-    relaxed = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
-    assert relaxed != page or "Content-Security-Policy" not in page
-    path = folder / "page.html"
-    path.write_text(relaxed.replace("</body>", CHECK_IMAGES + "\n</body>"))
-    proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={folder / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    title = re.search(r"<title>(.*?)</title>", proc.stdout, re.S)
-    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    return (title.group(1) if title else ""), console
-
-
 def test_the_check_itself_sees_a_broken_image_and_a_console_error(chromium, tmp_path):
     page = ('<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="'
             "default-src 'none'; img-src data:\"><title>t</title></head><body>"
             '<img alt="broken" src="data:image/png;base64,AAAA"><img alt="remote" src="http://example.invalid/a.png">'
             "<script>undefinedFunction()</script></body></html>")
-    title, console = _open(chromium, page, tmp_path)
+    title, console = open_page(chromium, page, tmp_path)
     assert title == 'IMAGES 2 BAD ["broken","remote"]'
     assert any("Uncaught ReferenceError" in line for line in console)
     assert any("violates the following Content Security Policy" in line for line in console)
@@ -202,7 +164,7 @@ def test_the_check_itself_sees_a_broken_image_and_a_console_error(chromium, tmp_
 def test_report_html_renders_in_chromium(chromium, tmp_path, budgets):
     report = gated(budgets, baseline=stored() if budgets else None)
     page = html_page(report, budgets)
-    title, console = _open(chromium, page, tmp_path)
+    title, console = open_page(chromium, page, tmp_path)
     assert title == "IMAGES 3 BAD []", title
     assert console == []
     if budgets:

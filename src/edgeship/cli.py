@@ -176,6 +176,10 @@ def _opt(*names: str, help: str, metavar: str | None = None):  # noqa: A002 - ty
 
 
 
+def _LimitOption(name: str, what: str):  # noqa: N802 - used as a type
+    return Annotated[float | None, _opt(name, help=f"Budget: exit 1 above this {what}.")]
+
+
 @app.command()
 def bench(path: Annotated[Path, typer.Argument(
               metavar="MODEL|REPORT", help="A model file to measure on --device (.onnx with its "
@@ -184,26 +188,25 @@ def bench(path: Annotated[Path, typer.Argument(
           benchmark_json: Annotated[Path | None, _opt("--benchmark-json", metavar="PATH", help=(
               "REPORT: write its benchmarks here in pytest-benchmark's JSON schema (read by "
               "`pytest-benchmark compare` and --benchmark-compare)."))] = None,
-          save_data: Annotated[bool, _opt("--benchmark-save-data", help=(
-              "With --benchmark-json: also write every raw sample (stats.data)."))] = False,
-          device: Annotated[str, _opt("--device", help="MODEL: device profile name or .toml.")] = "local",
+          save_data: Annotated[bool, _opt("--benchmark-save-data", help="With --benchmark-json: "
+                                          "also write every raw sample (stats.data).")] = False,
+          device: Annotated[str, _opt("--device", help="MODEL: a device profile's name or .toml.")] = "local",
           inputs: Annotated[list[str] | None, _opt("--input", metavar="NAME:1x3x224x224:float32", help=(
-              "MODEL: an input's shape and dtype, once per input, in order; default: the file's "
-              "own metadata (ONNX, ExecuTorch).") )] = None,
-          inputs_npz: Annotated[Path | None, _opt("--inputs", metavar="NPZ", help=(
-              "MODEL: real inputs, one array per input (by input name, else in order)."))] = None,
-          batch_sizes: Annotated[str | None, _opt("--batch-sizes", metavar="1,4,8", help=(
-              "MODEL: measure once per batch size (the inputs' first dimension)."))] = None,
+              "MODEL: an input's shape and dtype, once per input, in order; a name given again "
+              "starts another set (a shape sweep); default: the file's own metadata (ONNX, ExecuTorch).") )] = None,
+          inputs_npz: Annotated[Path | None, _opt("--inputs", metavar="NPZ", help="MODEL: real inputs, "
+                                "one array per input (by input name, else in order).")] = None,
+          batch_sizes: Annotated[str | None, _opt("--batch-sizes", metavar="1,4,8", help="MODEL: measure "
+                                 "once per batch size (the inputs' first dimension).")] = None,
           engine: Annotated[str | None, _opt("--engine", help=(
               "MODEL: torch quantized engine for a quantized TorchScript file (fbgemm, qnnpack)."))] = None,
-          out: Annotated[Path, _opt("--out", "-o", help="MODEL: folder for report.json and report.md.")]
-          = Path("edgeship-bench"),
-          max_latency_p50_ms: Annotated[float | None, _opt("--max-latency-p50-ms", help=(
-              "Budget: exit 1 above this p50."))] = None,
-          max_latency_p90_ms: Annotated[float | None, _opt("--max-latency-p90-ms", help=(
-              "Budget: exit 1 above this p90."))] = None,
-          max_peak_rss_mb: Annotated[float | None, _opt("--max-peak-rss-mb", help=(
-              "Budget: exit 1 above this peak RSS."))] = None,
+          out: Annotated[Path, _opt("--out", "-o", help="MODEL: folder for the reports.")] = Path("edgeship-bench"),
+          budgets: Annotated[Path | None, _opt("--budgets", metavar="TOML", help=(
+              "MODEL: a recipe's budgets tables (or a TOML with only those): their size, latency "
+              "and peak-RSS limits for this device and the file's format; exit 1 when broken."))] = None,
+          max_latency_p50_ms: _LimitOption("--max-latency-p50-ms", "p50") = None,
+          max_latency_p90_ms: _LimitOption("--max-latency-p90-ms", "p90") = None,
+          max_peak_rss_mb: _LimitOption("--max-peak-rss-mb", "peak RSS") = None,
           profile: Annotated[bool, _opt("--profile", help=(
               "MODEL: also time each op on the device, in a process of its own."))] = False) -> None:
     """Measure any model file on a device (the runner and transports of `run`), or export a run's
@@ -213,10 +216,9 @@ def bench(path: Annotated[Path, typer.Argument(
         return
     if benchmark_json is not None:
         raise UserError(f"--benchmark-json converts a report.json; {path} is a model file")
-    limits = {"max_latency_p50_ms": max_latency_p50_ms, "max_latency_p90_ms": max_latency_p90_ms,
-              "max_peak_rss_mb": max_peak_rss_mb}
-    _bench_model(path, device, inputs or [], inputs_npz, batch_sizes, engine, out,
-                 {k: v for k, v in limits.items() if v is not None}, profile)
+    limits = {k: v for k, v in [("max_latency_p50_ms", max_latency_p50_ms), ("max_latency_p90_ms",
+              max_latency_p90_ms), ("max_peak_rss_mb", max_peak_rss_mb)] if v is not None}
+    _bench_model(path, device, inputs or [], inputs_npz, batch_sizes, engine, out, limits, budgets, profile)
 
 
 def _bench_json(report_path: Path, benchmark_json: Path | None, save_data: bool) -> None:
@@ -239,26 +241,38 @@ def _batch_sizes(text: str | None) -> list[int]:
 
 def _bench_model(path: Path, device: str, inputs: list[str], inputs_npz: Path | None,
                  batch_sizes: str | None, engine: str | None, out: Path, limits: dict,
-                 profile_ops: bool) -> None:
-    from edgeship.formats.model_file import open_model_file, parse_input
+                 budgets: Path | None, profile_ops: bool) -> None:
+    from edgeship.formats.model_file import open_model_file, parse_input_sets
     from edgeship.pipeline.model_bench import bench_model_file, write_report
-    from edgeship.report import model_bench_view
+    from edgeship.report import model_bench_html, model_bench_view
 
     if engine not in (None, "fbgemm", "qnnpack"):
         raise UserError(f"--engine {engine!r}: fbgemm or qnnpack")
-    given = [parse_input(text, i) for i, text in enumerate(inputs)]
+    given = parse_input_sets(inputs)
     sizes = _batch_sizes(batch_sizes)
     profile = load_profile(device)
     quiet_third_party()  # before the ExecuTorch runtime reads a .pte's metadata (it loads torchao)
     model = open_model_file(path)
+    limits, not_checked = _budget_limits(budgets, profile.name, model.format, limits)
     settings = profile.benchmark.model_copy(update={"profile": profile.benchmark.profile or profile_ops})
     report = bench_model_file(model, profile, settings, given=given, inputs_npz=inputs_npz,
-                              batch_sizes=sizes, engine=engine, limits=limits)
+                              batch_sizes=sizes, engine=engine, limits=limits,
+                              not_checked=not_checked)
     out.mkdir(parents=True, exist_ok=True)
-    written = write_report(report, out, model_bench_view.markdown(report))
+    written = write_report(report, out, model_bench_view.markdown(report), model_bench_html.html_page(report))
     model_bench_view.print_model_bench(report, stdout)
     stdout.print(f"reports: {' · '.join(map(str, written))}", highlight=False, markup=False)
     raise typer.Exit(report.exit_code)
+
+
+def _budget_limits(path: Path | None, device: str, fmt, given: dict) -> tuple[dict, list[str]]:
+    """--budgets' limits for this device and format, tightened by the command line's."""
+    from edgeship.gate.file_budgets import file_limits, read_budgets, tightest
+
+    if path is None:
+        return given, []
+    limits, not_checked = file_limits(read_budgets(path), device, fmt)
+    return tightest(limits, given), not_checked
 
 
 @app.command()

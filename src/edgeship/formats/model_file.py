@@ -47,6 +47,27 @@ def parse_input(text: str, index: int) -> InputSpec:
     return InputSpec(match["name"] or f"input_{index}", tuple(map(int, match["shape"].split("x"))), dtype)
 
 
+def parse_input_sets(texts: list[str]) -> list[list[InputSpec]]:
+    """`--input` values as input sets: each value is the next input, and a name given again
+    starts another set (a shape sweep), which must name the same inputs in the same order.
+
+    >>> [[str(s) for s in set_] for set_ in parse_input_sets(["x:1x8", "x:4x8"])]
+    [['x:1x8:float32'], ['x:4x8:float32']]
+    """
+    sets: list[list[InputSpec]] = []
+    for index, text in enumerate(texts):
+        spec = parse_input(text, index)
+        if not sets or spec.name in {s.name for s in sets[-1]}:
+            sets.append([])
+        sets[-1].append(spec)
+    names = [s.name for s in sets[0]] if sets else []
+    for other in sets[1:]:
+        if [s.name for s in other] != names:
+            raise UserError(f"--input: every set of a sweep names the same inputs in the same order "
+                            f"({', '.join(names)}); got {', '.join(s.name for s in other)}")
+    return sets
+
+
 @dataclass(frozen=True)
 class ModelFile:
     path: Path

@@ -43,12 +43,16 @@ def user_inputs(path: Path, model: ModelFile) -> list[np.ndarray]:
     return list(arrays.values())
 
 
-def input_sets(model: ModelFile, given: list[InputSpec], batch_sizes: list[int]) -> list[list[InputSpec]]:
-    specs = given or model.inputs
-    if not specs:
+def input_sets(model: ModelFile, given: list[list[InputSpec]], batch_sizes: list[int]
+               ) -> list[list[InputSpec]]:
+    """The sets to measure: each --input set (else the file's own inputs), once per batch size."""
+    sets = given or ([model.inputs] if model.inputs else [])
+    if not sets:
         raise UserError(f"{model.path}: cannot tell its inputs ({model.why_no_inputs}); give them with "
                         f"--input NAME:1x3x224x224:float32 (once per input) or --inputs data.npz")
-    return [[s.batched(b) for s in specs] for b in batch_sizes] if batch_sizes else [specs]
+    if batch_sizes:
+        sets = [[s.batched(b) for s in specs] for specs in sets for b in batch_sizes]
+    return [specs for i, specs in enumerate(sets) if specs not in sets[:i]]  # each set measured once
 
 
 def _skip_reason(profile: DeviceProfile, model: ModelFile) -> str | None:
@@ -89,19 +93,24 @@ def run_model_bench(model: ModelFile, profile: DeviceProfile, settings: Benchmar
     return runs
 
 
-def gate(runs: list[ModelRun], limits: dict[str, float]) -> Gate:
-    """Every limit on every run; a run that measured nothing violates each limit."""
+def gate(runs: list[ModelRun], limits: dict[str, float], size_bytes: int) -> Gate:
+    """Every limit on every run (a run that measured nothing violates each), and the file's size."""
     violations = []
+    if "max_size_mb" in limits and size_bytes / 1e6 > limits["max_size_mb"]:
+        violations.append(Violation(
+            budget=0, target="model", limit_name="max_size_mb", limit=limits["max_size_mb"],
+            measured=size_bytes / 1e6,
+            message=f"size MB {size_bytes / 1e6:.3f} > max_size_mb {limits['max_size_mb']:g}"))
     for run in runs:
         where = f"{run.benchmark.device} {' '.join(run.inputs)}"
-        for name, limit in limits.items():
+        for name in (n for n in limits if n in LIMITS):
             what, read = LIMITS[name]
             value = read(run.benchmark) if run.benchmark.status == "ok" else None
-            if value is None or value > limit:
+            if value is None or value > limits[name]:
                 shown = "not measured" if value is None else f"{value:.3f}"
                 violations.append(Violation(budget=0, target="model", device=run.benchmark.device,
-                                            limit_name=name, limit=limit, measured=value,
-                                            message=f"{where}: {what} {shown} > {name} {limit:g}"))
+                                            limit_name=name, limit=limits[name], measured=value,
+                                            message=f"{where}: {what} {shown} > {name} {limits[name]:g}"))
     return Gate(passed=not violations, violations=violations)
 
 
@@ -112,21 +121,21 @@ def exit_code(runs: list[ModelRun], verdict: Gate) -> int:
 
 
 def make_report(model: ModelFile, inputs_from: str, device: str, runs: list[ModelRun],
-                limits: dict[str, float]) -> ModelBenchReport:
-    verdict = gate(runs, limits)
+                limits: dict[str, float], not_checked: list[str]) -> ModelBenchReport:
+    verdict = gate(runs, limits, model.size_bytes)
     return ModelBenchReport(
         edgeship_version=__version__, model=str(model.path), format=model.format.value,
         sha256=sha256_file(model.path), size_bytes=model.size_bytes, inputs_from=inputs_from,
-        device=device, environment=environment(), runs=runs, limits=limits, gate=verdict,
+        device=device, environment=environment(), runs=runs, limits=limits, limits_not_checked=not_checked, gate=verdict,
         exit_code=exit_code(runs, verdict))
 
 
-def write_report(report: ModelBenchReport, folder: Path, markdown: str) -> list[Path]:
-    """report.json (the raw samples beside it in report.samples.npz), report.md and junit.xml,
-    atomically."""
+def write_report(report: ModelBenchReport, folder: Path, markdown: str, html: str) -> list[Path]:
+    """report.json (the raw samples beside it in report.samples.npz), report.md, report.html
+    and junit.xml, atomically."""
     stored = report.model_copy(deep=True)
     samples = take_samples((f"run{i}", run.benchmark) for i, run in enumerate(stored.runs))
-    paths = [folder / "report.json", folder / "report.md", folder / "junit.xml"]
+    paths = [folder / "report.json", folder / "report.md", folder / "junit.xml", folder / "report.html"]
     if samples is not None:
         stored.samples_file = samples_name(paths[0].name)
         paths.append(folder / stored.samples_file)
@@ -134,12 +143,14 @@ def write_report(report: ModelBenchReport, folder: Path, markdown: str) -> list[
     write_atomic(paths[0], stored.model_dump_json(indent=2) + "\n")
     write_atomic(paths[1], markdown)
     write_atomic(paths[2], model_bench_junit(report))
+    write_atomic(paths[3], html)
     return paths
 
 
 def bench_model_file(model: ModelFile, profile: DeviceProfile, settings: BenchmarkSettings, *,
-                     given: list[InputSpec], inputs_npz: Path | None, batch_sizes: list[int],
-                     engine: str | None, limits: dict[str, float]) -> ModelBenchReport:
+                     given: list[list[InputSpec]], inputs_npz: Path | None, batch_sizes: list[int],
+                     engine: str | None, limits: dict[str, float],
+                     not_checked: list[str] = ()) -> ModelBenchReport:
     """The whole command but its printing: inputs (from --inputs, --input or the file's metadata,
     random where not given), a benchmark per input set on the device, the budgets' verdict."""
     if inputs_npz is not None:
@@ -152,4 +163,4 @@ def bench_model_file(model: ModelFile, profile: DeviceProfile, settings: Benchma
         source = "--input" if given else "the file's metadata"
     with tempfile.TemporaryDirectory(prefix="edgeship-bench-") as tmp:
         runs = run_model_bench(model, profile, settings, sets, Path(tmp), engine)
-    return make_report(model, source, profile.name, runs, limits)
+    return make_report(model, source, profile.name, runs, limits, list(not_checked))

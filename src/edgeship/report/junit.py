@@ -127,6 +127,17 @@ def write_junit(report: Report, checks: list[Check], path: Path) -> None:
     write_atomic(path, junit_xml(report, checks))
 
 
+def _limit_case(report: ModelBenchReport, case_name: str, name: str, limit: float, where: str) -> _Case:
+    """A budget's case: failed when a violation of `name` whose message starts with `where`."""
+    case = _Case(f"edgeship.bench.{Path(report.model).name}", case_name)
+    broken = next((v for v in report.gate.violations if v.limit_name == name
+                   and v.message.startswith(where)), None)
+    if broken is not None:
+        case.kind, case.type, case.message = "failure", name, broken.message
+        case.detail = f"{broken.message}\nlimit: {limit:g}"
+    return case
+
+
 def model_bench_junit(report: ModelBenchReport) -> str:
     """junit.xml of `edgeship bench MODEL`: one suite, per input set a `benchmark[<device>]` case
     (error when the runtime failed, skipped when the device lacks it) and a case per command-line
@@ -142,13 +153,11 @@ def model_bench_junit(report: ModelBenchReport) -> str:
             case.kind, case.type, case.message = "error", b.status, f"{model} on {b.device}: {b.error}"
         cases.append(case)
         for name, limit in report.limits.items():
-            case = _Case(f"edgeship.bench.{model}", f"{name}[{b.device}] {shapes}")
-            broken = next((v for v in report.gate.violations if v.limit_name == name
-                           and v.message.startswith(f"{b.device} {shapes}:")), None)
-            if broken is not None:
-                case.kind, case.type, case.message = "failure", name, broken.message
-                case.detail = f"{broken.message}\nlimit: {limit:g}"
-            cases.append(case)
+            if name != "max_size_mb":
+                cases.append(_limit_case(report, f"{name}[{b.device}] {shapes}", name, limit,
+                                         f"{b.device} {shapes}:"))
+    if "max_size_mb" in report.limits:
+        cases.append(_limit_case(report, "max_size_mb", "max_size_mb", report.limits["max_size_mb"], ""))
     root = ET.Element("testsuites", name=xml_text(f"edgeship.bench.{model}"), tests=str(len(cases)),
                       failures=str(sum(c.kind == "failure" for c in cases)),
                       errors=str(sum(c.kind == "error" for c in cases)),

@@ -49,7 +49,11 @@ def problems(report: ModelBenchReport) -> list[str]:
     """What a row's status cannot say: why a run was skipped or failed, budgets it broke."""
     out = [f"{' '.join(r.inputs)}: {r.benchmark.status}: {r.benchmark.error}"
            for r in report.runs if r.benchmark.error]
-    return out + [v.message for v in report.gate.violations]
+    out += [v.message for v in report.gate.violations]
+    if report.limits_not_checked:
+        out.append(f"not checked on a bare model file (they need the float model or a baseline): "
+                   f"{', '.join(report.limits_not_checked)}")
+    return out
 
 
 def title(report: ModelBenchReport) -> str:

@@ -413,6 +413,8 @@ class ModelBenchReport(BaseModel):
     environment: dict
     runs: list[ModelRun] = Field(default_factory=list)
     limits: dict[str, builtins.float] = Field(default_factory=dict)
+    # limits of --budgets that apply but need what a bare file lacks (float model, baseline)
+    limits_not_checked: list[str] = Field(default_factory=list)
     gate: Gate
     exit_code: int = 0
     samples_file: str | None = None

@@ -1,0 +1,56 @@
+"""Plots drawn from raw latency samples (PNG bytes, matplotlib's Agg backend):
+
+- the empirical CDF of each series' samples, one line each, with a legend;
+- an input sweep: p50 and p90 per input set as horizontal bars, so long shape labels never
+  overlap each other.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
+
+from edgeship.report.plots import _png  # noqa: E402
+
+P50, P90 = "#1f77b4", "#9ecae1"
+
+
+def latency_ecdf(series: list[tuple[str, list[float]]], title: str) -> bytes | None:
+    """Each series' share of runs at or below a latency; a log axis where they span 10x or more."""
+    series = [(label, np.sort(np.asarray(s, dtype=float))) for label, s in series if len(s)]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for label, ms in series:
+        ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=f"{label} (n={len(ms)})")
+    low, high = min(s[0] for _, s in series), max(s[-1] for _, s in series)
+    if low > 0 and high / low >= 10:
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel="latency (ms)", ylabel="share of runs ≤ latency", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
+
+
+def input_sweep(rows: list[tuple[str, float, float]], title: str) -> bytes | None:
+    """(input set, p50 ms, p90 ms) per row, in the order measured."""
+    if len(rows) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.4))
+    ys = np.arange(len(rows))
+    ax.barh(ys - 0.18, [p90 for _, _, p90 in rows], height=0.36, color=P90, label="p90")
+    ax.barh(ys + 0.18, [p50 for _, p50, _ in rows], height=0.36, color=P50, label="p50")
+    for y, (_, p50, _) in zip(ys, rows):
+        ax.annotate(f"{p50:.3g} ms", (p50, y + 0.18), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_yticks(ys, [label for label, _, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.margins(x=0.2)
+    ax.set(title=title, xlabel="latency (ms)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)
