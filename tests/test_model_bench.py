@@ -147,8 +147,12 @@ def test_a_shape_sweep_gated_by_a_recipes_budgets_in_every_report(files, tmp_pat
     assert report["limits_not_checked"] == ["max_accuracy_drop"]
     assert [v["limit_name"] for v in report["gate"]["violations"]] == ["max_size_mb"]
     assert "not checked on a bare model file" in result.stdout and "max_accuracy_drop" in result.stdout
+    import xmlschema
+    xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "junit-10.xsd")).validate(
+        str(tmp_path / "out" / "junit.xml"))
     cases = {c.get("name"): c for c in ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("testcase")}
     assert cases["max_size_mb"].find("failure") is not None
+    assert cases["max_size_mb"].find("system-out").text.startswith("measured: 0.00")
     assert cases["max_latency_p90_ms[quick-local] x:4x3x16x16:float32"].find("failure") is None
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<h2>Input sweep</h2>" in page and "Budgets FAILED" in page

@@ -58,8 +58,9 @@ def test_junit_counts_match_the_gate():
         [v.message for v in report.gate.violations]
     assert len(artifacts.findall("testcase")) == int(artifacts.get("tests")) == 7 * 2
     assert artifacts.get("failures") == "0"
-    totals = {k: sum(int(s.get(k)) for s in (budgets, artifacts)) for k in ("tests", "failures", "skipped")}
+    totals = {k: sum(int(s.get(k)) for s in (budgets, artifacts)) for k in ("tests", "failures", "errors")}
     assert totals == {k: int(root.get(k)) for k in totals}
+    assert root.get("skipped") is None  # junit-10.xsd has no such attribute on <testsuites>
     for element in [root, budgets, artifacts]:
         assert float(element.get("time")) >= 0
 
@@ -76,7 +77,31 @@ def test_a_failing_budget_case_carries_measured_value_and_limit():
     assert f"measured: {p50:g}" in failure.text and "limit: 0.03" in failure.text
     passing = root.find(".//testcase[@classname='edgeship.digits-cnn.onnx-int8']"
                         "[@name='max_latency_p50_ms[local] (budgets[0])']")
-    assert list(passing) == []
+    assert [child.tag for child in passing] == ["system-out"]  # the figures, not a verdict
+    onnx_p50 = report.artifact("onnx-int8").benchmarks[0].latency_ms.p50
+    assert passing.find("system-out").text == f"measured: {onnx_p50:g}\nlimit: at most 0.03"
+
+
+JUNIT_XSD = Path(__file__).parent / "data" / "junit-10.xsd"  # Jenkins xunit-plugin's, MIT
+
+
+@pytest.mark.parametrize("budgets", [[Budget(max_size_mb=1)], TIGHT], ids=["passing", "failing"])
+def test_junit_validates_against_jenkins_schema_and_parses_with_junitparser(budgets, tmp_path):
+    import junitparser
+    import xmlschema
+
+    report = gated(budgets)
+    report.recipe_name = "<script>alert(1)</script> | [/] \x07\x1b"  # control characters too
+    path = tmp_path / "junit.xml"
+    path.write_text(junit_xml(report, list(checks(budgets, report, None))))
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))
+    xml = junitparser.JUnitXml.fromfile(str(path))
+    cases = [case for suite in xml for case in suite]
+    failed = [c for c in cases if c.result and isinstance(c.result[0], junitparser.Failure)]
+    assert len(failed) == len(report.gate.violations) == (0 if report.gate.passed else 5)
+    passed = [c for c in cases if c.is_passed and "benchmark[" in c.name]
+    assert passed and all("p50 ms: " in c.system_out for c in passed)
+    assert "\\x07\\x1b" in path.read_text()  # written as their codes, not raw
 
 
 def test_junit_names_with_one_budget_and_a_baseline():
@@ -186,6 +211,8 @@ def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_pa
     assert [r["device"] for r in report["recommendations"]] == ["local"]
     root = ET.fromstring((out / "junit.xml").read_text())
     assert root.get("failures") == "0" and int(root.get("tests")) > 0
+    import xmlschema
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(out / "junit.xml"))
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert "<h2>Where the time goes (per-op profiles)</h2>" in page and "QLinearConv" in page

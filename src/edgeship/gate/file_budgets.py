@@ -14,7 +14,12 @@ from edgeship.errors import UserError
 from edgeship.recipe import Budget
 from edgeship.targets import TARGETS, Format
 
-MEASURABLE = ("max_size_mb", "max_latency_p50_ms", "max_latency_p90_ms", "max_peak_rss_mb")
+# per-benchmark limit → (what it limits, how to read it off a benchmark)
+BENCHMARK_LIMITS = {
+    "max_latency_p50_ms": ("p50 latency ms", lambda b: b.latency_ms and b.latency_ms.p50),
+    "max_latency_p90_ms": ("p90 latency ms", lambda b: b.latency_ms and b.latency_ms.p90),
+    "max_peak_rss_mb": ("peak RSS MB", lambda b: b.peak_rss_mb)}
+MEASURABLE = ("max_size_mb", *BENCHMARK_LIMITS)
 
 
 def read_budgets(path: Path) -> list[Budget]:

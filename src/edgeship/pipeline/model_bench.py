@@ -16,17 +16,12 @@ from edgeship.environment import environment
 from edgeship.errors import ExitCode, UserError
 from edgeship.fileio import sha256_file, write_atomic
 from edgeship.formats.model_file import InputSpec, ModelFile, random_inputs
+from edgeship.gate.file_budgets import BENCHMARK_LIMITS
 from edgeship.pipeline.benchmark import measured
 from edgeship.report.junit import model_bench_junit
 from edgeship.report.samples import samples_name, take_samples
 from edgeship.report.schema import Benchmark, Gate, ModelBenchReport, ModelRun, Violation
 from edgeship.version import __version__
-
-# command-line budget → (what it limits, how to read it off a benchmark)
-LIMITS = {"max_latency_p50_ms": ("p50 latency ms", lambda b: b.latency_ms and b.latency_ms.p50),
-          "max_latency_p90_ms": ("p90 latency ms", lambda b: b.latency_ms and b.latency_ms.p90),
-          "max_peak_rss_mb": ("peak RSS MB", lambda b: b.peak_rss_mb)}
-
 
 def user_inputs(path: Path, model: ModelFile) -> list[np.ndarray]:
     """Arrays from an .npz: by the model's input names where they match, else in file order."""
@@ -103,8 +98,8 @@ def gate(runs: list[ModelRun], limits: dict[str, float], size_bytes: int) -> Gat
             message=f"size MB {size_bytes / 1e6:.3f} > max_size_mb {limits['max_size_mb']:g}"))
     for run in runs:
         where = f"{run.benchmark.device} {' '.join(run.inputs)}"
-        for name in (n for n in limits if n in LIMITS):
-            what, read = LIMITS[name]
+        for name in (n for n in limits if n in BENCHMARK_LIMITS):
+            what, read = BENCHMARK_LIMITS[name]
             value = read(run.benchmark) if run.benchmark.status == "ok" else None
             if value is None or value > limits[name]:
                 shown = "not measured" if value is None else f"{value:.3f}"
