@@ -30,7 +30,8 @@ MAX_FUNCTION_LINES = 40
 # The most specific match wins (devices.profile is in layer 1, the rest of devices.* in layer 4).
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("edgeship.errors", "edgeship.fileio", "edgeship.progress", "edgeship.environment",
-        "edgeship.engines", "edgeship.version", "edgeship.processes", "edgeship.benchmarks.*"),
+        "edgeship.engines", "edgeship.version", "edgeship.processes", "edgeship.quiet",
+        "edgeship.benchmarks.*"),
     1: ("edgeship.targets", "edgeship.config", "edgeship.regression", "edgeship.recipe",
         "edgeship.factories", "edgeship.metrics", "edgeship.devices.profile", "edgeship.report.schema",
         "edgeship.data"),
@@ -39,7 +40,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     4: ("edgeship.devices.*",),
     5: ("edgeship.gate.*", "edgeship.report.*"),
     6: ("edgeship.pipeline.*",),
-    7: ("edgeship.cli", "edgeship", "edgeship.__main__", "edgeship.examples.*"),
+    7: ("edgeship.cli.*", "edgeship", "edgeship.__main__", "edgeship.examples.*"),
 }
 
 

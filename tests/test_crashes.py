@@ -100,7 +100,7 @@ def _crash_in_cli(monkeypatch, capsys, tmp_path, debug: str | None) -> tuple[int
     """A crash outside any run (as in `edgeship gate`): its log goes to the temporary directory."""
     import tempfile
 
-    from edgeship import cli
+    from edgeship.cli import crash as cli
 
     def crash():
         raise RuntimeError("an internal bug\nwith a second line")
@@ -201,9 +201,26 @@ def _cells(row: str) -> int:
     return count - 1
 
 
-def test_junit_xml_of_the_run_parses(hostile_run):
+def test_junit_xml_of_the_run_validates_and_html_escapes(hostile_run):
+    import xmlschema
+
     root = ET.parse(hostile_run.out / "junit.xml").getroot()
     assert root.get("name") == f"edgeship.{HOSTILE}"
+    xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "junit-10.xsd")).validate(
+        str(hostile_run.out / "junit.xml"))
+    page = (hostile_run.out / "report.html").read_text()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "edgeship: &lt;script&gt;alert(1)&lt;/script&gt; [/] [bold]x | &lt;img src=x" in page
+
+
+def test_a_name_with_control_characters_is_refused_naming_the_key(tmp_path):
+    """A BEL or an escape sequence in a recipe name would ring or repaint every terminal and
+    split one-line errors: the recipe refuses it (exit 2, one line), before any work."""
+    recipe = write_recipe(tmp_path, demo_recipe(name=HOSTILE + " \u0007"))
+    result = run_cli("run", str(recipe), out=tmp_path / "out")
+    assert result.code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("name: must be printable text on one line: no control or format characters")
 
 
 def test_junit_xml_stays_xml_with_control_characters_in_a_report():

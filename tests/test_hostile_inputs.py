@@ -310,7 +310,7 @@ def test_generated_device_profiles_exit_cleanly():
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "device.toml"
             path.write_bytes(profile)
-            args = ("devices", "show", str(path))
+            args = ("devices", "show", "--json", str(path))
             code, stdout, stderr = edgeship(*args)
             assert_well_behaved(args, code, stderr, several_errors=True)
             assert code in (0, 2), f"{args}: exit {code}\n{stderr}"

@@ -3,11 +3,13 @@ sections, and validation problems said one a line with the key path of each."""
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 import tomllib
 import unicodedata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -71,13 +73,50 @@ def key_path(loc: tuple) -> str:
 _KEYED = re.compile(r"[A-Za-z_][\w.\[\]-]*: ")
 
 
-def validation_problems(error: ValidationError) -> list[str]:
-    """One 'key.path: what is wrong' line per problem, in the file's own words."""
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The section class that holds the key at `loc` (list indexes and dict keys skipped)."""
+    for part in loc:
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        inner = [t for t in _types(model.model_fields[part].annotation)
+                 if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _types(annotation: object) -> list[object]:
+    """`annotation` and every type inside it (X | None, list[X], dict[str, X], Annotated[X, ...])."""
+    out = [annotation]
+    for arg in get_args(annotation):
+        out += _types(arg)
+    return out
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    """' (did you mean 'max_size_mb'?)' when one known key is close to `key`, else ''.
+
+    >>> did_you_mean("max_latncy_p50_ms", ["max_latency_p50_ms", "max_size_mb"])
+    " (did you mean 'max_latency_p50_ms'?)"
+    """
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key(loc: tuple, model: type[BaseModel] | None) -> str:
+    section = _model_at(model, loc[:-1]) if model is not None else None
+    return "unknown key" + (did_you_mean(loc[-1], list(section.model_fields)) if section else "")
+
+
+def validation_problems(error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
+    """One 'key.path: what is wrong' line per problem, in the file's own words; an unknown key
+    of `model` (the validated class) gets the closest known key as a suggestion."""
     problems = []
     for e in error.errors():
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = _unknown_key(e["loc"], model)
         elif e["type"] == "missing":
             message = "required key is missing"
         if not e["loc"] and _KEYED.match(message):  # a model validator's message names its key itself
@@ -85,3 +124,55 @@ def validation_problems(error: ValidationError) -> list[str]:
         else:
             problems.append(f"{key_path(e['loc'])}: {message}")
     return problems
+
+
+_OVERRIDE = re.compile(r"^(?P<path>[A-Za-z_][\w-]*(?:\[\d+\]|\.[A-Za-z_][\w-]*)*)=(?P<value>.*)$", re.S)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key.path=value` (`--set`): the path, and the value read as TOML (`3`, `true`, `"a"`,
+    `[1, 2]`), or as the plain string where it is not TOML (`--set name=my-model`).
+
+    >>> parse_override("budgets[0].max_size_mb=0.5")
+    ('budgets[0].max_size_mb', 0.5)
+    >>> parse_override("name=my model")
+    ('name', 'my model')
+    """
+    match = _OVERRIDE.match(text)
+    if not match:
+        raise UserError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. qat.epochs=3 or "
+                        f"budgets[0].max_size_mb=0.5")
+    try:
+        value = tomllib.loads(f"v = {match['value']}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = match["value"]
+    return match["path"], value
+
+
+def _parts(path: str) -> list[str | int]:
+    return [int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path)]
+
+
+def apply_overrides(data: dict, overrides: dict[str, object], source: str) -> dict:
+    """A copy of `data` with each `key.path` set to its value; missing tables on the way are
+    created, a list index must exist. The result is validated like the file, by the caller."""
+    data = copy.deepcopy(data)
+    for path, value in overrides.items():
+        parts, node = _parts(path), data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(part, int):
+                if not isinstance(node, list) or part >= len(node):
+                    raise UserError(f"{source}: --set {path}: {key_path(tuple(parts[:i]))} has no "
+                                    f"item [{part}]")
+                node = node[part]
+            else:
+                if not isinstance(node, dict):
+                    raise UserError(f"{source}: --set {path}: {key_path(tuple(parts[:i]))} is not a table")
+                node = node.setdefault(part, {} if not isinstance(parts[i + 1], int) else [])
+        last = parts[-1]
+        if isinstance(last, int) and (not isinstance(node, list) or last >= len(node)):
+            raise UserError(f"{source}: --set {path}: no item [{last}] to set")
+        if not isinstance(last, int) and not isinstance(node, dict):
+            raise UserError(f"{source}: --set {path}: {key_path(tuple(parts[:-1]))} is not a table")
+        node[last] = value
+    return data

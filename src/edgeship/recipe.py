@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from edgeship.config import Name, Section, parse_toml, read_toml, validation_problems
+from edgeship.config import Name, Section, apply_overrides, parse_toml, read_toml, validation_problems
 from edgeship.devices.profile import BenchmarkOverrides
 from edgeship.errors import UserError
 from edgeship.regression import Regression
@@ -418,18 +418,22 @@ class Recipe(Section):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
-def parse_recipe(data: dict, source: str, base_dir: Path) -> Recipe:
+def parse_recipe(data: dict, source: str, base_dir: Path, overrides: dict | None = None) -> Recipe:
+    """`data` (a recipe's tables) with `overrides` (`{"qat.epochs": 3}`, as `--set` gives them)
+    applied, validated: UserError naming `source` and each key that is wrong."""
+    if overrides:
+        data = apply_overrides(data, overrides, source)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise UserError("\n".join(f"{source}: {p}" for p in validation_problems(e))) from None
+        raise UserError("\n".join(f"{source}: {p}" for p in validation_problems(e, Recipe))) from None
     return recipe.with_base_dir(base_dir)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     path = Path(path)
-    return parse_recipe(read_toml(path, "recipe"), str(path), path.resolve().parent)
+    return parse_recipe(read_toml(path, "recipe"), str(path), path.resolve().parent, overrides)
 
 
-def parse_recipe_text(text: str, source: str, base_dir: Path) -> Recipe:
-    return parse_recipe(parse_toml(text, source), source, base_dir)
+def parse_recipe_text(text: str, source: str, base_dir: Path, overrides: dict | None = None) -> Recipe:
+    return parse_recipe(parse_toml(text, source), source, base_dir, overrides)

@@ -8,7 +8,9 @@ are built by the pure functions below, tested without a device.
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +23,8 @@ from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, pars
                                           run_process, tail)
 
 PLATFORM_TOOLS = "https://developer.android.com/tools/releases/platform-tools"
+
+log = logging.getLogger(__name__)
 
 
 def adb_argv(adb: str, serial: str | None, *args: str) -> list[str]:
@@ -93,6 +97,7 @@ class Adb:
 
     def _call(self, argv: list[str], what: str, timeout_seconds: float | None = None) -> str:
         limit = timeout_seconds or self.config.command_timeout_seconds
+        log.debug("adb %s: %s", what, shlex.join(argv))
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                   timeout=limit, start_new_session=True, preexec_fn=dies_with_parent())

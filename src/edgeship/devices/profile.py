@@ -187,5 +187,5 @@ def load_profile(name_or_path: str, base_dir: Path = Path.cwd()) -> DeviceProfil
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as e:
-        problems = [_key_path_in_file(p) for p in validation_problems(e)]
+        problems = [_key_path_in_file(p) for p in validation_problems(e, DeviceProfile)]
         raise UserError("\n".join(f"{path}: {p}" for p in problems)) from None

@@ -6,7 +6,9 @@ The host never trusts a number it did not get from the runner on the device."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from edgeship.benchmarks import runner as runner_module
 from edgeship.errors import DeviceError
 from edgeship.processes import dies_with_parent
 from edgeship.report.schema import BenchmarkStatus
+
+log = logging.getLogger(__name__)
 
 RUNNER = Path(runner_module.__file__)
 
@@ -47,7 +51,8 @@ def tail(text: str, lines: int = 5) -> str:
 
 def run_process(argv: list[str], timeout_seconds: float, cwd: Path | None = None) -> str:
     """Run, kill the whole process group on timeout, say how it ended; returns stdout. The
-    process dies with this one (dies_with_parent)."""
+    process dies with this one (dies_with_parent). `edgeship -vv` logs each command line."""
+    log.debug("running: %s", shlex.join(a if len(a) <= 200 else f"<{len(a)}-character script>" for a in argv))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=cwd, preexec_fn=dies_with_parent())
     try:

@@ -7,6 +7,7 @@ On the host's timeout the device-side runner is killed too, through a second ssh
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from edgeship.devices.runner_call import (RUNNER, RunnerCall, RunnerFailed, pars
 CONTROL_PERSIST_SECONDS = 60
 # Limit for the small commands around a run (listing, cleanup, kill), in seconds.
 HOUSEKEEPING_SECONDS = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def ssh_argv(config: SshTransport, control_dir: Path, command: str | None) -> list[str]:
@@ -74,6 +77,7 @@ class Ssh:
         with open(stdin or os.devnull, "rb") as fin, \
                 (open(stdout, "wb") if stdout else tempfile.TemporaryFile()) as fout:
             try:
+                log.debug("ssh %s: %s", self.where, command)
                 proc = subprocess.run(self._argv(command), stdin=fin, stdout=fout,
                                       stderr=subprocess.PIPE, timeout=timeout_seconds,
                                       start_new_session=True, preexec_fn=dies_with_parent())

@@ -30,7 +30,7 @@ def read_budgets(path: Path) -> list[Budget]:
     try:
         return TypeAdapter(list[Budget]).validate_python(raw)
     except ValidationError as e:
-        raise UserError(f"{path}: budgets{validation_problems(e)[0]}") from None
+        raise UserError(f"{path}: budgets{validation_problems(e, Budget)[0]}") from None
 
 
 def _applies(budget: Budget, device: str, fmt: Format) -> bool:

@@ -33,7 +33,8 @@ def regate(report: Report, recipe_path: Path | None = None, baseline: Report | N
     check_scope(budgets, report, source)
     decision = decide(budgets, report, baseline)
     skipped = sum(c.outcome is Outcome.SKIPPED for c in decision.checks)
-    summary = f"{len(decision.checks)} checks of {len(budgets)} budgets from {source}"
+    summary = (f"{len(decision.checks)} check{'s' * (len(decision.checks) != 1)} of {len(budgets)} "
+               f"budget{'s' * (len(budgets) != 1)} from {source}")
     if not budgets:
         summary = f"no budgets in {source}: nothing to check"
     elif skipped:

@@ -1,0 +1,51 @@
+"""The libraries' notices that drown edgeship's own findings (torch.ao FX and quantized-tensor
+deprecations, pytree FutureWarnings, torchao's optional-kernel loading): silenced inside
+edgeship's own calls only. `quiet_libraries()` restores the warning filters and the loggers'
+levels on the way out, so a program that calls edgeship keeps its own settings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+LOGGERS = ("torch", "torchao", "executorch", "onnxscript")
+MESSAGES = (".*reduce_range will be deprecated.*", ".*quantized tensor creation functions.*",
+            "Exporting a model while it is in training mode.*")
+
+
+def _filter() -> None:
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for message in MESSAGES:
+        warnings.filterwarnings("ignore", message=message)
+
+
+@contextmanager
+def quiet_libraries(enabled: bool = True) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    with warnings.catch_warnings():
+        _filter()
+        import torch  # noqa: F401 - torch sets its loggers' levels on import: before ours
+
+        for name in LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def quiet_libraries_for_good() -> None:
+    """For the command line, whose process is edgeship's alone: the same silence, not undone.
+    torch sets its loggers' levels on import, so it is imported first."""
+    _filter()
+    import torch  # noqa: F401
+
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
