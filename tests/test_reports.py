@@ -169,7 +169,7 @@ def test_html_escapes_text_and_loads_nothing_from_elsewhere():
     report.artifact("onnx-int8").status, report.artifact("onnx-int8").error = "failed", "bad <op> & \"q\""
     page = html_page(gated([Budget(max_size_mb=1)], report), [Budget(max_size_mb=1)])
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "bad &lt;op&gt; &amp; &quot;q&quot;" in page
+    assert "bad &lt;op&gt; &amp; &#34;q&#34;" in page  # Jinja2's autoescape
     assert not re.search(r"(src|href)=\"(?!data:image/png;base64,)", page)
     assert page.count('<img alt="') == 3
 
@@ -187,13 +187,19 @@ def test_the_check_itself_sees_a_broken_image_and_a_console_error(chromium, tmp_
 
 @pytest.mark.parametrize("budgets", [[], TIGHT], ids=["stored", "tight"])
 def test_report_html_renders_in_chromium(chromium, tmp_path, budgets):
-    report = gated(budgets, baseline=stored() if budgets else None)
-    page = html_page(report, budgets)
+    baseline = stored() if budgets else None
+    report = gated(budgets, baseline=baseline)
+    page = html_page(report, budgets, baseline)
     title, console = open_page(chromium, page, tmp_path)
     assert title == "IMAGES 3 BAD []", title
     assert console == []
     if budgets:
         assert "Gate FAILED: 5 budget violations" in page
+        # per artifact and device, the change against the baseline (no samples stored: untested)
+        assert "<h2>Against the baseline</h2>" in page and page.count("<td class=\"text\">not tested</td>") == 7
+        assert page.count('<tr class="bad">') >= 4  # the rows over budget
+    else:
+        assert "Against the baseline" not in page
 
 
 # --- the real pipeline ----------------------------------------------------------------------
@@ -214,7 +220,12 @@ def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_pa
     import xmlschema
     xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(out / "junit.xml"))
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3
+    # accuracy vs latency, the ECDF of the raw samples, size, QAT's epochs
+    assert page.count('src="data:image/png;base64,') == 4
+    assert '<img alt="latency ECDF on local"' in page and '<img alt="the metric after each QAT epoch' in page
+    assert "<h2>Load, first inference, memory</h2>" in page and "RSS growth MB" in page
+    assert "<h2>What each runtime runs (ONNX ops, XNNPACK delegation)</h2>" in page and "QuantizeLinear" in page
+    assert "max_latency_p90_ms 20 ms is a p90 limit, not drawn on this p50 axis" in page
     assert "<h2>Where the time goes (per-op profiles)</h2>" in page and "QLinearConv" in page
     assert "<h2>Devices as measured</h2>" in page and "int8 ISA" in page
     recorded = json.loads((out / MARKER).read_text())["files"]
@@ -236,3 +247,79 @@ def test_a_run_writes_junit_and_html_and_a_tightened_gate_fails(demo_run, tmp_pa
     same = run_cli("compare", str(out / "report.json"), str(copy / "report.json"), "--format", "json")
     verdicts = [d["verdict"] for t in json.loads(same.stdout)["targets"] for d in t["devices"]]
     assert verdicts == ["no change"] * 7, same.stdout[-2000:]
+
+
+# --- the console ------------------------------------------------------------------------------
+
+def test_the_run_table_fits_100_columns_and_marks_rows_over_budget():
+    """A 100-column terminal gets two tables that fit, nothing cut to `…`; a row whose artifact
+    broke a budget says so in its status, in the console, report.md and report.html alike."""
+    import io
+
+    from rich.console import Console
+
+    from edgeship.report.console import print_console
+
+    report = gated(TIGHT)
+    buffer = io.StringIO()
+    print_console(report, Console(file=buffer, width=100, color_system=None))
+    text = buffer.getvalue()
+    tables = text.split("float accuracy")[0]  # the verdict's sentences below are soft-wrapped
+    assert max(len(line) for line in tables.splitlines()) <= 100 and "…" not in tables, tables
+    over = {v.target for v in report.gate.violations}
+    for line in text.splitlines():
+        if line.strip().split(" ")[0] in over and "local" in line:
+            assert line.rstrip().endswith("over budget"), line
+    assert "onnx-fp32            local" in text and "over budget" not in [
+        line for line in text.splitlines() if line.strip().startswith("onnx-fp32")][-1]
+    assert "| over budget |" in markdown(report)
+    assert "<td class=\"text\">over budget</td>" in html_page(report, TIGHT)
+    wide = io.StringIO()
+    print_console(report, Console(file=wide, width=200, color_system=None))
+    assert "· artifacts" not in wide.getvalue()  # one table where it fits
+
+
+# --- the plots' text --------------------------------------------------------------------------
+
+def _overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of `fig` (titles, tick labels, axis labels, legend
+    entries) whose drawn bounding boxes intersect."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and t.get_figure() is not None]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.width and box_b.width and box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("budgets", [[], TIGHT, [Budget(max_latency_p90_ms=20, min_accuracy=0.9)]],
+                         ids=["none", "tight", "demo"])
+def test_accuracy_vs_latency_labels_never_overlap(budgets):
+    """Seven artifacts, six of them at one accuracy and within 0.1 ms (the demo's case that
+    printed six labels over each other), with budget lines in and off the scale."""
+    from edgeship.report.plots import accuracy_vs_latency_figure
+
+    report = gated(budgets)
+    fig, notes = accuracy_vs_latency_figure(report, budgets)
+    assert _overlapping_texts(fig) == []
+    low, high = fig.axes[0].get_xlim()
+    p50s = [b.latency_ms.p50 for a in report.artifacts for b in a.benchmarks]
+    assert fig.axes[0].get_xscale() == "log" and low < min(p50s) and high < 10 * max(p50s)
+    if budgets and budgets[0].max_latency_p90_ms:
+        assert notes == ["local: max_latency_p90_ms 20 ms is a p90 limit, not drawn on this p50 axis",
+                         "local: min_accuracy 0.9 (90 as plotted) is off the scale"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sum(text.startswith(("torchscript-", "onnx-", "executorch-")) for text in legend) == 7
+
+
+def test_the_check_for_overlap_sees_overlapping_labels():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.annotate("torchscript-fbgemm", (0.5, 0.5))
+    ax.annotate("torchscript-qnnpack", (0.5, 0.5))
+    assert _overlapping_texts(fig) == [("torchscript-fbgemm", "torchscript-qnnpack")]
+    plt.close(fig)

@@ -113,6 +113,6 @@ def _gate_and_publish(ctx: RunContext, report: Report, baseline: Report | None, 
     with ctx.log.stage("report"):
         report.wall_seconds = time.perf_counter() - started
     report.stages = ctx.log.stages
-    ctx.folder.record(*publish(report, decision.checks, budgets, ctx.folder.root))
+    ctx.folder.record(*publish(report, decision.checks, budgets, ctx.folder.root, baseline=baseline))
     append_step_summary(report)
     return report

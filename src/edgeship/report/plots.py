@@ -2,13 +2,15 @@
 
 - accuracy vs p50 latency, one panel per device, with the budgets' lines and the Pareto front;
 - latency distribution per artifact and device, a summary from the report's own figures
-  (min, p50, p90, p99, mean: the report keeps no raw samples);
+  (min, p50, p90, p99, mean), for reports whose raw samples are gone (sample_plots draws the
+  ECDF where they are there);
 - size per int8 target beside its fp32 twin, with the size budget.
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -16,6 +18,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from edgeship.gate.recommend import devices  # noqa: E402
 from edgeship.recipe import Budget  # noqa: E402
@@ -67,51 +70,101 @@ def _limits(budgets: list[Budget], device: str, name: str) -> list[float]:
 
 
 def _metric_lines(ax, budgets: list[Budget], device: str, metric: MetricInfo,
-                  float_accuracy: float | None) -> None:
-    """The float model's figure and the budgets' limits on the metric, as horizontal lines."""
-    for name in ("min_accuracy", "min_metric", "max_metric"):
-        for limit in _limits(budgets, device, name):
-            ax.axhline(metric.shown(limit), color=LIMIT, linestyle="--", label=f"{name} {limit:g}")
+                  float_accuracy: float | None, shown: list[float]) -> list[str]:
+    """The float model's figure and the budgets' limits on the metric as horizontal lines where
+    they fall near the points (`shown`: the points' values as plotted); the others as notes, so
+    a limit far from the data does not squash the points into a line."""
+    low, high = min(shown), max(shown)
+    room = max(high - low, abs(high) * 0.02, 1e-9)
+    lines = [(metric.shown(limit), f"{name} {limit:g}", "--") for name in ("min_accuracy", "min_metric", "max_metric")
+             for limit in _limits(budgets, device, name)]
     if float_accuracy is not None:
-        ax.axhline(metric.shown(float_accuracy), color="grey", linewidth=0.8, label="float model")
-        for drop in _limits(budgets, device, "max_accuracy_drop"):
-            worst = metric.shown(float_accuracy) + (-drop if metric.higher_is_better else drop)
-            ax.axhline(worst, color=LIMIT, linestyle="-.", label=f"max_accuracy_drop {drop:g} {metric.short_unit}")
+        lines.append((metric.shown(float_accuracy), "float model", "-"))
+        lines += [(metric.shown(float_accuracy) + (-drop if metric.higher_is_better else drop),
+                   f"max_accuracy_drop {drop:g} {metric.short_unit}", "-.")
+                  for drop in _limits(budgets, device, "max_accuracy_drop")]
+    notes = []
+    for value, label, style in lines:
+        if low - room <= value <= high + room:
+            ax.axhline(value, color="grey" if style == "-" else LIMIT, linestyle=style,
+                       linewidth=0.8 if style == "-" else 1.5, label=label)
+        else:
+            notes.append(f"{device}: {label} ({value:.4g} as plotted) is off the scale")
+    return notes
 
 
-def accuracy_vs_latency(report: Report, budgets: list[Budget]) -> bytes | None:
-    panels = [(d, points(report, d)) for d in devices(report)]
-    panels = [(d, p) for d, p in panels if p]
+MARKERS = "osD^vP*Xhp<>"
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """A log axis' range around the data: a third of a decade of room on each side."""
+    low, high = min(values), max(values)
+    return low / 10 ** (1 / 3), high * 10 ** (1 / 3)
+
+
+def _log_axis(ax, span: tuple[float, float]) -> None:
+    """A log x axis over `span`, labelled in plain numbers (0.02, not 2×10⁻²) at 1, 2 and 5 of
+    each decade where two decades or fewer fit, else at each decade: matplotlib's own minor
+    labels print over each other on short spans."""
+    ax.set_xscale("log")
+    ax.set_xlim(*span)
+    decades = math.log10(span[1] / span[0])
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _latency_lines(ax, budgets: list[Budget], device: str, span: tuple[float, float]) -> list[str]:
+    """The p50 limits inside the axis as lines; the rest as notes (a p90 limit is not drawn on a
+    p50 axis at all)."""
+    notes = []
+    for limit in _limits(budgets, device, "max_latency_p50_ms"):
+        if span[0] <= limit <= span[1]:
+            ax.axvline(limit, color=LIMIT, linestyle="--", label=f"max_latency_p50_ms {limit:g}")
+        else:
+            notes.append(f"{device}: max_latency_p50_ms {limit:g} ms is off the scale "
+                         f"(p50 {span[0] * 10 ** (1 / 3):.3g}–{span[1] / 10 ** (1 / 3):.3g} ms)")
+    notes += [f"{device}: max_latency_p90_ms {limit:g} ms is a p90 limit, not drawn on this p50 axis"
+              for limit in _limits(budgets, device, "max_latency_p90_ms")]
+    return notes
+
+
+def accuracy_vs_latency_figure(report: Report, budgets: list[Budget]) -> tuple[Figure, list[str]] | None:
+    """One panel per device: each artifact a marker of its own, named in the legend with its
+    figures (no text beside the points, so no label can cover another, however close the
+    points); a log p50 axis clipped to the data; the notes for limits it does not show."""
+    panels = [(d, pts) for d in devices(report) if (pts := points(report, d))]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
-    float_accuracy, metric = (report.float.accuracy if report.float else None), report.metric
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 4.6), squeeze=False)
+    float_accuracy, metric, notes = (report.float.accuracy if report.float else None), report.metric, []
     for ax, (device, pts) in zip(axes[0], panels):
         front = pareto_front(pts, metric.higher_is_better)
-        for target, lat, acc in pts:
-            color = INT8 if _is_int8(target) else FP32
-            ax.scatter(lat, metric.shown(acc), s=70, color=color, zorder=3,
-                       edgecolors=FRONT if target in front else "none", linewidths=2.5)
-            ax.annotate(target, (lat, metric.shown(acc)), textcoords="offset points", xytext=(4, 6),
-                        fontsize=8, rotation=40, rotation_mode="anchor")  # slanted: close points stay legible
+        for i, (target, lat, acc) in enumerate(pts):
+            ax.scatter(lat, metric.shown(acc), s=70, color=INT8 if _is_int8(target) else FP32, zorder=3,
+                       marker=MARKERS[i % len(MARKERS)], edgecolors=FRONT if target in front else "none",
+                       linewidths=2.0, label=f"{target}: {lat:.3g} ms, {metric.format(acc)}")
         line = sorted((lat, metric.shown(acc)) for t, lat, acc in pts if t in front)
         ax.step([x for x, _ in line], [y for _, y in line], where="post", color=FRONT, alpha=0.6,
-                zorder=2, label="Pareto front")
-        for limit in _limits(budgets, device, "max_latency_p50_ms"):
-            ax.axvline(limit, color=LIMIT, linestyle="--", label=f"max_latency_p50_ms {limit:g}")
-        for limit in _limits(budgets, device, "max_latency_p90_ms"):
-            ax.axvline(limit, color=LIMIT, linestyle=":", label=f"max_latency_p90_ms {limit:g} (p90)")
-        _metric_lines(ax, budgets, device, metric, float_accuracy)
-        ax.scatter([], [], color=INT8, label="int8")
-        ax.scatter([], [], color=FP32, label="fp32")
-        what = metric.label
-        ax.set(title=f"{what} vs p50 latency · {device}", xlabel="p50 latency (ms)",
+                zorder=2, label="Pareto front (green ring)")
+        span = _span([lat for _, lat, _ in pts])
+        _log_axis(ax, span)
+        notes += _latency_lines(ax, budgets, device, span)
+        notes += _metric_lines(ax, budgets, device, metric, float_accuracy,
+                               [metric.shown(acc) for _, _, acc in pts])
+        ax.set(title=f"{metric.label} vs p50 latency · {device} (blue int8, orange fp32)",
+               xlabel="p50 latency (ms, log scale)",
                ylabel="accuracy (%)" if metric.name == "top1" else f"{metric.name} "
                f"({'higher' if metric.higher_is_better else 'lower'} is better)")
-        ax.margins(x=0.2, y=0.45)
-        ax.grid(alpha=0.3)
+        ax.margins(y=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig)
+    return fig, notes
+
+
+def accuracy_vs_latency(report: Report, budgets: list[Budget]) -> tuple[bytes | None, list[str]]:
+    made = accuracy_vs_latency_figure(report, budgets)
+    return (None, []) if made is None else (_png(made[0]), made[1])
 
 
 def latency_distribution(report: Report) -> bytes | None:

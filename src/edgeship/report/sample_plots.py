@@ -54,3 +54,21 @@ def input_sweep(rows: list[tuple[str, float, float]], title: str) -> bytes | Non
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _png(fig)
+
+
+def qat_history(flows: list[tuple[str, list[tuple[int, float]], int]], ylabel: str) -> bytes | None:
+    """Per flow (name, [(epoch, metric)], shipped epoch): the metric after calibration (epoch 0)
+    and after each epoch of QAT, the shipped state ringed."""
+    if not flows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, points, shipped in flows:
+        (line,) = ax.plot([e for e, _ in points], [m for _, m in points], marker="o", label=name)
+        ax.plot([e for e, m in points if e == shipped], [m for e, m in points if e == shipped], "o",
+                markersize=13, markerfacecolor="none", markeredgecolor=line.get_color())
+    ax.set(title="QAT: the metric after each epoch (epoch 0: calibrated; ringed: shipped)",
+           xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _png(fig)

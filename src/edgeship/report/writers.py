@@ -174,6 +174,12 @@ def _int8_cell(a: Artifact) -> str:
     return "?" if share is None else f"{share:.0%}" if share < 0.995 or share == 1 else ">99%"
 
 
+def _over_budget(report: Report, target: str, device: str) -> bool:
+    """A violation of this artifact on this device, or of the artifact itself (size, accuracy)."""
+    return report.gate is not None and any(
+        v.target == target and v.device in (None, device) for v in report.gate.violations)
+
+
 def rows(report: Report) -> list[list[str]]:
     """One row per artifact and device: the table both the console and report.md show."""
     float_acc = report.float.accuracy if report.float else None
@@ -196,6 +202,8 @@ def rows(report: Report) -> list[list[str]]:
             status = a.status if a.status != "ok" else b.status
             if status == "ok" and b.valid is False:
                 status = "not valid"
+            if status == "ok" and _over_budget(report, a.target, b.device):
+                status = "over budget"
             out.append(common + [
                 b.device, _fmt(lat.p50 if lat else None, ".3f"), _fmt(lat.p90 if lat else None, ".3f"),
                 _fmt(speed, ".2f", "x") if speed else "", _fmt(b.peak_rss_mb, ".0f"), status,
