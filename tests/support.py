@@ -58,9 +58,10 @@ class CliResult:
         return json.loads((self.out / "report.json").read_text())
 
 
-def run_cli(*args: str, out: Path | None = None, cwd: Path | None = None) -> CliResult:
+def run_cli(*args: str, out: Path | None = None, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> CliResult:
     argv = [*EDGESHIP, *args] + (["--out", str(out), "--quiet"] if out else [])
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=1200)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, out or Path())
 

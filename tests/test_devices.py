@@ -65,12 +65,12 @@ def test_ssh_profile_fills_defaults_and_expands_the_identity_file(tmp_path):
 
 
 def test_unknown_profile_name_lists_the_shipped_ones():
-    known = "android-arm64, local, rpi5, x86-server"
+    known = "android-arm64, arm64-emulated, local, rpi5, x86-server"
     with pytest.raises(UserError, match=f"unknown device 'pixel'; known: {known}"):
         load_profile("pixel")
 
 
-@pytest.mark.parametrize("name", ["local", "x86-server", "rpi5", "android-arm64"])
+@pytest.mark.parametrize("name", ["local", "x86-server", "rpi5", "android-arm64", "arm64-emulated"])
 def test_shipped_profile_loads(name):
     assert name in shipped_profiles()
     profile = load_profile(name)

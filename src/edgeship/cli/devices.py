@@ -1,5 +1,5 @@
-"""`edgeship devices list|show|check`: the shipped profiles, one profile validated, and what a
-device has (connecting to it). Each takes --json."""
+"""`edgeship devices list|show|check|setup`: the shipped profiles, one profile validated, what a
+device has (connecting to it), and building what an emulated device needs. Each takes --json."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from edgeship.cli.common import JsonOption, devices_app, print_json, stdout
+from edgeship.cli.common import JsonOption, devices_app, print_json, stderr, stdout
 from edgeship.devices.profile import load_profile, shipped_profiles
+from edgeship.errors import UserError
 from edgeship.targets import TARGETS
 
 NameArgument = Annotated[str, typer.Argument(metavar="DEVICE", help="Profile name or path to a .toml.")]
@@ -91,3 +92,26 @@ def _print_facts(profile, facts: dict) -> None:
         note = "" if declared else " (not in the profile's runtimes)"
         state = "ready" if not missing else "missing " + ", ".join(missing)
         _say(f"  {target:20} {state}{note}")
+
+
+@devices_app.command("setup")
+def devices_setup(name: NameArgument, as_json: JsonOption = False) -> None:
+    """Build what a device needs on this host, once: for an emulated device (transport qemu), the
+    aarch64 environment (qemu-user, a CPython sysroot, the host's runtime versions as aarch64
+    wheels) in a cache folder ($EDGESHIP_CACHE, default ~/.cache/edgeship). About 0.6 GB is
+    downloaded and 1.4 GB kept."""
+    from edgeship.devices.emulation.environment import setup
+
+    profile = load_profile(name)
+    if profile.transport.kind != "qemu":
+        raise UserError(f"{profile.name}: a {profile.transport.kind} device needs nothing built here; "
+                        f"`edgeship devices check {name}` says what it has")
+    env = setup(say=lambda line: stderr.print(f"  {line}", markup=False, highlight=False))
+    described = env.description
+    if as_json:
+        print_json({"device": profile.name, "folder": str(env.folder), **described})
+        return
+    _say(f"{profile.name}: aarch64 environment ready in {env.folder}: {described['disk_bytes'] / 1e9:.2f} GB "
+         f"on disk, {described['download_bytes'] / 1e6:.0f} MB downloaded, built in {described['seconds']:.0f} s; "
+         f"torch {described['imports']['torch']} (engines {', '.join(described['imports']['engines'])}), "
+         f"onnxruntime {described['imports']['onnxruntime']}; CUDA stubs for {len(described['stubs'])} libraries")

@@ -128,8 +128,21 @@ class AdbTransport(Section):
         return value.rstrip("/")
 
 
-TRANSPORT_KINDS = ("local", "ssh", "adb")
-Transport = Annotated[LocalTransport | SshTransport | AdbTransport, Field(discriminator="kind")]
+QemuCpu = Literal["cortex-a53", "cortex-a55", "cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1",
+                  "neoverse-n2", "a64fx", "max"]
+
+
+class QemuTransport(Section):
+    kind: Literal["qemu"]
+    cpu: QemuCpu = Field("cortex-a76", description="The CPU qemu emulates: which ISA extensions "
+                                                   "the kernels see (a Raspberry Pi 5: cortex-a76).")
+    slowdown: float = Field(60.0, ge=1, description="How much longer than on this host a runner "
+                                                    "process may take (emulation is 25-200x slower); "
+                                                    "scales the benchmark timeout.")
+
+
+TRANSPORT_KINDS = ("local", "ssh", "adb", "qemu")
+Transport = Annotated[LocalTransport | SshTransport | AdbTransport | QemuTransport, Field(discriminator="kind")]
 
 
 class DeviceProfile(Section):
@@ -158,6 +171,11 @@ class DeviceProfile(Section):
             if kind not in TRANSPORT_KINDS:
                 raise ValueError(f"unknown kind {kind!r}; known: {', '.join(TRANSPORT_KINDS)}")
         return value
+
+    @property
+    def emulated(self) -> bool:
+        """Its latencies are an emulator's: no latency budget and no recommendation reads them."""
+        return self.transport.kind == "qemu"
 
 
 def _key_path_in_file(problem: str) -> str:

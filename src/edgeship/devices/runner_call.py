@@ -49,12 +49,13 @@ def tail(text: str, lines: int = 5) -> str:
     return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
-def run_process(argv: list[str], timeout_seconds: float, cwd: Path | None = None) -> str:
+def run_process(argv: list[str], timeout_seconds: float, cwd: Path | None = None,
+                env: dict[str, str] | None = None) -> str:
     """Run, kill the whole process group on timeout, say how it ended; returns stdout. The
     process dies with this one (dies_with_parent). `edgeship -vv` logs each command line."""
     log.debug("running: %s", shlex.join(a if len(a) <= 200 else f"<{len(a)}-character script>" for a in argv))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=cwd, preexec_fn=dies_with_parent())
+                            start_new_session=True, cwd=cwd, env=env, preexec_fn=dies_with_parent())
     try:
         out, err = proc.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:

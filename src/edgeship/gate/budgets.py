@@ -159,9 +159,13 @@ def _not_measured(figure: _Figure, artifact: Artifact, bench: Benchmark | None) 
 
 
 def _benches(budget: Budget, artifact: Artifact, report: Report) -> list[Benchmark]:
-    """The artifact's benchmarks on the budget's devices, a `missing` one for each not run."""
-    expected = budget.devices if budget.devices is not None else [d.name for d in report.devices]
-    benches = [b for b in artifact.benchmarks if budget.devices is None or b.device in budget.devices]
+    """The artifact's benchmarks on the budget's devices (every device that is not emulated, when
+    it names none), a `missing` one for each not run."""
+    emulated = {d.name for d in report.devices if d.emulated}
+    expected = budget.devices if budget.devices is not None else [d.name for d in report.devices
+                                                                   if d.name not in emulated]
+    named = set(budget.devices) if budget.devices is not None else None
+    benches = [b for b in artifact.benchmarks if (b.device in named if named is not None else b.device not in emulated)]
     missing = sorted(set(expected) - {b.device for b in benches})
     return benches + [Benchmark(device=d, status="missing", error="no benchmark on this device")
                       for d in missing]

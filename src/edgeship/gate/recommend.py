@@ -17,17 +17,19 @@ from edgeship.recipe import Budget
 from edgeship.report.schema import Artifact, ClosestBudget, Recommendation, Report
 
 
-def devices(report: Report) -> list[str]:
-    """The run's devices, then any other a benchmark names, each once, in order."""
+def devices(report: Report, emulated: bool = True) -> list[str]:
+    """The run's devices, then any other a benchmark names, each once, in order; without the
+    emulated ones when `emulated` is False (nothing is recommended for an emulator)."""
     names = [d.name for d in report.devices]
     names += [b.device for a in report.artifacts for b in a.benchmarks]
-    return list(dict.fromkeys(names))
+    skip = set() if emulated else {d.name for d in report.devices if d.emulated}
+    return [n for n in dict.fromkeys(names) if n not in skip]
 
 
 def recommendations(report: Report, concerning: list[Check]) -> list[Recommendation]:
     """One per device, from every check of the budgets on the artifacts they concern."""
     every = [c for c in concerning if c.outcome is not Outcome.SKIPPED]
-    return [_for_device(device, report, every) for device in devices(report)]
+    return [_for_device(device, report, every) for device in devices(report, emulated=False)]
 
 
 def recommend(budgets: list[Budget], report: Report, baseline: Report | None = None) -> list[Recommendation]:

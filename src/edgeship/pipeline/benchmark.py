@@ -28,7 +28,7 @@ from edgeship.report.schema import Benchmark, Latency
 from edgeship.targets import Target, get_target
 
 
-def _skip_reason(profile: DeviceProfile, target: Target) -> str | None:
+def skip_reason(profile: DeviceProfile, target: Target) -> str | None:
     if target.format not in profile.runtimes:
         return f"device has no {target.format.value} runtime (profile runtimes: " \
                f"{', '.join(r.value for r in profile.runtimes)})"
@@ -138,7 +138,7 @@ def benchmark_device(profile: DeviceProfile, settings: BenchmarkSettings,
     try:
         with progress.task(f"benchmark on {profile.name}", total=len(artifacts)) as advance:
             for target, artifact in artifacts:
-                reason = _skip_reason(profile, target)
+                reason = skip_reason(profile, target)
                 if unreachable is not None:  # one connect timeout per device, not per artifact
                     results[target.name] = Benchmark(device=profile.name, status=unreachable.status,
                                                      error=str(unreachable))

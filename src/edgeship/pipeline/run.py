@@ -25,6 +25,7 @@ from edgeship.pipeline.benchmark import measure
 from edgeship.pipeline.cache import StageCache, digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.dynamic import quantize_dynamic
+from edgeship.pipeline.emulated import check_emulated
 from edgeship.pipeline.export import export
 from edgeship.pipeline.float_model import evaluate_float, prune
 from edgeship.pipeline.load import load
@@ -68,13 +69,16 @@ def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, base
     exported = export(ctx, loaded.examples, sources)
     with ctx.folder.temporary() as tmp:  # in the run folder: the next run removes it if this one is killed
         verified = verify_all(ctx, Path(tmp), loaded.test, loaded.examples[0].shape[0], sources, exported.ok)
-        measured = measure(ctx, Path(tmp), loaded.examples,
-                           {n: e for n, e in exported.ok.items() if n in verified.ok})
+        answered = {n: e for n, e in exported.ok.items() if n in verified.ok}
+        emulated = check_emulated(ctx, Path(tmp), loaded.test, loaded.examples[0].shape[0], sources, answered)
+        measured = measure(ctx, Path(tmp), loaded.examples, answered)
     failed = {**calibrated.failed, **tuned.failed, **converted.failed, **dynamic.failed,
               **exported.failed, **verified.failed}
     records = {t.name: assemble.artifact(t, ctx.folder, failed, sources.get(t.name), exported.ok.get(t.name),
                                          verified.ok.get(t.name), measured.get(t.name, []))
                for t in ctx.plan.targets}
+    for name, checks in emulated.items():
+        records[name].emulated = checks
     assemble.attach_fp32_ratios(records)
     report = Report(edgeship_version=__version__, recipe_name=recipe.name, recipe_sha256=recipe.sha256(),
                     environment=env,

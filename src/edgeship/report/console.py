@@ -13,8 +13,8 @@ from rich.table import Table
 
 from edgeship.gate.budgets import Check, Outcome
 from edgeship.report.schema import Report
-from edgeship.report.writers import (between_processes, float_line, headers, int8_slower, machines,
-                                     mostly_float, profiles, rows)
+from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_slower,
+                                     machines, mostly_float, profiles, rows)
 
 
 def check_line(check: Check) -> str:
@@ -98,6 +98,8 @@ def print_console(report: Report, console: Console) -> None:
         console.print(f"between processes: {escape(line)}", highlight=False, soft_wrap=True)
     for line in profiles(report):
         console.print(f"profile: {escape(line)}", highlight=False, soft_wrap=True)
+    for line in emulated_lines(report):
+        console.print(f"on ARM (emulated): {escape(line)}", highlight=False, soft_wrap=True)
     if report.float:
         console.print(escape(float_line(report)), highlight=False)
         if report.float.warning:

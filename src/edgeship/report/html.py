@@ -19,8 +19,8 @@ from edgeship.report.analysis import (fallback_lines, prune_line, qat_lines, sen
                                       sensitivity_rows)
 from edgeship.report.compare import compare
 from edgeship.report.schema import QatHistory, Report
-from edgeship.report.writers import (between_processes, float_line, headers, int8_slower, machines,
-                                     mostly_float, profiles, rows)
+from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_slower,
+                                     machines, mostly_float, profiles, rows)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -154,7 +154,7 @@ def _context(report: Report, budgets: list[Budget], baseline: Report | None) -> 
         prune=prune_line(report) if report.prune is not None else "",
         fallback=fallback_lines(report) if report.fallback else [],
         sensitivity=_table(sensitivity_headers(report), sensitivity_rows(report)) if report.sensitivity else None,
-        graphs=_graphs(report), profiles=profiles(report), machines=machines(report) + between_processes(report),
+        graphs=_graphs(report), profiles=profiles(report), emulated=emulated_lines(report), machines=machines(report) + between_processes(report),
         budgets=[json.dumps(b) for b in report.budgets or []],
         stages=_table(["stage", "status", "seconds", "detail"],
                       [[s.name, s.status, f"{s.seconds:.2f}", s.detail] for s in report.stages]),

@@ -83,6 +83,27 @@ class FloatResult(BaseModel):
     warning: str | None = None  # the float model answers near chance: it has not learned the task
 
 
+class EmulatedCheck(BaseModel):
+    """One artifact answering on an emulated device (qemu-user: the ARM kernels' own answers)
+    against the same artifact's answers here (x86) and against its reference model, on the first
+    `samples` test samples."""
+
+    device: str
+    cpu: str  # the CPU model qemu emulated
+    status: str  # ok, skipped, crashed, timeout, error
+    error: str | None = None
+    samples: int = 0
+    outputs: int = 0  # output values compared
+    top1_agreement: float | None = None  # with x86; None: outputs are not class scores
+    max_abs_error: float | None = None  # with x86
+    differing_outputs: int | None = None  # values not bit-equal to x86's
+    one_step_outputs: int | None = None  # of those, how many differ by one output quantization step
+    step: float | None = None  # that step, read off the x86 outputs' grid (int8 artifacts)
+    reference_top1_agreement: float | None = None
+    reference_max_abs_error: float | None = None
+    seconds: float | None = None
+
+
 class Parity(BaseModel):
     """The artifact's outputs against the converted PyTorch model's on the same test inputs."""
 
@@ -183,6 +204,7 @@ class Artifact(BaseModel):
     details: dict = Field(default_factory=dict)
     int8_share: Int8Share | None = None
     benchmarks: list[Benchmark] = Field(default_factory=list)
+    emulated: list[EmulatedCheck] = Field(default_factory=list)  # answers on emulated ARM devices
 
     @property
     def precision_shown(self) -> str:

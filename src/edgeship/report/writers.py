@@ -266,6 +266,7 @@ def markdown(report: Report) -> str:
     lines += [f"- measured on {md_text(line)}" for line in machines(report)]
     lines += [f"- between processes: {md_text(line)}" for line in between_processes(report)]
     lines += [f"- profile: {md_text(line)}" for line in profiles(report)]
+    lines += [f"- on ARM (emulated): {md_text(line)}" for line in emulated_lines(report)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -279,3 +280,23 @@ def append_step_summary(report: Report) -> None:
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
             f.write(markdown(report) + "\n")
+
+
+def emulated_lines(report: Report) -> list[str]:
+    """Per artifact and emulated device, its answers on ARM against its answers here (x86):
+    `onnx-int8 on arm64-emulated (cortex-a76): top-1 agreement with x86 1.0000, 3 of 1280 outputs
+    differ (3 by one step), max abs 0.0312; top-1 agreement with the reference 0.9922`."""
+    out = []
+    for a in report.artifacts:
+        for c in a.emulated:
+            where = f"{a.target} on {c.device} ({c.cpu})"
+            if c.status != "ok":
+                out.append(f"{where}: {c.status}: {c.error}")
+                continue
+            agreement = "" if c.top1_agreement is None else f"top-1 agreement with x86 {c.top1_agreement:.4f}, "
+            steps = "" if c.one_step_outputs is None else f" ({c.one_step_outputs} by one step)"
+            reference = "" if c.reference_top1_agreement is None else \
+                f"; top-1 agreement with the reference {c.reference_top1_agreement:.4f}"
+            out.append(f"{where}: {agreement}{c.differing_outputs} of {c.outputs} outputs differ{steps}, "
+                       f"max abs {c.max_abs_error:.3g} ({c.samples} samples){reference}")
+    return out

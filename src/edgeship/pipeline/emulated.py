@@ -1,0 +1,115 @@
+"""Emulated-device stage: each verified artifact answers the first test samples on every emulated
+device of the run (qemu-user running the ARM kernels: qnnpack, XNNPACK's and ONNX Runtime's NEON
+paths) and here (x86), and the two sets of answers are compared value by value: top-1 agreement,
+the largest difference, how many values differ and how many of those by one output quantization
+step. A runner that crashes under emulation fails that artifact's check on that device, with the
+signal and its last lines; the other checks go on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeship.data import Arrays
+from edgeship.devices.profile import LocalTransport
+from edgeship.devices.transports import Local, RunnerCall, RunnerFailed, transport_for
+from edgeship.formats import spec_for
+from edgeship.pipeline.benchmark import skip_reason
+from edgeship.pipeline.cache import digest, tensors_digest
+from edgeship.pipeline.context import RunContext
+from edgeship.pipeline.plan import Device
+from edgeship.pipeline.values import Exported, Source
+from edgeship.report.schema import EmulatedCheck
+from edgeship.targets import get_target
+
+SAMPLES = 128  # emulation runs 25-200x slower: enough samples to see a kernel differ, no more
+TIMEOUT_SECONDS = 1800.0
+
+
+def _answers(transport, made: Exported, name: str, inputs: Path, outputs: Path, threads: int,
+             batch_size: int) -> np.ndarray:
+    target = get_target(name)
+    args = ("--batch-size", str(batch_size), "--threads", str(threads), *spec_for(target.format).runner_args(target))
+    transport.run(RunnerCall("predict", made.artifact.path, made.artifact.files, inputs, args, outputs,
+                             TIMEOUT_SECONDS))
+    with np.load(outputs) as data:
+        return data["output_0"]
+
+
+def grid_step(values: np.ndarray) -> float | None:
+    """The spacing of the grid dequantized int8 outputs sit on: the smallest gap between two
+    distinct values (None when fewer than two).
+
+    >>> grid_step(np.array([0.5, 1.0, 1.25, 1.0]))
+    0.25
+    """
+    distinct = np.unique(values.astype(np.float64).ravel())
+    gaps = np.diff(distinct)
+    return float(gaps.min()) if gaps.size else None
+
+
+def compare(arm: np.ndarray, x86: np.ndarray, reference: np.ndarray, int8: bool, classes: bool) -> dict:
+    difference = np.abs(arm.astype(np.float64) - x86)
+    step = grid_step(x86) if int8 else None
+    differing = difference > 0
+    return dict(outputs=int(arm.size), max_abs_error=float(difference.max()),
+                differing_outputs=int(differing.sum()), step=step,
+                one_step_outputs=int((differing & (difference <= 1.5 * step)).sum()) if step else None,
+                top1_agreement=float((arm.argmax(-1) == x86.argmax(-1)).mean()) if classes else None,
+                reference_top1_agreement=float((arm.argmax(-1) == reference.argmax(-1)).mean()) if classes else None,
+                reference_max_abs_error=float(np.abs(arm.astype(np.float64) - reference).max()))
+
+
+def check_one(ctx: RunContext, device: Device, made: Exported, name: str, source: Source, inputs: Path,
+              tmp: Path, batch_size: int) -> EmulatedCheck:
+    base = dict(device=device.profile.name, cpu=device.profile.transport.cpu)
+    reason = skip_reason(device.profile, get_target(name))
+    if reason:
+        return EmulatedCheck(**base, status="skipped", error=reason)
+    started, transport = time.monotonic(), transport_for(device.profile)
+    try:
+        x86 = _answers(Local(LocalTransport(kind="local")), made, name, inputs, tmp / f"{name}-x86.npz", 1, batch_size)
+        arm = _answers(transport, made, name, inputs, tmp / f"{name}-{device.profile.name}.npz", 1, batch_size)
+    except RunnerFailed as e:
+        return EmulatedCheck(**base, status=e.status, error=str(e), seconds=time.monotonic() - started)
+    finally:
+        transport.close()
+    figures = compare(arm, x86, source.reference[:len(arm)], get_target(name).is_int8,
+                      ctx.metric.labels in ("classes", "tokens"))
+    return EmulatedCheck(**base, status="ok", samples=len(arm), seconds=time.monotonic() - started, **figures)
+
+
+def check_emulated(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, sources: dict[str, Source],
+                   verified: dict[str, Exported]) -> dict[str, list[EmulatedCheck]]:
+    devices = [d for d in ctx.plan.devices if d.profile.emulated]
+    if not devices or not verified:
+        return {}
+    inputs = tmp / "emulated-inputs.npz"
+    np.savez(inputs, **{k: v[:SAMPLES] for k, v in test.npz_dict().items()})
+    test_key = tensors_digest([a[:SAMPLES] for a in test.inputs])
+    out: dict[str, list[EmulatedCheck]] = {name: [] for name in verified}
+    with ctx.log.stage("emulated") as notes, \
+            ctx.progress.task("answer on the emulated devices", total=len(devices) * len(verified)) as advance:
+        for device in devices:
+            for name, made in verified.items():
+                key = digest("emulated", ctx.env_key, made.sha256, device.profile.model_dump_json(), test_key)
+                found = ctx.cache.load_json("emulated", key)
+                check = EmulatedCheck(**found) if found else \
+                    check_one(ctx, device, made, name, sources[name], inputs, tmp, batch_size)
+                if not found and check.status in ("ok", "skipped"):
+                    ctx.cache.store_json("emulated", key, check.model_dump())
+                out[name].append(check)
+                notes.append(f"{name} on {device.profile.name}: {check_note(check)}")
+                advance()
+    return out
+
+
+def check_note(check: EmulatedCheck) -> str:
+    if check.status != "ok":
+        return f"{check.status}: {check.error}"
+    agreement = "" if check.top1_agreement is None else f"top-1 agreement with x86 {check.top1_agreement:.4f}, "
+    steps = "" if check.one_step_outputs is None else f" ({check.one_step_outputs} by one step)"
+    return (f"{agreement}{check.differing_outputs} of {check.outputs} outputs differ{steps}, "
+            f"max abs {check.max_abs_error:.3g}")
