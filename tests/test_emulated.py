@@ -72,7 +72,8 @@ def test_artifacts_answer_on_two_emulated_cpus_as_on_x86(emulated_cache, tmp_pat
     (tmp_path / "a53.toml").write_text(EMULATED.format(name="a53-emulated", cpu="cortex-a53"))
     recipe = demo_recipe(targets=["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"],
                          fp32_twins=False, devices=["local", "arm64-emulated", "a53.toml"],
-                         budgets=[{"max_latency_p90_ms": 50, "max_accuracy_drop": 5}])
+                         budgets=[{"max_latency_p90_ms": 50, "max_accuracy_drop": 5,
+                                   "min_emulated_agreement": 0.99}])
     recipe["model"]["train"] = {"epochs": 2, "lr": 0.01}
     recipe["data"]["kwargs"] = {"limit": 400}
     recipe["quantization"]["qat"]["enabled"] = False
@@ -93,6 +94,8 @@ def test_artifacts_answer_on_two_emulated_cpus_as_on_x86(emulated_cache, tmp_pat
     assert emulated and all(b["valid"] is False and b["invalid_reasons"][0].startswith("emulated by qemu")
                             for b in emulated)
     assert [r["device"] for r in report["recommendations"]] == ["local"]
+    junit = (tmp_path / "out" / "junit.xml").read_text()
+    assert 'name="min_emulated_agreement"' in junit and "not run on an emulated device" in junit  # fbgemm
     assert "on ARM (emulated): onnx-int8 on arm64-emulated (cortex-a76): top-1 agreement with x86" in result.stdout
     assert "On ARM, emulated (answers, not speed)" in (tmp_path / "out" / "report.html").read_text()
 
@@ -128,3 +131,28 @@ def test_outputs_one_step_apart_are_counted_from_the_x86_grid():
     assert figures["step"] == 0.25 and figures["differing_outputs"] == 3 and figures["one_step_outputs"] == 2
     assert figures["max_abs_error"] == 0.5 and figures["top1_agreement"] == 1.0
     assert emulated.compare(arm, x86, x86, int8=False, classes=False)["one_step_outputs"] is None
+
+
+def test_an_arm_agreement_budget_reads_every_emulated_device():
+    """min_emulated_agreement on made-up checks: the lowest agreement of the devices that ran the
+    artifact; a crash there fails it; an artifact every emulated device skipped is skipped."""
+    import json
+
+    from edgeship.gate.budgets import Outcome, checks
+    from edgeship.recipe import Budget
+    from edgeship.report.schema import EmulatedCheck, Report
+
+    report = Report.model_validate(json.loads((Path(__file__).parent / "data" / "report-digits.json").read_text()))
+    ok = dict(status="ok", samples=8, outputs=80, differing_outputs=0, max_abs_error=0.0)
+    report.artifact("onnx-int8").emulated = [EmulatedCheck(device="a", cpu="cortex-a76", top1_agreement=1.0, **ok),
+                                             EmulatedCheck(device="b", cpu="cortex-a53", top1_agreement=0.95, **ok)]
+    report.artifact("executorch-xnnpack").emulated = [
+        EmulatedCheck(device="a", cpu="cortex-a76", status="crashed", error="runner killed by SIGSEGV")]
+    report.artifact("torchscript-fbgemm").emulated = [
+        EmulatedCheck(device="a", cpu="cortex-a76", status="skipped", error="device has no fbgemm int8 engine")]
+    report.artifact("torchscript-qnnpack").emulated = [EmulatedCheck(device="a", cpu="cortex-a76", top1_agreement=1.0, **ok)]
+    found = {c.target: c for c in checks([Budget(min_emulated_agreement=0.99)], report)}
+    assert found["onnx-int8"].outcome is Outcome.FAILED and found["onnx-int8"].measured == 0.95
+    assert found["executorch-xnnpack"].outcome is Outcome.FAILED and found["executorch-xnnpack"].measured is None
+    assert found["torchscript-fbgemm"].outcome is Outcome.SKIPPED
+    assert found["torchscript-qnnpack"].outcome is Outcome.PASSED

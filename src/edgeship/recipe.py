@@ -268,6 +268,10 @@ class Budget(Section):
     min_int8_fraction: float | None = Field(
         None, ge=0, le=1, description="Share of the artifact's multiply-accumulates that run int8 "
                                       "kernels, read from the artifact itself (0..1).")
+    min_emulated_agreement: float | None = Field(
+        None, ge=0, le=1, description="Top-1 agreement of the artifact's answers on every emulated "
+                                      "ARM device (a `qemu` profile in `devices`) with its answers "
+                                      "here, 0..1; a crash there fails it.")
     max_regression: list[str] | None = Field(
         None, min_length=1, description="Limits relative to a baseline report (--baseline), e.g. "
                                         "['median:5%', 'size:2%', 'accuracy:-0.5']; not evaluated "
@@ -305,7 +309,7 @@ class Budget(Section):
 
 
 ABSOLUTE_LIMITS = ("max_accuracy_drop", "max_size_mb", "min_accuracy", "min_metric", "max_metric",
-                   "min_int8_fraction",
+                   "min_int8_fraction", "min_emulated_agreement",
                    "max_latency_p50_ms", "max_latency_p90_ms", "max_peak_rss_mb")
 
 

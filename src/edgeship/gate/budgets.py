@@ -103,6 +103,15 @@ def _int8_fraction(a: Artifact, b, f) -> float | None:
     return a.int8_share.macs_fraction if a.int8_share is not None else None
 
 
+def _emulated_agreement(a: Artifact, b, f) -> float | None:
+    """The lowest top-1 agreement with x86 over the emulated devices that ran the artifact; None
+    when one of them failed on it, or none ran it."""
+    ran = [c for c in a.emulated if c.status != "skipped"]
+    if not ran or any(c.status != "ok" or c.top1_agreement is None for c in ran):
+        return None
+    return min(c.top1_agreement for c in ran)
+
+
 _SIZE_MB = _Figure("size", "MB", ".3f", False, False,
                    lambda a, b, f: None if a.size_bytes is None else a.size_bytes / 1e6)
 _ACCURACY = _Figure("accuracy", "", ".4f", False, False, lambda a, b, f: a.accuracy)
@@ -116,6 +125,8 @@ ABSOLUTE: dict[str, tuple[_Figure, bool]] = {
     "min_metric": (_ACCURACY, False),
     "max_metric": (_ACCURACY, True),
     "min_int8_fraction": (_Figure("int8 share of MACs", "", ".3f", False, False, _int8_fraction), False),
+    "min_emulated_agreement": (_Figure("top-1 agreement with x86 on emulated ARM", "", ".4f", False, False,
+                                       _emulated_agreement), False),
     "max_latency_p50_ms": (_Figure("latency p50", "ms", ".3f", True, True, _latency("p50")), True),
     "max_latency_p90_ms": (_Figure("latency p90", "ms", ".3f", True, True, _latency("p90")), True),
     "max_peak_rss_mb": (_RSS, True),
@@ -311,7 +322,7 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
         for artifact in (a for a in report.artifacts if scope(budget, a)):
             for name, limit in limits.items():
                 if not ABSOLUTE[name][0].per_device:
-                    yield _absolute(index, name, limit, artifact, None, ref)
+                    yield _not_on_arm(index, name, limit, artifact) or _absolute(index, name, limit, artifact, None, ref)
             for rule in rules:
                 if not rule.metric.per_device:
                     yield _relative(index, rule, artifact, None, baseline, report.metric)
@@ -327,6 +338,16 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
                     yield _absolute(index, name, limit, artifact, bench, ref)
                 for rule in device_rules:
                     yield _relative(index, rule, artifact, bench, baseline, report.metric)
+
+
+def _not_on_arm(index: int, name: str, limit: float, artifact: Artifact) -> Check | None:
+    """An ARM agreement limit on an artifact every emulated device skipped (fbgemm is x86-only):
+    skipped with their reason, neither passed nor failed."""
+    if name != "min_emulated_agreement" or not artifact.emulated or \
+            any(c.status != "skipped" for c in artifact.emulated):
+        return None
+    return Check(index, artifact.target, None, name, limit, None, Outcome.SKIPPED,
+                 f"{artifact.target}: not run on an emulated device: {artifact.emulated[0].error}", False)
 
 
 def gate_of(gated: Iterable[Check]) -> Gate:
