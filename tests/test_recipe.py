@@ -107,8 +107,16 @@ def test_no_number_of_a_recipe_is_infinite_or_nan(tmp_path):
     assert "quantization.qat.lr: Input should be a finite number" in text
 
 
-@pytest.mark.parametrize("name", ["two\nlines", "bell\x07", "\x1b[31mred", "right-to-left\u202e", "", "x" * 201])
-def test_the_name_is_one_printable_line(tmp_path, name):
+@pytest.mark.parametrize("name, kept", [("two\nlines", "two\\x0alines"), ("bell\x07", "bell\\x07"),
+                                        ("\x1b[31mred", "\\x1b[31mred"), ("right-to-left\u202e", "right-to-left\\u202e")])
+def test_control_characters_in_the_name_are_kept_as_their_codes(tmp_path, name, kept):
+    """A newline, BEL, ESC or a bidi override would split, ring, repaint or reorder every line the
+    name is shown in: the recipe keeps the name with those characters written as their codes."""
+    assert load_recipe(write_recipe(tmp_path, demo_recipe(name=name))).name == kept
+
+
+@pytest.mark.parametrize("name", ["", "x" * 201])
+def test_the_name_is_not_empty_or_long(tmp_path, name):
     with pytest.raises(UserError, match=r"recipe.toml: name: "):
         load_recipe(write_recipe(tmp_path, demo_recipe(name=name)))
 

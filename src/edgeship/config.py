@@ -25,15 +25,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-def _printable(text: str) -> str:
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
-        raise ValueError("must be printable text on one line: no control or format characters")
-    return text
+def visible(text: str) -> str:
+    r"""`text` with each control or format character (a newline, BEL, ESC, a right-to-left
+    override) written as its code, so that it can neither split a line nor ring, repaint or
+    reorder a terminal.
+
+    >>> visible("a|b \x07 \x1b[31m")
+    'a|b \\x07 \\x1b[31m'
+    """
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
 
 
-# A name shown in reports, tables and one-line errors: a newline or an escape sequence in it
-# would split or repaint them.
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+# A name shown in reports, tables and one-line errors: kept as the user typed it but for its
+# control characters, which are written as their codes (a newline or an escape sequence would
+# split or repaint every line it is shown in).
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(visible)]
 
 
 def read_toml(path: Path, what: str) -> dict:
