@@ -13,29 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.data import Arrays
-from edgeship.devices.profile import LocalTransport
-from edgeship.devices.transports import Local, RunnerCall, RunnerFailed, transport_for
-from edgeship.formats import spec_for
+from edgeship.devices.transports import RunnerFailed, transport_for
 from edgeship.pipeline.benchmark import skip_reason
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.plan import Device
 from edgeship.pipeline.values import Exported, Source
+from edgeship.pipeline.verify import predict
 from edgeship.report.schema import EmulatedCheck
 from edgeship.targets import get_target
 
 SAMPLES = 128  # emulation runs 25-200x slower: enough samples to see a kernel differ, no more
 TIMEOUT_SECONDS = 1800.0
-
-
-def _answers(transport, made: Exported, name: str, inputs: Path, outputs: Path, threads: int,
-             batch_size: int) -> np.ndarray:
-    target = get_target(name)
-    args = ("--batch-size", str(batch_size), "--threads", str(threads), *spec_for(target.format).runner_args(target))
-    transport.run(RunnerCall("predict", made.artifact.path, made.artifact.files, inputs, args, outputs,
-                             TIMEOUT_SECONDS))
-    with np.load(outputs) as data:
-        return data["output_0"]
 
 
 def grid_step(values: np.ndarray) -> float | None:
@@ -63,20 +52,26 @@ def compare(arm: np.ndarray, x86: np.ndarray, reference: np.ndarray, int8: bool,
 
 
 def check_one(ctx: RunContext, device: Device, made: Exported, name: str, source: Source, inputs: Path,
-              tmp: Path, batch_size: int) -> EmulatedCheck:
+              tmp: Path, batch_size: int, x86_answers: dict[str, np.ndarray]) -> EmulatedCheck:
+    """`x86_answers`: the artifacts' answers here, by target, filled on first need (one run per
+    artifact, however many emulated devices)."""
     base = dict(device=device.profile.name, cpu=device.profile.transport.cpu)
     reason = skip_reason(device.profile, get_target(name))
     if reason:
         return EmulatedCheck(**base, status="skipped", error=reason)
-    started, transport = time.monotonic(), transport_for(device.profile)
-    try:
-        x86 = _answers(Local(LocalTransport(kind="local")), made, name, inputs, tmp / f"{name}-x86.npz", 1, batch_size)
-        arm = _answers(transport, made, name, inputs, tmp / f"{name}-{device.profile.name}.npz", 1, batch_size)
+    started, transport, target = time.monotonic(), transport_for(device.profile), get_target(name)
+    try:  # one thread on both sides: the same summation order, so a difference is the kernels'
+        if name not in x86_answers:
+            x86_answers[name] = predict(made.artifact, target, inputs, tmp, batch_size, TIMEOUT_SECONDS,
+                                        threads=1, where="x86")
+        x86 = x86_answers[name]
+        arm = predict(made.artifact, target, inputs, tmp, batch_size, TIMEOUT_SECONDS, threads=1,
+                      transport=transport, where=device.profile.name)
     except RunnerFailed as e:
         return EmulatedCheck(**base, status=e.status, error=str(e), seconds=time.monotonic() - started)
     finally:
         transport.close()
-    figures = compare(arm, x86, source.reference[:len(arm)], get_target(name).is_int8,
+    figures = compare(arm, x86, source.reference[:len(arm)], target.is_int8,
                       ctx.metric.labels in ("classes", "tokens"))
     return EmulatedCheck(**base, status="ok", samples=len(arm), seconds=time.monotonic() - started, **figures)
 
@@ -90,6 +85,7 @@ def check_emulated(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, so
     np.savez(inputs, **{k: v[:SAMPLES] for k, v in test.npz_dict().items()})
     test_key = tensors_digest([a[:SAMPLES] for a in test.inputs])
     out: dict[str, list[EmulatedCheck]] = {name: [] for name in verified}
+    x86_answers: dict[str, np.ndarray] = {}
     with ctx.log.stage("emulated") as notes, \
             ctx.progress.task("answer on the emulated devices", total=len(devices) * len(verified)) as advance:
         for device in devices:
@@ -97,7 +93,7 @@ def check_emulated(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, so
                 key = digest("emulated", ctx.env_key, made.sha256, device.profile.model_dump_json(), test_key)
                 found = ctx.cache.load_json("emulated", key)
                 check = EmulatedCheck(**found) if found else \
-                    check_one(ctx, device, made, name, sources[name], inputs, tmp, batch_size)
+                    check_one(ctx, device, made, name, sources[name], inputs, tmp, batch_size, x86_answers)
                 if not found and check.status in ("ok", "skipped"):
                     ctx.cache.store_json("emulated", key, check.model_dump())
                 out[name].append(check)

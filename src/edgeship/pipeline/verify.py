@@ -26,11 +26,14 @@ class VerificationFailed(Exception):
 
 
 def predict(artifact: ExportedArtifact, target: Target, inputs_npz: Path, workdir: Path,
-            batch_size: int, timeout_seconds: float = 600.0) -> np.ndarray:
-    outputs = workdir / f"{target.name}-outputs.npz"
-    args = ("--batch-size", str(batch_size), "--threads", str(os.cpu_count() or 1),
+            batch_size: int, timeout_seconds: float = 600.0, *, transport=None, threads: int | None = None,
+            where: str = "outputs") -> np.ndarray:
+    """The artifact's answers to `inputs_npz`, from the runner in a fresh process: here, or on
+    `transport`'s device (the emulated ones); every CPU here unless `threads` says otherwise."""
+    outputs = workdir / f"{target.name}-{where}.npz"
+    args = ("--batch-size", str(batch_size), "--threads", str(threads or os.cpu_count() or 1),
             *spec_for(target.format).runner_args(target))
-    Local(LocalTransport(kind="local")).run(RunnerCall(
+    (transport or Local(LocalTransport(kind="local"))).run(RunnerCall(
         "predict", artifact.path, artifact.files, inputs_npz, args, outputs, timeout_seconds))
     with np.load(outputs) as data:
         return data["output_0"]

@@ -38,8 +38,9 @@ img { max-width: 100%; display: block; margin: 12px 0; border: 1px solid #eee; }
 .muted { color: #777; font-size: 12px; }
 """
 
-_TEMPLATES = Environment(loader=PackageLoader("edgeship.report", "templates"),
-                         autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+# report.html and `bench MODEL`'s page: one environment, autoescaping every .j2 template
+TEMPLATES = Environment(loader=PackageLoader("edgeship.report", "templates"),
+                        autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 _TEXT_COLUMNS = {"target", "precision", "device", "status", "detail", "stage", "verdict", "ops"}
 
 
@@ -48,7 +49,7 @@ def _table(table_headers: list[str], body: list[list[str]], bad: list[bool] | No
             "rows": [{"cells": row, "bad": bool(bad and bad[i])} for i, row in enumerate(body)]}
 
 
-def _b64(png: bytes | None) -> str | None:
+def b64(png: bytes | None) -> str | None:
     return base64.b64encode(png).decode("ascii") if png else None
 
 
@@ -66,8 +67,8 @@ def _latency_plots(report: Report) -> list[tuple[str, str | None]]:
                   if b.device == device and b.status == "ok" and b.samples_ms]
         if series:
             png = sample_plots.latency_ecdf(series, f"latency of every timed run on {device}")
-            out.append((f"latency ECDF on {device}", _b64(png)))
-    return out or [("latency distribution per artifact", _b64(plots.latency_distribution(report)))]
+            out.append((f"latency ECDF on {device}", b64(png)))
+    return out or [("latency distribution per artifact", b64(plots.latency_distribution(report)))]
 
 
 def _qat_plot(report: Report) -> str | None:
@@ -78,7 +79,7 @@ def _qat_plot(report: Report) -> str | None:
             history = QatHistory.model_validate(found)
             flows[a.flow] = (a.flow, [(e.epoch, report.metric.shown(e.accuracy)) for e in history.epochs],
                              history.shipped_epoch)
-    return _b64(sample_plots.qat_history(list(flows.values()), report.metric.label))
+    return b64(sample_plots.qat_history(list(flows.values()), report.metric.label))
 
 
 def _process(report: Report) -> dict | None:
@@ -148,8 +149,8 @@ def _context(report: Report, budgets: list[Budget], baseline: Report | None) -> 
         float_text=float_line(report) if report.float else "",
         results=_table(headers(report), rows(report), [s != "ok" for s in statuses]),
         baseline=_baseline(report, baseline), pareto=_pareto(report), plot_notes=notes,
-        plots={"accuracy": _b64(accuracy), "latency": _latency_plots(report), "qat": _qat_plot(report),
-               "size": _b64(plots.size_vs_twin(report, budgets))},
+        plots={"accuracy": b64(accuracy), "latency": _latency_plots(report), "qat": _qat_plot(report),
+               "size": b64(plots.size_vs_twin(report, budgets))},
         process=_process(report), qat=qat_lines(report),
         prune=prune_line(report) if report.prune is not None else "",
         fallback=fallback_lines(report) if report.fallback else [],
@@ -163,7 +164,7 @@ def _context(report: Report, budgets: list[Budget], baseline: Report | None) -> 
 
 def html_page(report: Report, budgets: list[Budget], baseline: Report | None = None) -> str:
     """The page; `report` still holds its raw samples (publish takes them out of a copy)."""
-    return _TEMPLATES.get_template("report.html.j2").render(**_context(report, budgets, baseline))
+    return TEMPLATES.get_template("report.html.j2").render(**_context(report, budgets, baseline))
 
 
 def write_html(report: Report, budgets: list[Budget], path: Path, baseline: Report | None = None) -> None:

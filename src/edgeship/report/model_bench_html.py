@@ -4,23 +4,11 @@ by hand), plots as PNG data URIs, and html.py's Content-Security-Policy and styl
 
 from __future__ import annotations
 
-import base64
-
-from jinja2 import Environment, PackageLoader, select_autoescape
-
-from edgeship.report.html import CSP, STYLE
+from edgeship.report.html import CSP, STYLE, TEMPLATES, b64
 from edgeship.report.model_bench_view import HEADERS, OP_HEADERS, problems, rows, top_ops
 from edgeship.report.sample_plots import input_sweep, latency_ecdf
 from edgeship.report.schema import ModelBenchReport
 from edgeship.report.writers import machines_of, profile_line
-
-_TEMPLATES = Environment(loader=PackageLoader("edgeship.report", "templates"),
-                         autoescape=select_autoescape(["html", "j2"]), trim_blocks=True)
-
-
-def _b64(png: bytes | None) -> str | None:
-    return base64.b64encode(png).decode("ascii") if png else None
-
 
 def _plots(report: ModelBenchReport) -> list[dict]:
     measured = [(" ".join(r.inputs), r.benchmark) for r in report.runs
@@ -29,16 +17,16 @@ def _plots(report: ModelBenchReport) -> list[dict]:
                         "p50 and p90 per input set")
     ecdf = latency_ecdf([(label, b.samples_ms) for label, b in measured],
                         f"latency of every timed run on {report.device}")
-    plots = [{"title": "Latency distribution (every timed run)", "data": _b64(ecdf)}]
+    plots = [{"title": "Latency distribution (every timed run)", "data": b64(ecdf)}]
     if len(report.runs) > 1:
-        plots.insert(0, {"title": "Input sweep", "data": _b64(sweep)})
+        plots.insert(0, {"title": "Input sweep", "data": b64(sweep)})
     return plots
 
 
 def html_page(report: ModelBenchReport) -> str:
     """The page; `report` still holds its raw samples (write_report takes them out of a copy)."""
     table = rows(report)
-    return _TEMPLATES.get_template("model_bench.html.j2").render(
+    return TEMPLATES.get_template("model_bench.html.j2").render(
         report=report, csp=CSP, style=STYLE, problems=problems(report), headers=HEADERS,
         rows=[{"cells": row, "bad": row[-1] != "ok"} for row in table], plots=_plots(report),
         profile_lines=[line for r in report.runs if (line := profile_line(" ".join(r.inputs), r.benchmark))],
