@@ -23,10 +23,7 @@ def _filter() -> None:
 
 
 @contextmanager
-def quiet_libraries(enabled: bool = True) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
+def quiet_libraries() -> Iterator[None]:
     levels = {name: logging.getLogger(name).level for name in LOGGERS}
     with warnings.catch_warnings():
         _filter()
