@@ -44,16 +44,10 @@ def _applies(budget: Budget, device: str, fmt: Format) -> bool:
 def file_limits(budgets: list[Budget], device: str, fmt: Format) -> tuple[dict[str, float], list[str]]:
     """The tightest value of each measurable limit among the budgets that apply, and the names
     of the limits that apply but cannot be checked on a bare file."""
-    limits: dict[str, float] = {}
-    unchecked: set[str] = set()
-    for budget in (b for b in budgets if _applies(b, device, fmt)):
-        for name, value in budget.limits().items():
-            if name in MEASURABLE:
-                limits[name] = min(value, limits.get(name, value))
-            else:
-                unchecked.add(name)
-        if budget.max_regression:
-            unchecked.add("max_regression")
+    applicable = [b for b in budgets if _applies(b, device, fmt)]
+    limits = tightest(*({n: v for n, v in b.limits().items() if n in MEASURABLE} for b in applicable))
+    unchecked = {n for b in applicable for n in b.limits() if n not in MEASURABLE}
+    unchecked |= {"max_regression"} if any(b.max_regression for b in applicable) else set()
     return limits, sorted(unchecked)
 
 

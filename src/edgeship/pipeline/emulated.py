@@ -21,6 +21,7 @@ from edgeship.pipeline.plan import Device
 from edgeship.pipeline.values import Exported, Source
 from edgeship.pipeline.verify import predict
 from edgeship.report.schema import EmulatedCheck
+from edgeship.report.writers import emulated_figures
 from edgeship.targets import get_target
 
 SAMPLES = 128  # emulation runs 25-200x slower: enough samples to see a kernel differ, no more
@@ -97,15 +98,6 @@ def check_emulated(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, so
                 if not found and check.status in ("ok", "skipped"):
                     ctx.cache.store_json("emulated", key, check.model_dump())
                 out[name].append(check)
-                notes.append(f"{name} on {device.profile.name}: {check_note(check)}")
+                notes.append(f"{name} on {device.profile.name}: {emulated_figures(check)}")
                 advance()
     return out
-
-
-def check_note(check: EmulatedCheck) -> str:
-    if check.status != "ok":
-        return f"{check.status}: {check.error}"
-    agreement = "" if check.top1_agreement is None else f"top-1 agreement with x86 {check.top1_agreement:.4f}, "
-    steps = "" if check.one_step_outputs is None else f" ({check.one_step_outputs} by one step)"
-    return (f"{agreement}{check.differing_outputs} of {check.outputs} outputs differ{steps}, "
-            f"max abs {check.max_abs_error:.3g}")

@@ -10,7 +10,7 @@ from edgeship.fileio import write_atomic
 from edgeship.report.analysis import analysis_markdown
 from edgeship.report.compare import latency_test
 from edgeship.report.markdown import md_code, md_text
-from edgeship.report.schema import Artifact, Benchmark, Report
+from edgeship.report.schema import Artifact, Benchmark, EmulatedCheck, Report
 from edgeship.targets import get_target
 
 
@@ -282,21 +282,28 @@ def append_step_summary(report: Report) -> None:
             f.write(markdown(report) + "\n")
 
 
+def emulated_figures(c: EmulatedCheck) -> str:
+    """`top-1 agreement with x86 1.0000, 3 of 1280 outputs differ (3 by one step), max abs 0.0312`,
+    or the status and why for a check that did not answer."""
+    if c.status != "ok":
+        return f"{c.status}: {c.error}"
+    agreement = "" if c.top1_agreement is None else f"top-1 agreement with x86 {c.top1_agreement:.4f}, "
+    steps = "" if c.one_step_outputs is None else f" ({c.one_step_outputs} by one step)"
+    return f"{agreement}{c.differing_outputs} of {c.outputs} outputs differ{steps}, max abs {c.max_abs_error:.3g}"
+
+
 def emulated_lines(report: Report) -> list[str]:
-    """Per artifact and emulated device, its answers on ARM against its answers here (x86):
-    `onnx-int8 on arm64-emulated (cortex-a76): top-1 agreement with x86 1.0000, 3 of 1280 outputs
-    differ (3 by one step), max abs 0.0312; top-1 agreement with the reference 0.9922`."""
+    """Per artifact and emulated device, its answers on ARM against its answers here (x86), and
+    against the reference: `onnx-int8 on arm64-emulated (cortex-a76): top-1 agreement with x86
+    1.0000, 3 of 1280 outputs differ (3 by one step), max abs 0.0312 (128 samples); top-1
+    agreement with the reference 0.9922`."""
     out = []
     for a in report.artifacts:
         for c in a.emulated:
-            where = f"{a.target} on {c.device} ({c.cpu})"
-            if c.status != "ok":
-                out.append(f"{where}: {c.status}: {c.error}")
-                continue
-            agreement = "" if c.top1_agreement is None else f"top-1 agreement with x86 {c.top1_agreement:.4f}, "
-            steps = "" if c.one_step_outputs is None else f" ({c.one_step_outputs} by one step)"
-            reference = "" if c.reference_top1_agreement is None else \
-                f"; top-1 agreement with the reference {c.reference_top1_agreement:.4f}"
-            out.append(f"{where}: {agreement}{c.differing_outputs} of {c.outputs} outputs differ{steps}, "
-                       f"max abs {c.max_abs_error:.3g} ({c.samples} samples){reference}")
+            line = f"{a.target} on {c.device} ({c.cpu}): {emulated_figures(c)}"
+            if c.status == "ok":
+                line += f" ({c.samples} samples)"
+                if c.reference_top1_agreement is not None:
+                    line += f"; top-1 agreement with the reference {c.reference_top1_agreement:.4f}"
+            out.append(line)
     return out
