@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,10 +69,30 @@ cpu = "{cpu}"
 """
 
 
+def _crash_when_seen(pattern: str, seconds: float) -> threading.Thread:
+    """SIGSEGV to the first process whose command line matches `pattern`, as a crashing kernel
+    would get; polled until `seconds` have passed."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            if found:
+                os.kill(int(found[0]), signal.SIGSEGV)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_artifacts_answer_on_two_emulated_cpus_as_on_x86(emulated_cache, tmp_path):
     """The demo's int8 artifacts (fbgemm is x86-only: skipped with the reason) on a Cortex-A76 and
     a Cortex-A53: every answer compared with x86's; latency from the emulator is never a
-    benchmark (not valid, no budget reads it, nothing recommended for it)."""
+    benchmark (not valid, no budget reads it, nothing recommended for it). The qnnpack runner is
+    crashed on the A53 (SIGSEGV): that check fails with the signal, the budget that requires ARM
+    agreement fails it (exit 1), and the other checks on that device go on."""
     (tmp_path / "a53.toml").write_text(EMULATED.format(name="a53-emulated", cpu="cortex-a53"))
     recipe = demo_recipe(targets=["torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"],
                          fp32_twins=False, devices=["local", "arm64-emulated", "a53.toml"],
@@ -77,18 +101,27 @@ def test_artifacts_answer_on_two_emulated_cpus_as_on_x86(emulated_cache, tmp_pat
     recipe["model"]["train"] = {"epochs": 2, "lr": 0.01}
     recipe["data"]["kwargs"] = {"limit": 400}
     recipe["quantization"]["qat"]["enabled"] = False
-    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "out")
-    assert result.code == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    crasher = _crash_when_seen("qemu-aarch64 -cpu cortex-a53 .*runner.py predict .*torchscript-qnnpack.pt", 900)
+    # --setup-devices: consent to build the environment; built by the fixture, so nothing to do
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), "--setup-devices", out=tmp_path / "out")
+    crasher.join(timeout=1)
+    assert result.code == 1, result.stdout[-3000:] + result.stderr[-3000:]
     report = result.report()
     checks = {(a["target"], c["device"]): c for a in report["artifacts"] for c in a["emulated"]}
     assert checks["torchscript-fbgemm", "arm64-emulated"]["status"] == "skipped"
+    crashed = checks["torchscript-qnnpack", "a53-emulated"]
+    assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["error"], crashed
     for target in ("torchscript-qnnpack", "onnx-int8", "executorch-xnnpack"):
         for device, cpu in (("arm64-emulated", "cortex-a76"), ("a53-emulated", "cortex-a53")):
             check = checks[target, device]
+            if check is crashed:
+                continue
             assert check["status"] == "ok" and check["cpu"] == cpu, check
             assert check["samples"] > 0 and check["outputs"] == check["samples"] * 10
             assert check["top1_agreement"] >= 0.99 and check["step"] > 0, check
             assert check["one_step_outputs"] <= check["differing_outputs"]
+    failed = [(v["limit_name"], v["target"]) for v in report["gate"]["violations"]]
+    assert failed == [("min_emulated_agreement", "torchscript-qnnpack")], failed
     emulated = [b for a in report["artifacts"] for b in a["benchmarks"] if b["device"].endswith("emulated")
                 and b["status"] == "ok"]
     assert emulated and all(b["valid"] is False and b["invalid_reasons"][0].startswith("emulated by qemu")
@@ -107,7 +140,13 @@ def test_a_missing_environment_names_the_repair_command(tmp_path):
     assert result.code == 2
     (line,) = result.stderr.strip().splitlines()
     assert "the emulated aarch64 environment for torch " in line and "is not built" in line
-    assert line.endswith("build it with: edgeship devices setup <this profile's name or .toml>")
+    assert line.endswith("build it with: edgeship devices setup arm64-emulated")
+    recipe = write_recipe(tmp_path, demo_recipe(devices=["local", "arm64-emulated"]))
+    result = run_cli("run", str(recipe), out=tmp_path / "out", env=env)
+    assert result.code == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("build it with: edgeship devices setup arm64-emulated (or run with --setup-devices)")
+    assert not (tmp_path / "out").exists()  # checked before any work
     result = run_cli("devices", "setup", "local")
     assert result.code == 2 and "local device needs nothing built here" in result.stderr
 

@@ -44,13 +44,15 @@ def _report(report: str | Path | Report) -> Report:
 
 def run(recipe: str | Path | dict | Recipe, out: str | Path = "edgeship-run", *,
         baseline: str | Path | Report | None = None, overrides: dict[str, Any] | None = None,
-        force: bool = False, quiet: bool = False, use_cache: bool = True) -> Report:
+        force: bool = False, quiet: bool = False, use_cache: bool = True,
+        setup_devices: bool = False) -> Report:
     """Run the pipeline of `recipe` into the folder `out` and return its Report.
 
     `overrides` sets recipe keys as `edgeship run --set` does (`{"qat.epochs": 3}`), validated
     like the file. `baseline`: an earlier report (or its path) for the budgets' max_regression
     limits. `report.exit_code` is what the command line would exit with: 0 passed, 1 a budget
-    failed, 3 a device or runtime failure.
+    failed, 3 a device or runtime failure. `setup_devices`: build what an emulated device needs
+    (once per machine) instead of raising UserError with the command that builds it.
     """
     from edgeship.pipeline.run import run_recipe
     from edgeship.progress import Progress
@@ -60,7 +62,7 @@ def run(recipe: str | Path | dict | Recipe, out: str | Path = "edgeship-run", *,
     old = _report(baseline) if baseline is not None else None
     with quiet_libraries():
         return run_recipe(parsed, Path(out), force=force, progress=Progress(enabled=not quiet),
-                          baseline=old, use_cache=use_cache)
+                          baseline=old, use_cache=use_cache, setup_devices=setup_devices)
 
 
 # Python sets `edgeship.gate` to the subpackage when the subpackage is first loaded; it was loaded

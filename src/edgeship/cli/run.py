@@ -26,10 +26,15 @@ SetOption = Annotated[list[str] | None, typer.Option(
         "Repeatable."))]
 
 
+SetupDevicesOption = Annotated[bool, typer.Option(
+    "--setup-devices", help=("Build what an emulated device in `devices` needs, once per machine "
+                             "(about 0.6 GB downloaded), instead of stopping with exit 2."))]
+
+
 def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,
-         no_cache: bool = False) -> None:
+         no_cache: bool = False, setup_devices: bool = False) -> None:
     try:
-        _run_and_print(recipe, out, force, quiet, baseline, no_cache)
+        _run_and_print(recipe, out, force, quiet, baseline, no_cache, setup_devices)
     except Exception as e:
         if not isinstance(e, EdgeshipError):
             e.add_note(f"{RUN_FOLDER_NOTE}{out}")
@@ -37,14 +42,14 @@ def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = No
 
 
 def _run_and_print(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None,
-                   no_cache: bool) -> None:
+                   no_cache: bool, setup_devices: bool) -> None:
     from edgeship.pipeline.run import run_recipe  # torch: loaded by the commands that need it
 
     old = load_report(baseline) if baseline else None
     if verbosity() < Verbosity.DEBUG:
         quiet_libraries_for_good()
     report = run_recipe(recipe, out, force=force, progress=Progress(stderr, enabled=progress_enabled(quiet)),
-                        baseline=old, use_cache=not no_cache)
+                        baseline=old, use_cache=not no_cache, setup_devices=setup_devices)
     print_console(report, stdout)
     stdout.print(f"reports: {out / 'report.json'} · {out / 'report.md'} · {out / 'junit.xml'} · "
                  f"{out / 'report.html'}", highlight=False, markup=False)
@@ -59,10 +64,11 @@ def overrides(texts: list[str] | None) -> dict[str, object]:
 def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
         out: OutOption = Path("edgeship-run"), force: ForceOption = False,
         quiet: QuietOption = False, baseline: BaselineOption = None,
-        no_cache: NoCacheOption = False, set_: SetOption = None) -> None:
+        no_cache: NoCacheOption = False, set_: SetOption = None,
+        setup_devices: SetupDevicesOption = False) -> None:
     """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report.
     Run again into the same --out, an unchanged recipe resumes from the stage cache."""
-    _run(load_recipe(recipe, overrides(set_)), out, force, quiet, baseline, no_cache)
+    _run(load_recipe(recipe, overrides(set_)), out, force, quiet, baseline, no_cache, setup_devices)
 
 
 @app.command()

@@ -21,7 +21,7 @@ class Qemu:
 
     def _env(self):
         if self.environment is None:
-            self.environment = ready_environment("edgeship devices setup <this profile's name or .toml>")
+            self.environment = ready_environment()
         return self.environment
 
     def run(self, call: RunnerCall) -> dict:

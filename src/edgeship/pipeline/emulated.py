@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.data import Arrays
+from edgeship.devices.emulation.environment import SETUP_COMMAND, ready_environment, setup
 from edgeship.devices.transports import RunnerFailed, transport_for
 from edgeship.pipeline.benchmark import skip_reason
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.plan import Device
+from edgeship.pipeline.plan import Device, Plan
 from edgeship.pipeline.values import Exported, Source
 from edgeship.pipeline.verify import predict
 from edgeship.report.schema import EmulatedCheck
@@ -26,6 +27,18 @@ from edgeship.targets import get_target
 
 SAMPLES = 128  # emulation runs 25-200x slower: enough samples to see a kernel differ, no more
 TIMEOUT_SECONDS = 1800.0
+
+
+def prepare_environment(plan: Plan, build: bool, say) -> None:
+    """Before any work: the environment the plan's emulated devices run in. Built (about 0.6 GB
+    downloaded, once per machine) only with the user's consent, `build`; else, when missing,
+    UserError with the command that builds it."""
+    if not any(d.profile.emulated for d in plan.devices):
+        return
+    if build:
+        setup(say=say)
+    else:
+        ready_environment(f"{SETUP_COMMAND} (or run with --setup-devices)")
 
 
 def grid_step(values: np.ndarray) -> float | None:

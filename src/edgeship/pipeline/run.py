@@ -25,7 +25,7 @@ from edgeship.pipeline.benchmark import measure
 from edgeship.pipeline.cache import StageCache, digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.dynamic import quantize_dynamic
-from edgeship.pipeline.emulated import check_emulated
+from edgeship.pipeline.emulated import check_emulated, prepare_environment
 from edgeship.pipeline.export import export
 from edgeship.pipeline.float_model import evaluate_float, prune
 from edgeship.pipeline.load import load
@@ -46,15 +46,17 @@ TORCH_LOG = "edgeship-torch.log"
 
 
 def run_recipe(recipe: Recipe, out: Path, *, force: bool = False, progress: Progress | None = None,
-               baseline: Report | None = None, use_cache: bool = True) -> Report:
+               baseline: Report | None = None, use_cache: bool = True, setup_devices: bool = False) -> Report:
+    """`setup_devices`: build what an emulated device in `devices` needs (once per machine) instead
+    of stopping with the command that builds it."""
     with attention_slow_path(), contextlib.ExitStack() as stack:
-        return _run(recipe, out, force, progress, baseline, use_cache, stack)
+        return _run(recipe, out, force, progress, baseline, use_cache, setup_devices, stack)
 
 
 def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, baseline: Report | None,
-         use_cache: bool, stack: contextlib.ExitStack) -> Report:
+         use_cache: bool, setup_devices: bool, stack: contextlib.ExitStack) -> Report:
     started = time.perf_counter()
-    ctx, env = _start(recipe, Path(out), force, progress or Progress(), baseline, use_cache)
+    ctx, env = _start(recipe, Path(out), force, progress or Progress(), baseline, use_cache, setup_devices)
     stack.enter_context(torch_logs_into(ctx.folder.root / TORCH_LOG))
     loaded = load(ctx)
     float_model = evaluate_float(ctx, loaded)
@@ -91,12 +93,13 @@ def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, base
 
 
 def _start(recipe: Recipe, out: Path, force: bool, progress: Progress, baseline: Report | None,
-           use_cache: bool) -> tuple[RunContext, dict]:
+           use_cache: bool, setup_devices: bool) -> tuple[RunContext, dict]:
     """Everything a user can get wrong is checked before any work starts."""
     if baseline is not None and baseline.recipe_name != recipe.name:
         raise UserError(f"the baseline report does not match this recipe: it is a report of "
                         f"recipe {baseline.recipe_name!r}, this recipe is {recipe.name!r}")
     plan = make_plan(recipe)
+    prepare_environment(plan, build=setup_devices, say=progress.log)
     folder = RunFolder(out, force=force, recipe_sha256=recipe.sha256())
     if folder.resumed:
         progress.log(f"resuming the earlier run of this recipe in {out}")

@@ -28,6 +28,8 @@ PURE_DEPENDENCIES = ("filelock", "typing_extensions", "sympy", "mpmath", "networ
                      "fsspec", "ruamel.yaml", "pyyaml", "tabulate", "packaging", "flatbuffers")
 PLATFORM = ("--only-binary=:all:", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
             "--implementation", "cp", "--abi", "cp311")
+# One environment serves every emulated CPU: the shipped profile's name always builds it.
+SETUP_COMMAND = "edgeship devices setup arm64-emulated"
 IMPORT_CHECK = ("import torch, onnxruntime, executorch.runtime, numpy, json; "
                 "print(json.dumps({'torch': torch.__version__, 'onnxruntime': onnxruntime.__version__, "
                 "'engines': torch.backends.quantized.supported_engines}))")
@@ -74,7 +76,7 @@ class Environment:
         return json.loads((self.folder / "environment.json").read_text())
 
 
-def ready_environment(setup_hint: str) -> Environment:
+def ready_environment(setup_hint: str = SETUP_COMMAND) -> Environment:
     """The environment for the host's versions, or UserError with the command that builds it."""
     versions = host_versions()
     folder = folder_for(versions)
