@@ -10,10 +10,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 from edgeship.cli import demo_recipe_text
-from edgeship.devices.profile import BenchmarkSettings
+from edgeship.data import stack
+from edgeship.devices.profile import BenchmarkSettings, LocalTransport
+from edgeship.devices.transports import Local, RunnerCall
+from edgeship.examples.digits import splits
 
 EDGESHIP = [sys.executable, "-m", "edgeship"]
 
@@ -66,3 +70,28 @@ def run_cli(*args: str, out: Path | None = None, cwd: Path | None = None,
     return CliResult(proc.returncode, proc.stdout, proc.stderr, out or Path())
 
 
+
+
+def answers(run: CliResult, target: str, tmp_path: Path) -> np.ndarray:
+    """The artifact's logits on the digits test split, from the runner in the artifact's own runtime."""
+    artifact = next(a for a in run.report()["artifacts"] if a["target"] == target)
+    inputs, outputs = tmp_path / "test.npz", tmp_path / f"{target}-{run.out.parent.name}.npz"
+    np.savez(inputs, **stack(splits().test).npz_dict())
+    files = tuple(run.out / f for f in artifact["files"])
+    engine = ("--engine", artifact["engine"]) if artifact["format"] == "torchscript" else ()
+    Local(LocalTransport(kind="local")).run(RunnerCall("predict", run.out / artifact["path"], files, inputs,
+                                           ("--batch-size", "1", *engine), outputs=outputs))
+    return np.load(outputs)["output_0"]
+
+
+def assert_answers_like(run: CliResult, single: CliResult, target: str, tmp_path: Path) -> None:
+    """`run`'s artifact for `target` answers like `single`'s (the same recipe on one process):
+    verified ok, accuracy within half a point, top-1 agreement at least 0.98 on the test split, and
+    logits close (the shards see the data in another order, so the weights differ a little)."""
+    mine = {a["target"]: a for a in run.report()["artifacts"]}[target]
+    theirs_report = {a["target"]: a for a in single.report()["artifacts"]}[target]
+    assert mine["status"] == "ok" and mine["parity"]["top1_agreement"] == 1.0
+    assert abs(mine["accuracy"] - theirs_report["accuracy"]) <= 0.005
+    ours, theirs = answers(run, target, tmp_path), answers(single, target, tmp_path)
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 0.15

@@ -3,14 +3,10 @@ this machine) makes artifacts that answer like the single-process run's, within 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from edgeship.data import stack
-from edgeship.devices.profile import LocalTransport
-from edgeship.devices.transports import Local, RunnerCall
 from edgeship.examples.digits import splits
-from support import demo_recipe, run_cli, write_recipe
+from support import assert_answers_like, demo_recipe, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -34,29 +30,10 @@ def distributed_run(tmp_path_factory):
     return result
 
 
-def _answers(run, target: str, tmp_path) -> np.ndarray:
-    """The artifact's logits on the test split, from the runner in the artifact's own runtime."""
-    artifact = next(a for a in run.report()["artifacts"] if a["target"] == target)
-    inputs, outputs = tmp_path / "test.npz", tmp_path / f"{target}-{run.out.parent.name}.npz"
-    np.savez(inputs, **stack(splits().test).npz_dict())
-    files = tuple(run.out / f for f in artifact["files"])
-    engine = ("--engine", artifact["engine"]) if artifact["format"] == "torchscript" else ()
-    Local(LocalTransport(kind="local")).run(RunnerCall("predict", run.out / artifact["path"], files, inputs,
-                                           ("--batch-size", "1", *engine), outputs=outputs))
-    return np.load(outputs)["output_0"]
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_two_processes_make_the_artifacts_one_process_makes(distributed_run, demo_run, target, tmp_path):
     # demo_run is the same recipe (same seed, float model and calibration) on one process.
-    mine = {a["target"]: a for a in distributed_run.report()["artifacts"]}[target]
-    single = {a["target"]: a for a in demo_run.report()["artifacts"]}[target]
-    assert mine["status"] == "ok" and mine["parity"]["top1_agreement"] == 1.0
-    assert abs(mine["accuracy"] - single["accuracy"]) <= 0.005  # half a point
-    ours, theirs = _answers(distributed_run, target, tmp_path), _answers(demo_run, target, tmp_path)
-    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.98
-    # Not the same bytes: the shards see the data in another order, so the weights differ a little.
-    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 0.15
+    assert_answers_like(distributed_run, demo_run, target, tmp_path)
 
 
 def test_each_rank_trains_on_its_shard(distributed_run):

@@ -152,13 +152,55 @@ class Distillation(Section):
 
 
 class Distributed(Section):
-    """QAT on several processes: edgeship starts them with torchrun, each trains on its shard of
-    the train split under DistributedDataParallel, and rank 0's weights come back."""
+    """QAT on several workers, each training on its shard of the train split under
+    DistributedDataParallel; rank 0's weights come back. engine "torchrun": processes on this
+    machine; engine "ray": Ray Train workers on the Ray cluster of [cluster]."""
 
-    processes: int = Field(ge=2, description="Processes on this machine (torchrun --nproc-per-node).")
+    engine: Literal["torchrun", "ray"] = Field(
+        "torchrun", description="torchrun: processes on this machine; ray: Ray Train's TorchTrainer "
+                                "on a Ray cluster (pip install 'edgeship[ray]').")
+    processes: int | None = Field(None, ge=2, description="torchrun: processes on this machine "
+                                                          "(--nproc-per-node).")
+    workers: int | None = Field(None, ge=2, description="ray: Ray Train workers, placed by Ray on the "
+                                                        "cluster's nodes.")
+    use_gpu: bool = Field(False, description="ray: a GPU per worker (nccl); otherwise CPU (gloo).")
     backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="Collective backend: gloo on CPU, nccl on CUDA GPUs (one per process); "
-                            "auto picks nccl when CUDA is available.")
+        "auto", description="torchrun: collective backend, gloo on CPU, nccl on CUDA GPUs (one per "
+                            "process); auto picks nccl when CUDA is available.")
+
+    @model_validator(mode="after")
+    def _count_for_the_engine(self) -> Distributed:
+        wanted, other = ("processes", "workers") if self.engine == "torchrun" else ("workers", "processes")
+        if getattr(self, other) is not None:
+            raise ValueError(f"{other} is for engine = {'torchrun' if other == 'processes' else 'ray'!r}; "
+                             f"engine = {self.engine!r} takes {wanted}")
+        if getattr(self, wanted) is None:
+            raise ValueError(f"engine = {self.engine!r} needs {wanted} (2 or more)")
+        if self.engine == "torchrun" and self.use_gpu:
+            raise ValueError("use_gpu is for engine = 'ray'; torchrun takes backend = 'nccl'")
+        if self.engine == "ray" and self.backend != "auto":
+            raise ValueError("backend is for engine = 'torchrun'; Ray Train takes gloo, or nccl with use_gpu")
+        return self
+
+    @property
+    def count(self) -> int:
+        """How many ranks train: processes (torchrun) or workers (ray)."""
+        return self.processes or self.workers
+
+    @property
+    def count_key(self) -> str:
+        return "processes" if self.engine == "torchrun" else "workers"
+
+
+class Cluster(Section):
+    """The Ray cluster distributed work runs on (pip install 'edgeship[ray]'); so far QAT with
+    quantization.qat.distributed.engine = "ray"."""
+
+    address: str = Field(
+        "auto", min_length=1,
+        description="auto: the cluster RAY_ADDRESS names, or the one `ray start` started on this "
+                    "machine; local: a cluster started in this process for the run; HOST:PORT or "
+                    "ray://HOST:PORT: that cluster.")
 
 
 class QATSection(Section):
@@ -327,6 +369,7 @@ class Recipe(Section):
                                description="Device profile names or paths to profile TOML files.")
     benchmark: BenchmarkOverrides = Field(default_factory=BenchmarkOverrides)
     budgets: list[Budget] = Field(default_factory=list)
+    cluster: Cluster | None = Field(None, description="A Ray cluster for distributed work.")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -342,9 +385,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _batches_split_across_processes(self) -> Recipe:
         distributed = self.quantization.qat.distributed
-        if distributed and self.data.batch_size % distributed.processes:
-            raise ValueError(f"quantization.qat.distributed.processes = {distributed.processes} must "
-                             f"divide data.batch_size = {self.data.batch_size}: each process takes "
+        if distributed and self.data.batch_size % distributed.count:
+            raise ValueError(f"quantization.qat.distributed.{distributed.count_key} = {distributed.count} "
+                             f"must divide data.batch_size = {self.data.batch_size}: each rank takes "
                              f"an equal share of every batch")
         return self
 

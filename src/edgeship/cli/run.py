@@ -31,6 +31,12 @@ SetupDevicesOption = Annotated[bool, typer.Option(
                              "(about 0.6 GB downloaded), instead of stopping with exit 2."))]
 
 
+ClusterOption = Annotated[str | None, typer.Option(
+    "--cluster", metavar="ADDRESS", help=("The Ray cluster for distributed work, as the recipe's "
+                                          "cluster.address: auto, local, HOST:PORT or ray://HOST:PORT "
+                                          "(pip install 'edgeship[ray]')."))]
+
+
 def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,
          no_cache: bool = False, setup_devices: bool = False) -> None:
     try:
@@ -65,10 +71,11 @@ def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TO
         out: OutOption = Path("edgeship-run"), force: ForceOption = False,
         quiet: QuietOption = False, baseline: BaselineOption = None,
         no_cache: NoCacheOption = False, set_: SetOption = None,
-        setup_devices: SetupDevicesOption = False) -> None:
+        setup_devices: SetupDevicesOption = False, cluster: ClusterOption = None) -> None:
     """Run the pipeline a recipe describes: quantize, export, verify, benchmark, gate, report.
     Run again into the same --out, an unchanged recipe resumes from the stage cache."""
-    _run(load_recipe(recipe, overrides(set_)), out, force, quiet, baseline, no_cache, setup_devices)
+    keys = overrides(set_) | ({"cluster.address": cluster} if cluster is not None else {})
+    _run(load_recipe(recipe, keys), out, force, quiet, baseline, no_cache, setup_devices)
 
 
 @app.command()

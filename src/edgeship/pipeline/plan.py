@@ -12,6 +12,7 @@ from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, load_prof
 from edgeship.errors import UserError
 from edgeship.formats import unsupported_layers
 from edgeship.quantize.distributed import backend_for
+from edgeship.quantize.distributed_ray import require_ray
 from edgeship.quantize.dynamic import check_quantizable
 from edgeship.recipe import Recipe
 from edgeship.targets import Flow, Target, get_target, with_twins
@@ -59,7 +60,11 @@ def make_plan(recipe: Recipe) -> Plan:
     targets = with_twins(recipe.targets) if recipe.fp32_twins else [get_target(n) for n in recipe.targets]
     int8 = [t for t in targets if t.is_int8]
     q = recipe.quantization
+    if recipe.cluster:
+        require_ray("cluster")
     if q.qat.enabled and q.qat.distributed:
+        if q.qat.distributed.engine == "ray":
+            require_ray("quantization.qat.distributed.engine = 'ray'")
         backend_for(q.qat.distributed)
     profiles = [load_profile(d, recipe.base_dir) for d in recipe.devices]
     check_budget_devices(recipe, [p.name for p in profiles])

@@ -22,6 +22,7 @@ from edgeship.factories import teacher_digest
 from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
+from edgeship.quantize.distributed_ray import finetune_on_ray
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.quantize.flow import QuantFlow
@@ -169,11 +170,12 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     else:  # the workers train; the parent scores what they give back against calibration
         with_qat = recipe.quantization.model_copy(update={"qat": qat})
         with ctx.folder.temporary() as scratch:
-            run = finetune_distributed(c.flow, c.prepared, float_model.module, loaded.examples,
-                                       recipe.model_copy(update={"quantization": with_qat}), scratch,
-                                       log=ctx.progress.log)
+            train = finetune_on_ray if qat.distributed.engine == "ray" else finetune_distributed
+            run = train(c.flow, c.prepared, float_model.module, loaded.examples,
+                        recipe.model_copy(update={"quantization": with_qat}), scratch, log=ctx.progress.log)
         tracker.score(qat.epochs, run["loss"])
-        notes.append(f"{name} loss {run['loss']:.4f} on {run['processes']} processes ({run['backend']})")
+        ranks = f"{run['processes']} Ray workers" if qat.distributed.engine == "ray" else f"{run['processes']} processes"
+        notes.append(f"{name} loss {run['loss']:.4f} on {ranks} ({run['backend']})")
     seconds, shipped = time.perf_counter() - started, tracker.restore()
     history = QatHistory(split=split[0], shipped_epoch=shipped.epoch,
                          epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],

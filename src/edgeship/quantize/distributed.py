@@ -40,6 +40,8 @@ def backend_for(config: Distributed) -> str:
     """The collective backend this machine can honour; bad input before any training if none."""
     if not torch.distributed.is_available():
         raise UserError("quantization.qat.distributed: this torch build has no torch.distributed")
+    if config.engine == "ray":  # Ray Train's own choice
+        return "nccl" if config.use_gpu else "gloo"
     if config.backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if config.backend == "nccl" and torch.cuda.device_count() < config.processes:
@@ -47,6 +49,21 @@ def backend_for(config: Distributed) -> str:
                         f"({config.processes}); this machine has {torch.cuda.device_count()}. "
                         f"Use 'gloo' (CPU) or 'auto'")
     return config.backend
+
+
+def write_job(job: Path, flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,
+              recipe: Recipe, backend: str) -> None:
+    """What every worker rebuilds its rank from: the recipe, the float weights, the calibrated
+    fake-quant state and the example inputs."""
+    torch.save(model.state_dict(), job / "float.pt")
+    torch.save(prepared.state_dict(), job / "prepared.pt")
+    torch.save(tuple(examples), job / "examples.pt")
+    settings = flow.settings
+    (job / "job.json").write_text(json.dumps({
+        "recipe": recipe.model_dump(mode="json"), "base_dir": str(recipe.base_dir),
+        "flow": flow.flow.value, "backend": backend,
+        "settings": {"observer": settings.observer, "per_channel": settings.per_channel,
+                     "float_layers": sorted(settings.float_layers)}}))
 
 
 def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,
@@ -60,15 +77,7 @@ def finetune_distributed(flow: QuantFlow, prepared: nn.Module, model: nn.Module,
     backend = backend_for(config)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="qat-") as folder:
         job = Path(folder)
-        torch.save(model.state_dict(), job / "float.pt")
-        torch.save(prepared.state_dict(), job / "prepared.pt")
-        torch.save(tuple(examples), job / "examples.pt")
-        settings = flow.settings
-        (job / "job.json").write_text(json.dumps({
-            "recipe": recipe.model_dump(mode="json"), "base_dir": str(recipe.base_dir),
-            "flow": flow.flow.value, "backend": backend,
-            "settings": {"observer": settings.observer, "per_channel": settings.per_channel,
-                         "float_layers": sorted(settings.float_layers)}}))
+        write_job(job, flow, prepared, model, examples, recipe, backend)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={config.processes}", "-m", __name__, str(job)]
         log(f"  QAT {flow.flow.value}: torchrun, {config.processes} processes, {backend}")
@@ -97,7 +106,6 @@ def _worker(job: Path) -> None:
 
 def _train_rank(job: Path) -> None:
     import torch.distributed as dist
-    from torch.utils.data import DistributedSampler
 
     spec = json.loads((job / "job.json").read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -107,22 +115,32 @@ def _train_rank(job: Path) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group(spec["backend"])
     try:
-        recipe, model, train_split, flow, prepared = _rebuild(job, spec, device)
-        loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
-                        batch_size=recipe.data.batch_size, seed=recipe.seed,
-                        teacher=_teacher(recipe, model, device),
-                        shard=Shard(rank, world), device=device,
-                        task_loss=loss_of(recipe.data, recipe.base_dir))
-        # What each rank trained on in the first epoch: disjoint shards, except for the samples
-        # DistributedSampler repeats to make the shards equal.
-        seen = list(DistributedSampler(train_split, num_replicas=world, rank=rank, seed=recipe.seed))
-        shards: list = [None] * world
-        dist.all_gather_object(shards, seen)
+        prepared, loss, shards = train_shard(job, spec, rank, world, device)
         if rank == 0:
-            _write_result(job, prepared, {"loss": loss, "processes": world, "backend": spec["backend"]},
-                          shards)
+            write_result(job, prepared, {"loss": loss, "processes": world, "backend": spec["backend"]},
+                         shards)
     finally:
         dist.destroy_process_group()
+
+
+def train_shard(job: Path, spec: dict, rank: int, world: int,
+                device: torch.device | None) -> tuple[nn.Module, float, list[list[int]]]:
+    """This rank's fine-tune, in a process group already started: the trained graph, the last
+    epoch's loss, and the train samples each rank saw in the first epoch (gathered)."""
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    recipe, model, train_split, flow, prepared = _rebuild(job, spec, device)
+    loss = finetune(flow, prepared, train_split, qat=recipe.quantization.qat,
+                    batch_size=recipe.data.batch_size, seed=recipe.seed,
+                    teacher=_teacher(recipe, model, device),
+                    shard=Shard(rank, world), device=device,
+                    task_loss=loss_of(recipe.data, recipe.base_dir))
+    # Disjoint shards, except for the samples DistributedSampler repeats to make them equal.
+    seen = list(DistributedSampler(train_split, num_replicas=world, rank=rank, seed=recipe.seed))
+    shards: list = [None] * world
+    dist.all_gather_object(shards, seen)
+    return prepared, loss, shards
 
 
 def _rebuild(job: Path, spec: dict, device: torch.device | None) -> tuple:
@@ -154,15 +172,19 @@ def _teacher(recipe, model: nn.Module, device: torch.device | None) -> nn.Module
     return teacher.to(device) if device is not None else teacher
 
 
-def _write_result(job: Path, prepared: nn.Module, result: dict, shards: list[list[int]]) -> None:
+def write_result(job: Path, prepared: nn.Module, result: dict, shards: list[list[int]],
+                 nodes: list[str] | None = None) -> None:
+    """`nodes`: where each rank ran (Ray's node ids), when the engine places ranks on nodes."""
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in prepared.state_dict().items()}, buffer)
     write_atomic(job / "trained.pt", buffer.getvalue())
     flat = [i for shard in shards for i in shard]
+    ranks = [{"rank": r, "samples_per_epoch": len(s)} for r, s in enumerate(shards)]
+    for rank, node in zip(ranks, nodes or []):
+        rank["node"] = node
     # Written last: the parent takes its presence as the sign that the state is complete.
-    write_atomic(job / "result.json", json.dumps({
-        **result, "ranks": [{"rank": r, "samples_per_epoch": len(s)} for r, s in enumerate(shards)],
-        "shared_samples": len(flat) - len(set(flat))}))
+    write_atomic(job / "result.json", json.dumps({**result, "ranks": ranks,
+                                                  "shared_samples": len(flat) - len(set(flat))}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""QAT on a Ray cluster: the same DDP fine-tune as torchrun's (quantize/distributed.py), run by Ray
+Train's TorchTrainer, which places the workers on the cluster's nodes and starts their process
+group. The job's files travel to the workers in the train loop's config (Ray's object store: no
+shared file system needed for them); each worker rebuilds its rank from them as a torchrun worker
+does, and rank 0's trained state comes back as a Ray Train checkpoint in `storage`. Ray reads and
+writes checkpoints there from every node: on a cluster of several machines it must be storage all
+of them reach (a shared file system or a bucket URI), as Ray's RunConfig.storage_path must."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeship.errors import UserError
+from edgeship.quantize.distributed import backend_for, train_shard, write_job, write_result
+from edgeship.quantize.flow import QuantFlow
+from edgeship.recipe import Recipe
+
+INSTALL = "pip install 'edgeship[ray]'"
+
+# Ray Train retries by default without end: a lost node, or a cluster without room for the workers
+# (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s), would leave a CI job waiting for ever. edgeship
+# fails the stage instead; the stage cache makes the rerun start from calibration's end.
+_FAIL_FAST = {"max_failures": 0, "controller_failure_limit": 0, "max_preemption_failures": 0}
+
+
+def require_ray(key: str) -> None:
+    """Bad input before any work when the recipe asks for Ray and it is not installed."""
+    try:
+        import ray.train.torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"{key} needs Ray, which is not installed here: {INSTALL}") from None
+
+
+def connect(address: str, log) -> dict:
+    """This process joins the cluster at `address` (once per process) and says which; returns its
+    address, live nodes and CPUs, as the report keeps them."""
+    import ray
+
+    joined = not ray.is_initialized()
+    if joined:
+        _init(address)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    cluster = {"address": address, "nodes": len(nodes),
+               "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}
+    if joined:
+        what = "started a local Ray cluster" if address == "local" else f"connected to the Ray cluster at {address}"
+        log(f"  {what}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {cluster['cpus']:g} CPUs")
+    return cluster
+
+
+def _init(address: str) -> None:
+    import ray
+
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    try:
+        if address == "local":
+            ray.init(**quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RuntimeError(f"cannot reach the Ray cluster at cluster.address = {address!r}: "
+                           f"{str(e).strip().splitlines()[0]}") from None
+
+
+def finetune_on_ray(flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,
+                    recipe: Recipe, scratch: Path, log=lambda message: None) -> dict:
+    """Fine-tunes `prepared` in place on recipe.quantization.qat.distributed.workers Ray Train
+    workers. Returns what finetune_distributed returns, each rank with the node it ran on. A
+    worker that fails, or a cluster that cannot be reached or goes away, raises RuntimeError."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = recipe.quantization.qat.distributed
+    cluster = connect(recipe.cluster.address if recipe.cluster else "auto", log)
+    backend = backend_for(config)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="qat-ray-") as folder:
+        job = Path(folder)
+        write_job(job, flow, prepared, model, examples, recipe, backend)
+        files = {p.name: p.read_bytes() for p in job.iterdir()}
+        log(f"  QAT {flow.flow.value}: Ray Train, {config.workers} workers, {backend}")
+        trainer = TorchTrainer(
+            _worker, train_loop_config={"files": files},
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+            run_config=RunConfig(name=f"qat-{flow.flow.value}", storage_path=str((job / "storage").resolve()),
+                                 failure_config=FailureConfig(**_FAIL_FAST)))
+        try:
+            checkpoint = trainer.fit().checkpoint
+        except Exception as e:  # Ray wraps the worker's exception: its last line is the worker's words
+            said = [line for line in str(e).strip().splitlines() if line.strip()]
+            raise RuntimeError(f"Ray Train failed: {said[-1] if said else type(e).__name__}") from None
+        with checkpoint.as_directory() as trained:
+            prepared.load_state_dict(torch.load(Path(trained) / "trained.pt", weights_only=True))
+            result = json.loads((Path(trained) / "result.json").read_text())
+    flow.set_eval(prepared)
+    return {**result, "cluster": cluster}
+
+
+def _worker(config: dict) -> None:
+    """One Ray Train worker: its rank's fine-tune, in the process group TorchTrainer started."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    with tempfile.TemporaryDirectory(prefix="edgeship-qat-") as folder:
+        job = Path(folder)
+        for name, data in config["files"].items():
+            (job / name).write_bytes(data)
+        spec = json.loads((job / "job.json").read_text())
+        device = ray.train.torch.get_device() if spec["backend"] == "nccl" else None
+        prepared, loss, shards = train_shard(job, spec, rank, world, device)
+        nodes: list = [None] * world
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+        if rank != 0:
+            ray.train.report({"loss": loss})
+            return
+        (job / "out").mkdir()
+        write_result(job / "out", prepared, {"loss": loss, "processes": world, "backend": spec["backend"],
+                                             "engine": "ray"}, shards, nodes)
+        ray.train.report({"loss": loss}, checkpoint=ray.train.Checkpoint.from_directory(str(job / "out")))
