@@ -104,6 +104,10 @@ def _start(recipe: Recipe, out: Path, force: bool, progress: Progress, baseline:
     if folder.resumed:
         progress.log(f"resuming the earlier run of this recipe in {out}")
     progress.log(f"plan: {' → '.join(plan.stages)}")
+    qat = recipe.quantization.qat
+    if recipe.cluster and not (plan.qat and qat.distributed and qat.distributed.engine == "ray"):
+        progress.log("[cluster]: nothing in this recipe runs on Ray (quantization.qat.distributed.engine "
+                     "= 'ray' with QAT on does); all of the run stays on this machine")
     env = environment()
     env_key = digest(__version__, {k: v for k, v in env.items() if k != "host"})
     return RunContext(recipe, plan, folder, StageCache(folder.root, read=use_cache), StageLog(progress),

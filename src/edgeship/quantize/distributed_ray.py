@@ -57,14 +57,18 @@ def connect(address: str, log) -> dict:
 def _init(address: str) -> None:
     import ray
 
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    # Ray's driver-side warnings (token authentication of a new local cluster, ...) are not the
+    # run's to show; errors are raised to the stage.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     try:
         if address == "local":
             ray.init(**quiet)
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RuntimeError(f"cannot reach the Ray cluster at cluster.address = {address!r}: "
+        raise RuntimeError(f"cannot reach the Ray cluster at cluster.address = {address!r} (the recipe's "
+                           f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): "
                            f"{str(e).strip().splitlines()[0]}") from None
 
 
