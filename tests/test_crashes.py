@@ -96,6 +96,17 @@ def test_ctrl_c_is_exit_130_never_1_the_budget_code(tmp_path):
     assert "Traceback" not in rest and "Aborted" not in rest
 
 
+def test_a_closed_output_pipe_is_exit_141_never_1(tmp_path):
+    """`edgeship run … 2>&1 | head -1`: the next line written finds no reader. Python's own exit
+    after a BrokenPipeError is 1, which reads as a budget verdict."""
+    recipe = write_recipe(tmp_path, demo_recipe(targets=["onnx-int8"], fp32_twins=False))
+    proc = subprocess.Popen([*EDGESHIP, "run", str(recipe), "--out", str(tmp_path / "run")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+
+
 def _crash_in_cli(monkeypatch, capsys, tmp_path, debug: str | None) -> tuple[int, str]:
     """A crash outside any run (as in `edgeship gate`): its log goes to the temporary directory."""
     import tempfile

@@ -82,17 +82,64 @@ def _interrupted(signum: int, frame: object) -> None:
     raise Interrupted("interrupted (Ctrl-C); what was whole is kept: the same command resumes")
 
 
+class OutputGone(Exception):
+    """stdout or stderr lost its reader. Not an OSError: click turns a broken pipe (EPIPE) into
+    exit code 1, "a budget failed"."""
+
+
+class _PipeGuard:
+    """A stream whose broken pipe raises OutputGone."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise OutputGone() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise OutputGone() from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     previous = signal.signal(signal.SIGINT, _interrupted)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeGuard(sys.stdout), _PipeGuard(sys.stderr)
+    try:
+        _run_app()
+    except OutputGone:  # also while saying why the command stopped
+        _output_gone(streams)
+    finally:
+        sys.stdout, sys.stderr = streams
+        signal.signal(signal.SIGINT, previous)  # main() called in-process (tests) leaves it as found
+
+
+def _run_app() -> None:
     try:
         app()  # click's own usage errors exit 2; typer.Exit carries the run's exit code
+    except OutputGone:
+        raise
     except (EdgeshipError, Interrupted) as e:
         for line in str(e).splitlines():  # plain text: no markup, no wrapping, one line each
             sys.stderr.write(f"error: {line}\n")
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - every crash: one line, a log, exit 3
         sys.exit(report_crash(e))
-    finally:
-        signal.signal(signal.SIGINT, previous)  # main() called in-process (tests) leaves it as found
 
 
+def _output_gone(streams) -> None:
+    """The reader of stdout or stderr went away (`edgeship run … | head`): nothing more can be
+    said. Exit as Unix tools killed by SIGPIPE do, 141, with the streams pointed at /dev/null so
+    that the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        os.dup2(devnull, stream.fileno())
+    sys.exit(128 + signal.SIGPIPE)
