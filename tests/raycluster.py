@@ -3,6 +3,11 @@ started with `ray start --block` in its own session, one CPU and its own custom 
 Ray places workers on two nodes as on two machines. Stopping each `ray start --block` process
 stops what it started; nothing else of Ray on this machine is touched.
 
+The cluster uses Ray's token authentication (its default for a new cluster since Ray 2.5x once a
+token exists) with a token of this test session, in the environment every Ray process and every
+edgeship run of the session inherits: a token some earlier cluster left in ~/.ray/auth_token is
+neither needed nor read.
+
 Without Ray (`pip install 'edgeship[ray]'`) the tests skip, unless EDGESHIP_REQUIRE_RAY=1 (CI)
 makes that a failure.
 """
@@ -16,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import pytest
 from sshd import free_port
 
 RAY = Path(sys.executable).parent / "ray"
+AUTHENTICATION = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
 # Ray's object store wants a fraction of memory by default; two nodes on a 2-core CI machine
 # need far less.
 STORE_BYTES = str(200 * 1024 * 1024)
@@ -42,27 +49,30 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _alive_nodes(address: str) -> int:
+def _alive_nodes(address: str) -> tuple[int, str]:
+    """The nodes `ray status` lists as active, and its last error line when it fails."""
     status = subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True,
                             text=True, timeout=60)
     if status.returncode:
-        return 0
+        return 0, (status.stderr.strip().splitlines() or [""])[-1]
     active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
-    return sum(1 for line in active.splitlines() if line.strip().startswith("1 node_"))
+    return sum(1 for line in active.splitlines() if line.strip().startswith("1 node_")), ""
 
 
 def _wait_for_nodes(address: str, count: int, procs: list[subprocess.Popen], folder: Path,
                     seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
+    deadline, said = time.monotonic() + seconds, ""
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
                 logs = "\n".join(p.read_text()[-1500:] for p in folder.glob("*.log"))
                 raise RuntimeError(f"ray start exited with {proc.returncode}:\n{logs}")
-        if _alive_nodes(address) >= count:
+        alive, said = _alive_nodes(address)
+        if alive >= count:
             return
         time.sleep(1)
-    raise RuntimeError(f"the Ray cluster at {address} has not {count} nodes after {seconds} s")
+    raise RuntimeError(f"the Ray cluster at {address} has not {count} nodes after {seconds} s; "
+                       f"ray status said: {said}")
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -84,6 +94,7 @@ class LocalCluster:
     def __init__(self) -> None:
         if not RAY.exists():
             _missing(f"Ray is not installed ({RAY}); pip install 'edgeship[ray]'")
+        os.environ.update(AUTHENTICATION)
         # Ray's unix sockets live under its temp dir: a short path keeps them under the 107-byte limit.
         self.folder = Path(tempfile.mkdtemp(prefix="edgeship-ray-", dir="/tmp"))
         port = free_port()

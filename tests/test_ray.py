@@ -72,12 +72,17 @@ def test_ray_trains_the_weights_torchrun_trains(ray_cluster, tmp_path):  # noqa:
     on_torchrun = _recipe(distributed={"processes": 2}, lr=0.01, optimizer="sgd")
     recipe, torchrun = (parse_recipe(data, "test", tmp_path) for data in (on_ray, on_torchrun))
     trained = {}
-    for name, train, this in (("ray", finetune_on_ray, recipe), ("torchrun", finetune_distributed, torchrun)):
-        model, flow, examples = load_model(recipe).eval(), flow_for(Flow.FX_FBGEMM), example_inputs(recipe)
-        prepared = calibrate(flow, model, examples, splits().calibration, batches=2, batch_size=64, qat=True)
-        before = {k: v.clone() for k, v in prepared.state_dict().items()}
-        train(flow, prepared, model, examples, this, tmp_path)
-        trained[name] = prepared.state_dict()
+    try:
+        for name, train, this in (("ray", finetune_on_ray, recipe), ("torchrun", finetune_distributed, torchrun)):
+            model, flow, examples = load_model(recipe).eval(), flow_for(Flow.FX_FBGEMM), example_inputs(recipe)
+            prepared = calibrate(flow, model, examples, splits().calibration, batches=2, batch_size=64, qat=True)
+            before = {k: v.clone() for k, v in prepared.state_dict().items()}
+            train(flow, prepared, model, examples, this, tmp_path)
+            trained[name] = prepared.state_dict()
+    finally:
+        import ray
+
+        ray.shutdown()  # this test process leaves the cluster before the session stops it
     weights = [k for k, v in before.items() if k.endswith("weight") and v.is_floating_point()]
     assert weights and all(not torch.equal(before[k], trained["ray"][k]) for k in weights)
     for key in before:
