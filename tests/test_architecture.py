@@ -3,7 +3,7 @@ cycles, no long functions. Nothing is imported; a failure lists every offender.
 
 The layers, bottom to top (a module imports only from its own layer or lower ones):
 
-    0 foundation   errors, fileio, progress, environment, engines, version, processes, benchmarks.*
+    0 foundation   errors, cluster, fileio, progress, environment, engines, version, processes, benchmarks.*
     1 data models  targets, config, regression, recipe, factories, metrics, devices.profile, report.schema,
                    data
     2 quantize     quantize.*
@@ -29,7 +29,7 @@ MAX_FUNCTION_LINES = 40
 # A name matches itself; a name ending in ".*" matches the package and everything under it.
 # The most specific match wins (devices.profile is in layer 1, the rest of devices.* in layer 4).
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("edgeship.errors", "edgeship.fileio", "edgeship.progress", "edgeship.environment",
+    0: ("edgeship.errors", "edgeship.cluster", "edgeship.fileio", "edgeship.progress", "edgeship.environment",
         "edgeship.engines", "edgeship.version", "edgeship.processes", "edgeship.quiet",
         "edgeship.benchmarks.*"),
     1: ("edgeship.targets", "edgeship.config", "edgeship.regression", "edgeship.recipe",

@@ -17,6 +17,10 @@ from edgeship.errors import UserError
 from edgeship.fileio import sha256_file
 from edgeship.recipe import Recipe, Teacher
 
+# The name a user's file is imported under ("nets.py:big"): nothing else can import it by that
+# name, so what travels to a Ray task carries the file's code with it (cluster.Tasks)
+USER_MODULE_PREFIX = "edgeship_user_"
+
 
 def resolve_callable(spec: str, key: str, base_dir: Path) -> Callable:
     module_part, sep, attr = spec.rpartition(":")
@@ -40,7 +44,7 @@ def resolve_callable(spec: str, key: str, base_dir: Path) -> Callable:
 def _module_from_file(path: Path, key: str, spec: str):
     if not path.is_file():
         raise UserError(f"{key} {spec!r}: no such file {path}")
-    name = f"edgeship_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    name = f"{USER_MODULE_PREFIX}{path.stem}_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up by name

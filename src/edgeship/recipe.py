@@ -193,8 +193,9 @@ class Distributed(Section):
 
 
 class Cluster(Section):
-    """The Ray cluster distributed work runs on (pip install 'edgeship[ray]'); so far QAT with
-    quantization.qat.distributed.engine = "ray"."""
+    """The Ray cluster the run joins before any work (pip install 'edgeship[ray]'): exports and
+    verifications run there as Ray tasks, and QAT with quantization.qat.distributed.engine = "ray"
+    under Ray Train."""
 
     address: str = Field(
         "auto", min_length=1,

@@ -32,9 +32,9 @@ SetupDevicesOption = Annotated[bool, typer.Option(
 
 
 ClusterOption = Annotated[str | None, typer.Option(
-    "--cluster", metavar="ADDRESS", help=("The Ray cluster for distributed work, as the recipe's "
-                                          "cluster.address: auto, local, HOST:PORT or ray://HOST:PORT "
-                                          "(pip install 'edgeship[ray]')."))]
+    "--cluster", metavar="ADDRESS", help=("The Ray cluster to run exports, verifications (and QAT with "
+                                          "engine = 'ray') on, as the recipe's cluster.address: auto, "
+                                          "local, HOST:PORT or ray://HOST:PORT (pip install 'edgeship[ray]')."))]
 
 
 def _run(recipe, out: Path, force: bool, quiet: bool, baseline: Path | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeship.cluster import Tasks
 from edgeship.metrics import TaskLoss, TaskMetric
 from edgeship.pipeline.cache import StageCache
 from edgeship.pipeline.plan import Plan
@@ -26,3 +27,4 @@ class RunContext:
     env_key: str  # hashes the versions of everything that makes artifacts: every key starts here
     metric: TaskMetric  # data.metric: what every accuracy figure is
     loss: TaskLoss | None  # data.loss (or the metric's match): what training minimises
+    tasks: Tasks | None = None  # with [cluster]: the run's independent work goes there as Ray tasks

@@ -4,13 +4,15 @@ artifacts/ (or copied from the stage cache when its source and examples are unch
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
+from edgeship.cluster import TaskFailed
 from edgeship.fileio import sha256_file
 from edgeship.formats import ExportedArtifact, Exporter, export_atomically
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.stages import StageNotes, each
+from edgeship.pipeline.stages import StageNotes, describe, each
 from edgeship.pipeline.values import Exported, Results, Source
 from edgeship.targets import get_target
 
@@ -21,21 +23,33 @@ _DETAILS_VERSION = "int8_share-1"
 
 def export(ctx: RunContext, examples: tuple, sources: dict[str, Source]) -> Results[str, Exported]:
     examples_key = tensors_digest(list(examples))
+    keys = {name: digest("export", ctx.env_key, source.key, name, examples_key, _DETAILS_VERSION)
+            for name, source in sources.items()}
     reused: list[str] = []
     with ctx.log.stage("export") as notes:
-        out = each(sources.items(),
-                   lambda name, source: _export(ctx, examples, examples_key, name, source, notes, reused),
+        before, elsewhere = ctx.tasks.task_seconds if ctx.tasks else 0.0, \
+            _sent_to_cluster(ctx, examples, sources, keys, notes)
+        here_first = sorted(sources.items(), key=lambda item: item[0] in elsewhere)  # while the tasks run
+        out = each(here_first,
+                   lambda name, source: _export(ctx, examples, keys[name], name, source, elsewhere.get(name),
+                                                notes, reused),
                    lambda name, why: {name: f"export: {why}"})
         notes.cached = bool(reused) and len(reused) == len(out.ok)
-    return out
+        if elsewhere:
+            notes.append(f"{ctx.tasks.task_seconds - before:.1f} task-seconds on the cluster")
+    return Results({n: out.ok[n] for n in sources if n in out.ok}, out.failed)
 
 
-def _export(ctx: RunContext, examples: tuple, examples_key: str, name: str, source: Source,
+def _export(ctx: RunContext, examples: tuple, key: str, name: str, source: Source, task,
             notes: StageNotes, reused: list[str]) -> Exported:
-    key = digest("export", ctx.env_key, source.key, name, examples_key, _DETAILS_VERSION)
+    """`task`: the Ray task making this artifact, if one does."""
     cached, files = ctx.cache.load_json("export", key), ctx.cache.load_files("export-files", key)
     from_cache = cached is not None and files is not None
-    exporter = _copier(files, cached) if from_cache else source.export
+    made_elsewhere = ctx.tasks.result(task) if task is not None else None
+    if isinstance(made_elsewhere, TaskFailed):
+        raise made_elsewhere
+    exporter = _copier(files, cached) if from_cache else \
+        _writer(made_elsewhere) if made_elsewhere is not None else source.export
     if from_cache:
         reused.append(name)
     made = export_atomically(exporter, source.module, examples, get_target(name),
@@ -44,8 +58,49 @@ def _export(ctx: RunContext, examples: tuple, examples_key: str, name: str, sour
         ctx.cache.store_files("export-files", key, list(made.files))
         ctx.cache.store_json("export", key, {"path": made.path.name, "details": made.details})
     ctx.folder.record(*made.files)
-    notes.append(f"{name} {made.size_bytes / 1e6:.3f} MB")
+    notes.append(f"{name} {made.size_bytes / 1e6:.3f} MB" + (" (Ray task)" if task is not None else ""))
     return Exported(made, sha256_file(made.path))
+
+
+def _sent_to_cluster(ctx: RunContext, examples: tuple, sources: dict[str, Source], keys: dict[str, str],
+                     notes: StageNotes) -> dict:
+    """With a cluster, each artifact the stage cache lacks is made by a Ray task, where its model
+    can travel: a GraphModule that torch cannot pickle (FX's converted int8 models, PT2E's) is
+    exported here while the tasks run. The tasks' files come back to be written here."""
+    if ctx.tasks is None:
+        return {}
+    missing = [n for n in sources if not (ctx.cache.load_json("export", keys[n]) and
+                                          ctx.cache.load_files("export-files", keys[n]))]
+    shared_examples, modules, sent = ctx.tasks.put(examples), {}, {}
+    for name in missing:
+        module = sources[name].module
+        if id(module) not in modules:
+            modules[id(module)] = ctx.tasks.put(module)
+        if modules[id(module)] is not None and shared_examples is not None:
+            task = ctx.tasks.submit(made_files, (sources[name].export, modules[id(module)], shared_examples, name),
+                                    describe)
+            sent.update({name: task} if task is not None else {})
+    if missing:
+        notes.append(f"{len(sent)} of {len(missing)} exports as Ray tasks")
+    return sent
+
+
+def made_files(exporter: Exporter, module, examples: tuple, name: str) -> dict:
+    """A Ray task: the artifact of target `name`, as its file names and bytes."""
+    with tempfile.TemporaryDirectory(prefix="edgeship-export-") as folder:
+        made = exporter(module, examples, get_target(name), Path(folder))
+        return {"path": made.path.name, "details": made.details,
+                "files": {f.name: f.read_bytes() for f in made.files}}
+
+
+def _writer(made: dict) -> Exporter:
+    """An exporter that writes the files a Ray task made."""
+    def write(module, examples, target, workdir: Path) -> ExportedArtifact:
+        files = tuple(workdir / name for name in made["files"])
+        for f in files:
+            f.write_bytes(made["files"][f.name])
+        return ExportedArtifact(workdir / made["path"], files, made["details"])
+    return write
 
 
 def _copier(files: list[Path], cached: dict) -> Exporter:

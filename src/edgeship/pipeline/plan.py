@@ -12,7 +12,7 @@ from edgeship.devices.profile import BenchmarkSettings, DeviceProfile, load_prof
 from edgeship.errors import UserError
 from edgeship.formats import unsupported_layers
 from edgeship.quantize.distributed import backend_for
-from edgeship.quantize.distributed_ray import require_ray
+from edgeship.cluster import require_ray
 from edgeship.quantize.dynamic import check_quantizable
 from edgeship.recipe import Recipe
 from edgeship.targets import Flow, Target, get_target, with_twins

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 from edgeship.version import __version__
+from edgeship.cluster import Tasks, connect
 from edgeship.engines import attention_slow_path, torch_logs_into
 from edgeship.environment import environment
 from edgeship.errors import UserError
+from edgeship.factories import USER_MODULE_PREFIX
 from edgeship.gate.decide import decide
 from edgeship.metrics import loss_of, metric_of
 from edgeship.pipeline import assemble
@@ -100,19 +102,26 @@ def _start(recipe: Recipe, out: Path, force: bool, progress: Progress, baseline:
                         f"recipe {baseline.recipe_name!r}, this recipe is {recipe.name!r}")
     plan = make_plan(recipe)
     prepare_environment(plan, build=setup_devices, say=progress.log)
+    tasks = _join_cluster(recipe, progress)
     folder = RunFolder(out, force=force, recipe_sha256=recipe.sha256())
     if folder.resumed:
         progress.log(f"resuming the earlier run of this recipe in {out}")
     progress.log(f"plan: {' → '.join(plan.stages)}")
-    qat = recipe.quantization.qat
-    if recipe.cluster and not (plan.qat and qat.distributed and qat.distributed.engine == "ray"):
-        progress.log("[cluster]: nothing in this recipe runs on Ray (quantization.qat.distributed.engine "
-                     "= 'ray' with QAT on does); all of the run stays on this machine")
     env = environment()
     env_key = digest(__version__, {k: v for k, v in env.items() if k != "host"})
     return RunContext(recipe, plan, folder, StageCache(folder.root, read=use_cache), StageLog(progress),
                       progress, env_key, metric_of(recipe.data, recipe.base_dir),
-                      loss_of(recipe.data, recipe.base_dir)), env
+                      loss_of(recipe.data, recipe.base_dir), tasks), env
+
+
+def _join_cluster(recipe: Recipe, progress: Progress) -> Tasks | None:
+    """With [cluster] (or --cluster), the run joins it before any work: exports and verifications
+    go there as Ray tasks, and QAT with engine = "ray" trains there."""
+    if recipe.cluster is None:
+        return None
+    tasks = Tasks(connect(recipe.cluster.address, progress.log), by_value=USER_MODULE_PREFIX)
+    progress.log("  export and verify run as Ray tasks on the cluster; the driver writes the run folder")
+    return tasks
 
 
 def _gate_and_publish(ctx: RunContext, report: Report, baseline: Report | None, started: float) -> Report:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from edgeship.cluster import TaskFailed
 from edgeship.errors import STAGE_NOTE, TARGET_NOTE, EdgeshipError, UserError, noted
 from edgeship.pipeline.values import Results
 from edgeship.progress import Progress
@@ -60,6 +61,8 @@ def describe(e: BaseException, limit: int = 600) -> str:
     root, depth = e, 0
     while root.__cause__ is not None and depth < 10:
         root, depth = root.__cause__, depth + 1
+    if isinstance(root, TaskFailed):  # described by the Ray worker it happened on
+        return str(root)
     text = user_line(root) or f"{type(root).__name__}: {_lines(root, 4)}"
     if root is not e:
         text += f" (raised as {type(e).__name__}: {_lines(e, 1).split('. ')[0]})"

@@ -4,17 +4,19 @@ process (the same runner a device uses); accuracy and parity come from those ans
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgeship.cluster import TaskFailed
 from edgeship.data import Arrays
 from edgeship.devices.profile import LocalTransport
 from edgeship.devices.transports import Local, RunnerCall, RunnerFailed
 from edgeship.formats import ExportedArtifact, spec_for
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.stages import naming_target
+from edgeship.pipeline.stages import describe, naming_target
 from edgeship.pipeline.values import Exported, Results, Source, Verified
 from edgeship.metrics import TaskMetric
 from edgeship.report.schema import Parity
@@ -53,10 +55,15 @@ def parity_of(scores: np.ndarray, reference: np.ndarray, reference_name: str, me
 
 def verify(artifact: ExportedArtifact, target: Target, inputs_npz: Path, labels: np.ndarray,
            reference: np.ndarray, reference_name: str, workdir: Path,
-           batch_size: int, metric: TaskMetric) -> tuple[float, Parity]:
+           batch_size: int, metric: TaskMetric,
+           answered: np.ndarray | TaskFailed | None = None) -> tuple[float, Parity]:
+    """`answered`: the artifact's answers when a Ray task already ran it."""
     try:
-        scores = predict(artifact, target, inputs_npz, workdir, batch_size)
-    except RunnerFailed as e:
+        if isinstance(answered, TaskFailed):
+            raise answered
+        scores = predict(artifact, target, inputs_npz, workdir, batch_size) if answered is None else \
+            np.array(answered)  # a copy: what Ray gives back is read-only
+    except (RunnerFailed, TaskFailed) as e:
         raise VerificationFailed(f"its runtime failed on the test split: {e}") from None
     if scores.shape != reference.shape:
         raise VerificationFailed(f"outputs of shape {scores.shape}; the reference gives {reference.shape}")
@@ -65,6 +72,17 @@ def verify(artifact: ExportedArtifact, target: Target, inputs_npz: Path, labels:
         rows = int(bad.any(axis=tuple(range(1, scores.ndim))).sum())
         raise VerificationFailed(f"NaN or Inf in the outputs of {rows} of {len(scores)} test samples")
     return metric.score(scores, labels), parity_of(scores, reference, reference_name, metric)
+
+
+def answers(files: dict[str, bytes], path: str, name: str, inputs: bytes, batch_size: int) -> np.ndarray:
+    """A Ray task: the answers of the artifact in `files` (names and bytes; `path` the one the
+    runtime loads) to the inputs, on the worker's node, with the one thread the task holds."""
+    with tempfile.TemporaryDirectory(prefix="edgeship-verify-") as folder:
+        work = Path(folder)
+        for file_name, data in {**files, "inputs.npz": inputs}.items():
+            (work / file_name).write_bytes(data)
+        artifact = ExportedArtifact(work / path, tuple(work / f for f in files), {})
+        return predict(artifact, get_target(name), work / "inputs.npz", work, batch_size, threads=1)
 
 
 # An fp32 twin computes what the float model computes: only float rounding (another kernel's
@@ -133,17 +151,21 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
     inputs = tmp / "test-inputs.npz"
     np.savez(inputs, **test.npz_dict())
     test_key = tensors_digest(list(test.inputs) + [test.labels])
+    keys = {name: digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
+            for name, made in exported.items()}
     out: Results[str, Verified] = Results()
     reused = 0
     with ctx.log.stage("verify") as notes, \
             ctx.progress.task("verify in each runtime", total=len(exported)) as advance:
+        before, sent = ctx.tasks.task_seconds if ctx.tasks else 0.0, \
+            _sent_to_cluster(ctx, exported, keys, inputs, batch_size, notes)
         for name, made in exported.items():
-            key = digest("verify", ctx.env_key, made.sha256, sources[name].key, test_key)
-            found = ctx.cache.load_json("verify", key)
+            found = ctx.cache.load_json("verify", keys[name])
             with naming_target(name):
                 try:
                     verified = Verified(found["accuracy"], Parity(**found["parity"])) if found else \
-                        _verify(ctx, key, made, name, sources[name], inputs, test.labels, tmp, batch_size)
+                        _verify(ctx, keys[name], made, name, sources[name], inputs, test.labels, tmp, batch_size,
+                                ctx.tasks.result(sent[name]) if sent.get(name) is not None else None)
                     check_parity(get_target(name), sources[name], verified.parity)  # cached ones too
                     out.ok[name] = verified
                     notes.append(f"{name} {ctx.metric.format(out.ok[name].accuracy)}")
@@ -152,12 +174,30 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
             reused += found is not None
             advance()
         notes.cached = reused > 0 and reused == len(exported)
+        if sent:
+            notes.append(f"{ctx.tasks.task_seconds - before:.1f} task-seconds on the cluster")
     return out
 
 
+def _sent_to_cluster(ctx: RunContext, exported: dict[str, Exported], keys: dict[str, str], inputs: Path,
+                     batch_size: int, notes: list[str]) -> dict:
+    """With a cluster, each artifact the stage cache has no verdict for answers the test split in a
+    Ray task (its files and the inputs travel with it), all at once; the verdicts are reached here,
+    as for a local run's answers."""
+    missing = [name for name in exported if ctx.cache.load_json("verify", keys[name]) is None]
+    if ctx.tasks is None or not missing:
+        return {}
+    shared = ctx.tasks.put(inputs.read_bytes())
+    sent = {n: ctx.tasks.submit(answers, ({f.name: f.read_bytes() for f in exported[n].artifact.files},
+                                          exported[n].artifact.path.name, n, shared, batch_size), describe)
+            for n in missing}
+    notes.append(f"{len(missing)} runs as Ray tasks")
+    return sent
+
+
 def _verify(ctx: RunContext, key: str, made: Exported, name: str, source: Source, inputs: Path,
-            labels: np.ndarray, tmp: Path, batch_size: int) -> Verified:
+            labels: np.ndarray, tmp: Path, batch_size: int, answered: np.ndarray | TaskFailed | None) -> Verified:
     result = Verified(*verify(made.artifact, get_target(name), inputs, labels, source.reference,
-                              source.reference_name, tmp, batch_size, ctx.metric))
+                              source.reference_name, tmp, batch_size, ctx.metric, answered))
     ctx.cache.store_json("verify", key, {"accuracy": result.accuracy, "parity": result.parity.model_dump()})
     return result

@@ -9,67 +9,21 @@ of them reach (a shared file system or a bucket URI), as Ray's RunConfig.storage
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgeship.errors import UserError
+from edgeship.cluster import connect
 from edgeship.quantize.distributed import backend_for, train_shard, write_job, write_result
 from edgeship.quantize.flow import QuantFlow
 from edgeship.recipe import Recipe
-
-INSTALL = "pip install 'edgeship[ray]'"
 
 # Ray Train retries by default without end: a lost node, or a cluster without room for the workers
 # (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s), would leave a CI job waiting for ever. edgeship
 # fails the stage instead; the stage cache makes the rerun start from calibration's end.
 _FAIL_FAST = {"max_failures": 0, "controller_failure_limit": 0, "max_preemption_failures": 0}
-
-
-def require_ray(key: str) -> None:
-    """Bad input before any work when the recipe asks for Ray and it is not installed."""
-    try:
-        import ray.train.torch  # noqa: F401
-    except ImportError:
-        raise UserError(f"{key} needs Ray, which is not installed here: {INSTALL}") from None
-
-
-def connect(address: str, log) -> dict:
-    """This process joins the cluster at `address` (once per process) and says which; returns its
-    address, live nodes and CPUs, as the report keeps them."""
-    import ray
-
-    joined = not ray.is_initialized()
-    if joined:
-        _init(address)
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    cluster = {"address": address, "nodes": len(nodes),
-               "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}
-    if joined:
-        what = "started a local Ray cluster" if address == "local" else f"connected to the Ray cluster at {address}"
-        log(f"  {what}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {cluster['cpus']:g} CPUs")
-    return cluster
-
-
-def _init(address: str) -> None:
-    import ray
-
-    # Ray's driver-side warnings (token authentication of a new local cluster, ...) are not the
-    # run's to show; errors are raised to the stage.
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-    try:
-        if address == "local":
-            ray.init(**quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise RuntimeError(f"cannot reach the Ray cluster at cluster.address = {address!r} (the recipe's "
-                           f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): "
-                           f"{str(e).strip().splitlines()[0]}") from None
 
 
 def finetune_on_ray(flow: QuantFlow, prepared: nn.Module, model: nn.Module, examples: tuple,

@@ -1,0 +1,134 @@
+"""The Ray cluster of a run ([cluster] in the recipe, or --cluster): joining it, and the run's
+independent work sent to it as Ray tasks.
+
+Ray is an optional extra (pip install 'edgeship[ray]'), imported only here and in the QAT trainer
+that runs on it. A task gets everything it needs in its arguments (through Ray's object store, so
+no shared file system is needed) and gives its result back to the driver, which alone writes the
+run folder and the stage cache: two tasks never write the same entry."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from edgeship.errors import DeviceError, UserError
+
+INSTALL = "pip install 'edgeship[ray]'"
+
+
+def require_ray(key: str) -> None:
+    """Bad input before any work when the recipe asks for Ray and it is not installed."""
+    try:
+        import ray.train.torch  # noqa: F401
+    except ImportError:
+        raise UserError(f"{key} needs Ray, which is not installed here: {INSTALL}") from None
+
+
+def connect(address: str, log: Callable[[str], None]) -> dict:
+    """This process joins the cluster at `address` (once per process) and says which; returns its
+    address, live nodes and CPUs, as the report keeps them."""
+    import ray
+
+    joined = not ray.is_initialized()
+    if joined:
+        _init(address)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    cluster = {"address": address, "nodes": len(nodes),
+               "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}
+    if joined:
+        what = "started a local Ray cluster" if address == "local" else f"connected to the Ray cluster at {address}"
+        log(f"  {what}: {len(nodes)} node{'s' * (len(nodes) != 1)}, {cluster['cpus']:g} CPUs")
+    return cluster
+
+
+def _init(address: str) -> None:
+    import ray
+
+    # Ray's driver-side warnings (token authentication of a new local cluster, ...) are not the
+    # run's to show; errors are raised.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    try:
+        if address == "local":
+            ray.init(**quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise DeviceError(f"cannot reach the Ray cluster at cluster.address = {address!r} (the recipe's "
+                          f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): "
+                          f"{str(e).strip().splitlines()[0]}") from None
+
+
+class TaskFailed(Exception):
+    """A Ray task's work raised, or Ray lost the task (its node went away). The message is already
+    the one line a stage records: the worker described its exception where its traceback was."""
+
+
+class Tasks:
+    """Work sent to the cluster as Ray tasks, each placed wherever a node has a CPU free; results
+    are taken back in any order the caller likes, while the driver does other work."""
+
+    def __init__(self, cluster: dict, by_value: str) -> None:
+        self.cluster = cluster
+        self.by_value = by_value  # the prefix of modules no worker can import: they travel as code
+        self.task_seconds = 0.0  # the tasks' own seconds, summed: against a stage's wall time, the overlap
+
+    def _modules_by_value(self) -> None:
+        """A user's model class from their own file, unknown to the workers, is pickled with its
+        code instead of by its module's name."""
+        from ray import cloudpickle
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith(self.by_value):
+                cloudpickle.register_pickle_by_value(module)
+
+    def put(self, value: object):
+        """`value` in the object store once, for many tasks (a task argument that is a reference
+        arrives as its value); None when it cannot travel (it does not pickle)."""
+        import ray
+
+        self._modules_by_value()
+        try:
+            return ray.put(value)
+        except Exception:  # noqa: BLE001 - pickling raises what the object's __reduce__ raises
+            return None
+
+    def submit(self, fn: Callable, args: tuple, describe: Callable[[BaseException], str]):
+        """`fn(*args)` as a task (a reference to its result), or None when the arguments cannot
+        travel: the caller does that work itself."""
+        import ray
+
+        self._modules_by_value()
+        remote = ray.remote(num_cpus=1, max_retries=0)(_call)  # a lost task fails its item: no retries
+        try:
+            return remote.remote(fn, describe, *args)  # top-level references arrive as values
+        except Exception:  # noqa: BLE001 - as in put
+            return None
+
+    def result(self, ref) -> object:
+        """A task's value, or the TaskFailed it ended with; its UserError is raised here."""
+        import ray
+
+        try:
+            status, value, took = ray.get(ref)
+        except ray.exceptions.RayError as e:  # the task's node or worker went away
+            said = [line for line in str(e).strip().splitlines() if line.strip()]
+            status, value, took = "failed", f"Ray task lost: {said[0] if said else type(e).__name__}", 0.0
+        self.task_seconds += took
+        if status == "user":
+            raise UserError(value)
+        return TaskFailed(value) if status == "failed" else value
+
+
+def _call(fn: Callable, describe: Callable[[BaseException], str], *args: object) -> tuple[str, object, float]:
+    """One task, on a worker: its value, or its exception described there (tracebacks do not
+    travel), with the seconds it took."""
+    started = time.perf_counter()
+    try:
+        return "ok", fn(*args), time.perf_counter() - started
+    except UserError as e:
+        return "user", str(e), time.perf_counter() - started
+    except Exception as e:  # noqa: BLE001 - this item fails, the others go on
+        return "failed", describe(e), time.perf_counter() - started
