@@ -9,6 +9,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeship.gate.budgets import checks, evaluate
@@ -322,4 +323,27 @@ def test_the_check_for_overlap_sees_overlapping_labels():
     ax.annotate("torchscript-fbgemm", (0.5, 0.5))
     ax.annotate("torchscript-qnnpack", (0.5, 0.5))
     assert _overlapping_texts(fig) == [("torchscript-fbgemm", "torchscript-qnnpack")]
+    plt.close(fig)
+
+
+def test_latency_ecdf_tick_labels_never_overlap():
+    """The demo's spread: 0.02 to 0.7 ms over seven artifacts, where matplotlib's own log labels
+    (3×10⁻², 4×10⁻², ...) printed over each other."""
+    from edgeship.report.sample_plots import latency_ecdf_figure
+
+    rng = np.random.default_rng(0)
+    series = [(f"artifact-{i}", list(low * (1 + rng.exponential(0.3, 500))))
+              for i, low in enumerate([0.021, 0.028, 0.042, 0.049, 0.061, 0.13, 0.146])]
+    fig = latency_ecdf_figure(series, "latency of every timed run on local")
+    assert fig.axes[0].get_xscale() == "log" and _overlapping_texts(fig) == []
+
+
+def test_the_qat_plot_of_a_flat_accuracy_stays_at_or_below_100():
+    import matplotlib.pyplot as plt
+
+    from edgeship.report.sample_plots import qat_history_figure
+
+    fig = qat_history_figure([("fx-fbgemm", [(0, 99.5), (1, 99.5), (2, 99.5)], 0)], "accuracy", 100.0)
+    low, high = fig.axes[0].get_ylim()
+    assert 98.5 <= low < 99.5 < high <= 100.2  # matplotlib alone drew 95.5 to 103.5
     plt.close(fig)

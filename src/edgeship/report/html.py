@@ -79,7 +79,8 @@ def _qat_plot(report: Report) -> str | None:
             history = QatHistory.model_validate(found)
             flows[a.flow] = (a.flow, [(e.epoch, report.metric.shown(e.accuracy)) for e in history.epochs],
                              history.shipped_epoch)
-    return b64(sample_plots.qat_history(list(flows.values()), report.metric.label))
+    ceiling = 100.0 if report.metric.drop_scale == 100 else None  # accuracy, shown in percent
+    return b64(sample_plots.qat_history(list(flows.values()), report.metric.label, ceiling))
 
 
 def _process(report: Report) -> dict | None:
