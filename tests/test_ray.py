@@ -27,6 +27,7 @@ from edgeship.quantize.flows import flow_for
 from edgeship.recipe import parse_recipe
 from edgeship.targets import Flow
 from raycluster import LocalCluster, ray_cluster  # noqa: F401  (a fixture)
+from sshd import free_port
 from support import EDGESHIP, CliResult, assert_answers_like, demo_recipe, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -158,10 +159,22 @@ def test_a_ray_setting_that_does_not_fit_is_bad_input(tmp_path, distributed, sai
     assert not (tmp_path / "run").exists()
 
 
-def test_the_recipe_cluster_address_is_what_cluster_sets(tmp_path):
+@pytest.mark.parametrize("address", ["", "head-node", "ray://head:port", "10.0.0.1:70000"])
+def test_the_recipe_cluster_address_is_what_cluster_sets(tmp_path, address):
     recipe = Path(write_recipe(tmp_path, _recipe(distributed=RAY)))
-    result = run_cli("run", str(recipe), "--cluster", "", out=tmp_path / "run")
+    result = run_cli("run", str(recipe), "--cluster", address, out=tmp_path / "run")
     assert result.code == 2 and "cluster.address" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cluster_nobody_answers_at_fails_at_once_in_one_line(tmp_path):
+    # Ray's own client retries such an address for minutes, its C++ warnings on stderr
+    closed = f"127.0.0.1:{free_port()}"
+    result = run_cli("run", str(write_recipe(tmp_path, _recipe())), "--cluster", closed, out=tmp_path / "run")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 3 and len(lines) == 1, result.stderr[-2000:]
+    assert f"cannot reach the Ray cluster at cluster.address = '{closed}'" in lines[0], lines
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

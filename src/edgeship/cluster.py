@@ -9,6 +9,7 @@ run folder and the stage cache: two tasks never write the same entry."""
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -43,8 +44,22 @@ def connect(address: str, log: Callable[[str], None]) -> dict:
     return cluster
 
 
+def _reachable(address: str, seconds: float = 10.0) -> None:
+    """A HOST:PORT that accepts no connection fails now: ray.init would retry it for minutes,
+    writing its C++ client's warnings on stderr. (auto and local are Ray's to find or start.)"""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as e:
+        raise _unreachable(address, e.strerror or type(e).__name__) from None
+
+
 def _init(address: str) -> None:
     import ray
+
+    _reachable(address)
 
     # Ray's driver-side warnings (token authentication of a new local cluster, ...) are not the
     # run's to show; errors are raised.
@@ -56,9 +71,12 @@ def _init(address: str) -> None:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise DeviceError(f"cannot reach the Ray cluster at cluster.address = {address!r} (the recipe's "
-                          f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): "
-                          f"{str(e).strip().splitlines()[0]}") from None
+        raise _unreachable(address, str(e).strip().splitlines()[0]) from None
+
+
+def _unreachable(address: str, why: str) -> DeviceError:
+    return DeviceError(f"cannot reach the Ray cluster at cluster.address = {address!r} (the recipe's "
+                       f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): {why}")
 
 
 class TaskFailed(Exception):

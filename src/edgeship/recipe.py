@@ -203,6 +203,15 @@ class Cluster(Section):
                     "machine; local: a cluster started in this process for the run; HOST:PORT or "
                     "ray://HOST:PORT: that cluster.")
 
+    @field_validator("address")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        if value not in ("auto", "local"):
+            host, _, port = value.removeprefix("ray://").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not an address: auto, local, HOST:PORT or ray://HOST:PORT")
+        return value
+
 
 class QATSection(Section):
     """Each knob left out is chosen by edgeship (quantize/qat_settings.py) and the report says
