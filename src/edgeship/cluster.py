@@ -92,6 +92,7 @@ class Tasks:
         self.cluster = cluster
         self.by_value = by_value  # the prefix of modules no worker can import: they travel as code
         self.task_seconds = 0.0  # the tasks' own seconds, summed: against a stage's wall time, the overlap
+        self._call = None
 
     def _modules_by_value(self) -> None:
         """A user's model class from their own file, unknown to the workers, is pickled with its
@@ -119,9 +120,10 @@ class Tasks:
         import ray
 
         self._modules_by_value()
-        remote = ray.remote(num_cpus=1, max_retries=0)(_call)  # a lost task fails its item: no retries
+        if self._call is None:  # one remote function for all tasks; a lost task fails its item: no retries
+            self._call = ray.remote(num_cpus=1, max_retries=0)(_call)
         try:
-            return remote.remote(fn, describe, *args)  # top-level references arrive as values
+            return self._call.remote(fn, describe, *args)  # top-level references arrive as values
         except Exception:  # noqa: BLE001 - as in put
             return None
 
