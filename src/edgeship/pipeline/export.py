@@ -27,12 +27,13 @@ def export(ctx: RunContext, examples: tuple, sources: dict[str, Source]) -> Resu
             for name, source in sources.items()}
     reused: list[str] = []
     with ctx.log.stage("export") as notes:
+        found = {name: _from_cache(ctx, key) for name, key in keys.items()}  # read once: a bad entry is said once
         before, elsewhere = ctx.tasks.task_seconds if ctx.tasks else 0.0, \
-            _sent_to_cluster(ctx, examples, sources, keys, notes)
+            _sent_to_cluster(ctx, examples, sources, [n for n in sources if found[n] is None], notes)
         here_first = sorted(sources.items(), key=lambda item: item[0] in elsewhere)  # while the tasks run
         out = each(here_first,
-                   lambda name, source: _export(ctx, examples, keys[name], name, source, elsewhere.get(name),
-                                                notes, reused),
+                   lambda name, source: _export(ctx, examples, keys[name], found[name], name, source,
+                                                elsewhere.get(name), notes, reused),
                    lambda name, why: {name: f"export: {why}"})
         notes.cached = bool(reused) and len(reused) == len(out.ok)
         if elsewhere:
@@ -40,15 +41,20 @@ def export(ctx: RunContext, examples: tuple, sources: dict[str, Source]) -> Resu
     return Results({n: out.ok[n] for n in sources if n in out.ok}, out.failed)
 
 
-def _export(ctx: RunContext, examples: tuple, key: str, name: str, source: Source, task,
-            notes: StageNotes, reused: list[str]) -> Exported:
-    """`task`: the Ray task making this artifact, if one does."""
+def _from_cache(ctx: RunContext, key: str) -> tuple[dict, list[Path]] | None:
+    """The stage cache's entry for an artifact (its JSON and its files), when it has both."""
     cached, files = ctx.cache.load_json("export", key), ctx.cache.load_files("export-files", key)
-    from_cache = cached is not None and files is not None
+    return (cached, files) if cached is not None and files is not None else None
+
+
+def _export(ctx: RunContext, examples: tuple, key: str, found: tuple[dict, list[Path]] | None, name: str,
+            source: Source, task, notes: StageNotes, reused: list[str]) -> Exported:
+    """`found`: the stage cache's entry; `task`: the Ray task making this artifact, if one does."""
+    from_cache = found is not None
     made_elsewhere = ctx.tasks.result(task) if task is not None else None
     if isinstance(made_elsewhere, TaskFailed):
         raise made_elsewhere
-    exporter = _copier(files, cached) if from_cache else \
+    exporter = _copier(*found) if from_cache else \
         _writer(made_elsewhere) if made_elsewhere is not None else source.export
     if from_cache:
         reused.append(name)
@@ -62,15 +68,13 @@ def _export(ctx: RunContext, examples: tuple, key: str, name: str, source: Sourc
     return Exported(made, sha256_file(made.path))
 
 
-def _sent_to_cluster(ctx: RunContext, examples: tuple, sources: dict[str, Source], keys: dict[str, str],
+def _sent_to_cluster(ctx: RunContext, examples: tuple, sources: dict[str, Source], missing: list[str],
                      notes: StageNotes) -> dict:
     """With a cluster, each artifact the stage cache lacks is made by a Ray task, where its model
     can travel: a GraphModule that torch cannot pickle (FX's converted int8 models, PT2E's) is
     exported here while the tasks run. The tasks' files come back to be written here."""
     if ctx.tasks is None:
         return {}
-    missing = [n for n in sources if not (ctx.cache.load_json("export", keys[n]) and
-                                          ctx.cache.load_files("export-files", keys[n]))]
     shared_examples, modules, sent = ctx.tasks.put(examples), {}, {}
     for name in missing:
         module = sources[name].module
@@ -103,7 +107,7 @@ def _writer(made: dict) -> Exporter:
     return write
 
 
-def _copier(files: list[Path], cached: dict) -> Exporter:
+def _copier(cached: dict, files: list[Path]) -> Exporter:
     """An exporter that copies a cached artifact instead of making it again."""
     def copy(module, examples, target, workdir: Path) -> ExportedArtifact:
         copies = tuple(Path(shutil.copy2(f, workdir / f.name)) for f in files)

@@ -157,10 +157,11 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
     reused = 0
     with ctx.log.stage("verify") as notes, \
             ctx.progress.task("verify in each runtime", total=len(exported)) as advance:
+        verdicts = {name: ctx.cache.load_json("verify", key) for name, key in keys.items()}  # read once
         before, sent = ctx.tasks.task_seconds if ctx.tasks else 0.0, \
-            _sent_to_cluster(ctx, exported, keys, inputs, batch_size, notes)
+            _sent_to_cluster(ctx, exported, [n for n in exported if verdicts[n] is None], inputs, batch_size, notes)
         for name, made in exported.items():
-            found = ctx.cache.load_json("verify", keys[name])
+            found = verdicts[name]
             with naming_target(name):
                 try:
                     verified = Verified(found["accuracy"], Parity(**found["parity"])) if found else \
@@ -179,12 +180,11 @@ def verify_all(ctx: RunContext, tmp: Path, test: Arrays, batch_size: int, source
     return out
 
 
-def _sent_to_cluster(ctx: RunContext, exported: dict[str, Exported], keys: dict[str, str], inputs: Path,
+def _sent_to_cluster(ctx: RunContext, exported: dict[str, Exported], missing: list[str], inputs: Path,
                      batch_size: int, notes: list[str]) -> dict:
     """With a cluster, each artifact the stage cache has no verdict for answers the test split in a
     Ray task (its files and the inputs travel with it), all at once; the verdicts are reached here,
     as for a local run's answers."""
-    missing = [name for name in exported if ctx.cache.load_json("verify", keys[name]) is None]
     if ctx.tasks is None or not missing:
         return {}
     shared = ctx.tasks.put(inputs.read_bytes())
