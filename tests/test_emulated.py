@@ -195,3 +195,38 @@ def test_an_arm_agreement_budget_reads_every_emulated_device():
     assert found["executorch-xnnpack"].outcome is Outcome.FAILED and found["executorch-xnnpack"].measured is None
     assert found["torchscript-fbgemm"].outcome is Outcome.SKIPPED
     assert found["torchscript-qnnpack"].outcome is Outcome.PASSED
+
+
+def _host_readelf(folder: Path) -> Path:
+    """A binutils folder whose aarch64 readelf is the host's: GNU readelf reads any ELF, so the
+    stubs' input (what the wheel's libraries need) is read here without the cross binutils,
+    which the setup deletes once the stubs are built."""
+    tools = folder / "usr" / "bin"
+    tools.mkdir(parents=True)
+    (tools / "aarch64-linux-gnu-readelf").symlink_to(shutil.which("readelf"))
+    return folder
+
+
+def test_stubs_come_from_what_the_wheel_needs_and_a_cpu_build_gets_none(emulated_cache, tmp_path):
+    """The stub list is read from the installed wheel: the libraries torch's aarch64 libraries
+    name as NEEDED that neither the wheels nor the sysroot provide are exactly the ones the setup
+    built. A torch whose libraries need nothing missing (a CPU build; 2.13 publishes none for
+    aarch64, so its own CPU library libc10.so stands in for one) gets no stubs and no stub folder."""
+    from edgeship.devices.emulation import stubs
+
+    if shutil.which("readelf") is None:
+        pytest.fail("no readelf on this host: install binutils (.ci/run does)")
+    cross = _host_readelf(tmp_path / "cross")
+    site, sysroot = emulated_cache / "site", emulated_cache / "sysroot"
+    pool = stubs._shared_objects(site, *(sysroot / d for d in stubs.LIBRARY_DIRS))
+    available = {p.name for p in pool} | {p.name for d in stubs.LIBRARY_DIRS for p in (sysroot / d).glob("*.so*")}
+    needs = stubs.find_needs(stubs.Binutils(cross), stubs._shared_objects(site / "torch"), available)
+    built = json.loads((emulated_cache / "environment.json").read_text())["stubs"]
+    assert sorted(needs.by) == built and "libcudart.so.13" in built, (sorted(needs.by), built)
+    assert needs.versions["libcudart.so.13"] and needs.symbols["libcudart.so.13"]  # what the stub must define
+
+    cpu_build = tmp_path / "cpu-site" / "torch" / "lib"
+    cpu_build.mkdir(parents=True)
+    shutil.copy(site / "torch" / "lib" / "libc10.so", cpu_build)
+    assert stubs.build_stubs(cross, tmp_path / "cpu-site", sysroot, tmp_path / "stubs") == []
+    assert not (tmp_path / "stubs").exists()
