@@ -5,6 +5,7 @@ QAT and calibration alone is made beyond the scoring split's noise."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from edgeship.progress import Progress
 from edgeship.quantize.best_state import Scorer
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
-from edgeship.quantize.qat_probe import CANDIDATES, ONE_OPTIMIZER, PROBE_SHARE, run_probe
+from edgeship.quantize.qat_probe import CANDIDATES, ONE_OPTIMIZER, PROBE_SHARE, Probe, Trial, run_probe
 from edgeship.quantize.qat_settings import FALLBACK_LR, choices, resolved
 from edgeship.quantize.training import train
 from edgeship.recipe import QATSection
@@ -101,8 +102,28 @@ def test_the_probe_scores_each_rate_from_the_calibrated_state_and_leaves_it_ther
     # All candidates together train on at most PROBE_SHARE of the fine-tune's steps
     steps_per_epoch = -(-len(data.train) // 64)
     assert 1 <= probe.steps * len(tried) <= PROBE_SHARE * qat.epochs * steps_per_epoch
-    assert probe.chosen.loss == min(t.loss for t in probe.trials)
+    # The lowest loss is the yardstick; the choice is the furthest mover among those not worse than it
+    lowest = min(probe.trials, key=lambda t: t.loss)
+    assert lowest.p_worse is None and all(t.p_worse is not None for t in probe.trials if t is not lowest)
+    running = [t for t in probe.trials if t.p_worse is None or t.p_worse >= 0.05]
+    assert probe.chosen in running and probe.chosen.moved == max(t.moved for t in running)
+    assert all(t.moved > 0 for t in probe.trials)
     # The candidates moved the model: the losses differ from one another and from the start
     assert len({round(t.loss, 6) for t in probe.trials} | {round(probe.calibrated_loss, 6)}) == len(tried) + 1
     for key, value in prepared.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_the_probe_takes_the_furthest_mover_not_worse_than_the_lowest_loss():
+    """Short probes favour small rates: among candidates tied with the lowest loss (p_worse >=
+    0.05) the one that moved the weights furthest wins; one significantly worse never does, however
+    far it moved; when all diverged, the smallest rate (the fine-tune then meets the divergence)."""
+    def probe(*trials):
+        return Probe(steps=2, seconds=0.1, calibrated_loss=0.3, trials=list(trials))
+
+    lowest, tied = Trial("adam", 1e-5, 0.280, 0.9, moved=2e-5), Trial("adam", 1e-4, 0.281, 0.9, 2e-4, p_worse=0.4)
+    worse = Trial("sgd", 1e-3, 0.300, 0.9, moved=5e-4, p_worse=0.001)
+    assert probe(lowest, tied, worse).chosen is tied
+    assert probe(lowest, dataclasses.replace(tied, p_worse=0.01), worse).chosen is lowest
+    diverged = [Trial("sgd", lr, float("inf"), None, moved=float("nan")) for lr in (1e-3, 1e-4)]
+    assert probe(*diverged).chosen.lr == 1e-4

@@ -64,9 +64,10 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
     recipe, q, model, examples = ctx.recipe, ctx.recipe.quantization, float_model.module, loaded.examples
     required = required_float_layers(model, flow)
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
-    # "best-state": QAT ships its best-scoring epoch (states cached before that are not reused)
+    # "best-state": QAT ships its best-scoring epoch; "probe-furthest": the probe's choice rule
+    # (states cached before either are not reused)
     key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed, "best-state", "probe", _QCONFIG,
+                 recipe.data.batch_size, recipe.seed, "best-state", "probe-furthest", _QCONFIG,
                  *_teacher_key(recipe))
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
@@ -157,9 +158,10 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     """Trains `c.prepared` in place and leaves its best-scoring state in it."""
     recipe, name = ctx.recipe, c.flow.flow.value
     scorer = Scorer(c.flow, c.prepared, split[1], ctx.metric, ctx.loss)
-    qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, notes)
+    calibrated = scorer(c.prepared)  # QAT's epoch 0 and the probe's baseline: scored once
+    qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, calibrated[1], notes)
     tracker = BestState(c.flow, c.prepared, split[1], scorer)
-    tracker.score(0)
+    tracker.score(0, accuracy=calibrated[0])  # the probe restored the calibrated state
     run, started = None, time.perf_counter()
     if qat.distributed is None:
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
@@ -186,18 +188,18 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
 
 
 def _settings(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated, scorer: Scorer,
-              notes: StageNotes) -> tuple[QATSection, dict[str, Chosen], QatProbe | None]:
+              calibrated_loss: float, notes: StageNotes) -> tuple[QATSection, dict[str, Chosen], QatProbe | None]:
     """QAT's knobs: the recipe's, the probe's learning rate (and optimizer) when the recipe
     leaves the rate out, and defaults for the rest."""
     qat, probe, probed = ctx.recipe.quantization.qat, None, None
     if probe_needed(qat):
         found = run_probe(c.flow, c.prepared, loaded.splits.train, scorer, qat=qat,
                           batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
-                          teacher=loaded.qat_teacher or float_model.module)
+                          teacher=loaded.qat_teacher or float_model.module, calibrated_loss=calibrated_loss)
         probe = QatProbe(steps=found.steps, seconds=round(found.seconds, 2),
                          calibrated_loss=found.calibrated_loss,
-                         trials=[{**dataclasses.asdict(t), "loss": t.loss if math.isfinite(t.loss) else None}
-                                 for t in found.trials])
+                         trials=[{k: None if isinstance(v, float) and not math.isfinite(v) else v  # diverged
+                                  for k, v in dataclasses.asdict(t).items()} for t in found.trials])
         probed = (found.chosen.optimizer, found.chosen.lr)
         notes.append(f"{c.flow.flow.value} probe chose {probed[0]} lr {probed[1]:g} in {found.seconds:.1f} s")
     chosen = choices(qat, probed)

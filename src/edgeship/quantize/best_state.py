@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,12 +37,23 @@ class Scorer:
         self.labels = torch.from_numpy(split.labels)
 
     def __call__(self, prepared: nn.Module) -> tuple[float, float]:
-        self.copy.load_state_dict(prepared.state_dict())
-        self.flow.freeze_observers(self.copy)  # the observers' on/off flags are state: set again
-        outputs = logits(self.copy, self.split)
+        outputs = self._outputs(prepared)
         with torch.no_grad():
             loss = float(self.loss(torch.from_numpy(outputs), self.labels, self.split.tensors()))
         return self.metric.score(outputs, self.split.labels), loss
+
+    def per_sample(self, prepared: nn.Module) -> tuple[float, np.ndarray]:
+        """The task metric and each sample's task loss alone (what a paired test compares)."""
+        outputs, inputs = torch.from_numpy(self._outputs(prepared)), self.split.tensors()
+        with torch.no_grad():
+            losses = np.array([float(self.loss(outputs[i:i + 1], self.labels[i:i + 1],
+                                               tuple(x[i:i + 1] for x in inputs))) for i in range(len(self.labels))])
+        return self.metric.score(outputs.numpy(), self.split.labels), losses
+
+    def _outputs(self, prepared: nn.Module) -> np.ndarray:
+        self.copy.load_state_dict(prepared.state_dict())
+        self.flow.freeze_observers(self.copy)  # the observers' on/off flags are state: set again
+        return logits(self.copy, self.split)
 
 
 @dataclass(frozen=True)
@@ -65,9 +77,10 @@ class BestState:
     def __post_init__(self):
         self.scorer = self.scorer or Scorer(self.flow, self.prepared, self.split)
 
-    def score(self, epoch: int, loss: float | None = None) -> Scored:
-        """Scores the current state as `epoch` and remembers it when it beats every earlier one."""
-        scored = Scored(epoch, self.scorer(self.prepared)[0], loss)
+    def score(self, epoch: int, loss: float | None = None, accuracy: float | None = None) -> Scored:
+        """Scores the current state as `epoch` and remembers it when it beats every earlier one.
+        `accuracy`: the scorer's figure for this very state, when the caller has it already."""
+        scored = Scored(epoch, self.scorer(self.prepared)[0] if accuracy is None else accuracy, loss)
         if not self.history or self.scorer.metric.is_better(scored.accuracy, self.best.accuracy):
             # A deep copy keeps the state dict's _metadata: without its version, torchao's
             # observers take a loaded state for version 1 and reset `eps` to float32's.

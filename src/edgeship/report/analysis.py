@@ -74,11 +74,20 @@ def qat_settings(history: QatHistory) -> str:
                      f" ({v.source})" for k, v in history.settings.items())
     if (p := history.probe) is not None:
         tried = ", ".join(f"{t.optimizer} {t.lr:g}: {'diverged' if t.loss is None else f'{t.loss:.4f}'}"
-                          for t in p.trials)
+                          f"{_probe_verdict(t)}" for t in p.trials)
         said += (f"; probe: {len(p.trials)} rates x {p.steps} steps in {p.seconds:.1f} s"
                  f"{f' (the fine-tune {history.train_seconds:.1f} s)' if history.train_seconds else ''}"
                  f", loss on the {history.split} split {p.calibrated_loss:.4f} calibrated → {tried}")
     return said
+
+
+def _probe_verdict(trial) -> str:
+    """` (moved 2.1e-04)` for a candidate in the running, ` (worse, p 0.003)` for one out of it."""
+    if trial.moved is None:  # a report from before the rule
+        return ""
+    if trial.p_worse is not None and trial.p_worse < 0.05:
+        return f" (worse, p {trial.p_worse:.2g})"
+    return f" (moved {trial.moved:.1e})"
 
 
 def qat_lines(report: Report) -> list[str]:

@@ -288,11 +288,14 @@ class QatTrial(BaseModel):
     lr: float
     loss: float | None  # task loss on the scoring split after the probe's steps; None: diverged
     accuracy: float | None = None  # the task metric there; None: diverged
+    moved: float | None = None  # |w - w0| / |w0|: how far its steps moved the weights
+    p_worse: float | None = None  # one-sided Wilcoxon p that its loss is above the lowest trial's
 
 
 class QatProbe(BaseModel):
     """The learning-rate probe: each candidate fine-tuned `steps` steps from the calibrated
-    state, scored on the same split as QAT; the lowest loss was chosen."""
+    state, scored on the same split as QAT; of the candidates not worse than the lowest loss
+    beyond noise (p_worse >= 0.05), the one that moved the weights furthest was chosen."""
 
     steps: int
     seconds: float
