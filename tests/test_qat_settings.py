@@ -105,7 +105,8 @@ def test_the_probe_scores_each_rate_from_the_calibrated_state_and_leaves_it_ther
     # The lowest loss is the yardstick; the choice is the furthest mover among those not worse than it
     lowest = min(probe.trials, key=lambda t: t.loss)
     assert lowest.p_worse is None and all(t.p_worse is not None for t in probe.trials if t is not lowest)
-    running = [t for t in probe.trials if t.p_worse is None or t.p_worse >= 0.05]
+    assert all(t.worse == (t.p_worse is not None and t.p_worse < 0.05) for t in probe.trials)
+    running = [t for t in probe.trials if not t.worse]
     assert probe.chosen in running and probe.chosen.moved == max(t.moved for t in running)
     assert all(t.moved > 0 for t in probe.trials)
     # The candidates moved the model: the losses differ from one another and from the start
@@ -122,8 +123,8 @@ def test_the_probe_takes_the_furthest_mover_not_worse_than_the_lowest_loss():
         return Probe(steps=2, seconds=0.1, calibrated_loss=0.3, trials=list(trials))
 
     lowest, tied = Trial("adam", 1e-5, 0.280, 0.9, moved=2e-5), Trial("adam", 1e-4, 0.281, 0.9, 2e-4, p_worse=0.4)
-    worse = Trial("sgd", 1e-3, 0.300, 0.9, moved=5e-4, p_worse=0.001)
+    worse = Trial("sgd", 1e-3, 0.300, 0.9, moved=5e-4, p_worse=0.001, worse=True)
     assert probe(lowest, tied, worse).chosen is tied
-    assert probe(lowest, dataclasses.replace(tied, p_worse=0.01), worse).chosen is lowest
+    assert probe(lowest, dataclasses.replace(tied, p_worse=0.01, worse=True), worse).chosen is lowest
     diverged = [Trial("sgd", lr, float("inf"), None, moved=float("nan")) for lr in (1e-3, 1e-4)]
     assert probe(*diverged).chosen.lr == 1e-4

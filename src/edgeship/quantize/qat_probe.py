@@ -56,6 +56,7 @@ class Trial:
     accuracy: float | None  # the task metric there; None: diverged
     moved: float = 0.0  # how far the steps moved the weights: |w - w0| / |w0| over all of them
     p_worse: float | None = None  # one-sided Wilcoxon p that its loss is above the lowest one's
+    worse: bool = False  # p_worse < SIGNIFICANCE: out of the running
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Probe:
     def chosen(self) -> Trial:
         """Of the trials not worse than the lowest loss beyond noise, the one that moved furthest;
         when every candidate diverged, the smallest rate."""
-        tied = [t for t in self.trials if math.isfinite(t.loss) and (t.p_worse is None or t.p_worse >= SIGNIFICANCE)]
+        tied = [t for t in self.trials if math.isfinite(t.loss) and not t.worse]
         return max(tied, key=lambda t: (t.moved, -t.lr)) if tied else min(self.trials, key=lambda t: t.lr)
 
 
@@ -140,5 +141,5 @@ def _against_lowest(scored: list[tuple[Trial, np.ndarray | None]]) -> list[Trial
             continue
         above = losses - low_losses
         p = 1.0 if not above.any() else float(wilcoxon(above, alternative="greater").pvalue)
-        out.append(dataclasses.replace(trial, p_worse=p))
+        out.append(dataclasses.replace(trial, p_worse=p, worse=p < SIGNIFICANCE))
     return out

@@ -85,7 +85,7 @@ def _probe_verdict(trial) -> str:
     """` (moved 2.1e-04)` for a candidate in the running, ` (worse, p 0.003)` for one out of it."""
     if trial.moved is None:  # a report from before the rule
         return ""
-    if trial.p_worse is not None and trial.p_worse < 0.05:
+    if trial.worse:
         return f" (worse, p {trial.p_worse:.2g})"
     return f" (moved {trial.moved:.1e})"
 

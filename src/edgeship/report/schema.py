@@ -290,12 +290,13 @@ class QatTrial(BaseModel):
     accuracy: float | None = None  # the task metric there; None: diverged
     moved: float | None = None  # |w - w0| / |w0|: how far its steps moved the weights
     p_worse: float | None = None  # one-sided Wilcoxon p that its loss is above the lowest trial's
+    worse: bool = False  # p_worse below the probe's significance: not a candidate for the choice
 
 
 class QatProbe(BaseModel):
     """The learning-rate probe: each candidate fine-tuned `steps` steps from the calibrated
     state, scored on the same split as QAT; of the candidates not worse than the lowest loss
-    beyond noise (p_worse >= 0.05), the one that moved the weights furthest was chosen."""
+    beyond noise (not `worse`), the one that moved the weights furthest was chosen."""
 
     steps: int
     seconds: float
