@@ -157,12 +157,14 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
               split: tuple[str, Arrays], notes: StageNotes) -> Calibrated:
     """Trains `c.prepared` in place and leaves its best-scoring state in it."""
     recipe, name = ctx.recipe, c.flow.flow.value
+    # QAT's seconds: everything here but the probe's own (it leaves out the fine-tune's costs
+    # it pays first: the epoch-0 score and the switch into training form)
+    run, started = None, time.perf_counter()
     scorer = Scorer(c.flow, c.prepared, split[1], ctx.metric, ctx.loss)
     calibrated = scorer(c.prepared)  # QAT's epoch 0 and the probe's baseline: scored once
     qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, calibrated[1], notes)
     tracker = BestState(c.flow, c.prepared, split[1], scorer)
     tracker.score(0, accuracy=calibrated[0])  # the probe restored the calibrated state
-    run, started = None, time.perf_counter()
     if qat.distributed is None:
         loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
                             batch_size=recipe.data.batch_size, seed=recipe.seed,
@@ -178,7 +180,7 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
         tracker.score(qat.epochs, run["loss"])
         ranks = f"{run['processes']} Ray workers" if qat.distributed.engine == "ray" else f"{run['processes']} processes"
         notes.append(f"{name} loss {run['loss']:.4f} on {ranks} ({run['backend']})")
-    seconds, shipped = time.perf_counter() - started, tracker.restore()
+    seconds, shipped = time.perf_counter() - started - (probe.seconds if probe else 0.0), tracker.restore()
     history = QatHistory(split=split[0], shipped_epoch=shipped.epoch,
                          epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],
                          settings={k: dataclasses.asdict(v) for k, v in chosen.items()},

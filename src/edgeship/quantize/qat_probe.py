@@ -15,9 +15,11 @@ pipeline/post_training.py) keep a rate too bold from shipping.
 
 Its training is bounded by the fine-tune it serves: all candidates together train on at most
 PROBE_SHARE of the fine-tune's steps. Each candidate also pays fixed costs (its optimizer and
-loader, a score of the split), so on fine-tunes of a few seconds the probe measured 0.43-0.53x of
-the fine-tune's time (tests/perf/test_qat_rate.py; the calibrated state's score is QAT's epoch 0,
-passed in, not paid again), more than PROBE_SHARE."""
+loader, a score of the split), so on fine-tunes of a few seconds the probe costs more than
+PROBE_SHARE of the fine-tune's time (tests/perf/test_qat_rate.py). Two costs are the fine-tune's,
+not the probe's, and are not on its clock: the calibrated state's score (QAT's epoch 0, passed
+in) and the graph's switch into training form (for an exported graph about a second, re-exporting
+its batch-norm and dropout patterns), which the probe makes first and leaves made."""
 
 from __future__ import annotations
 
@@ -93,6 +95,7 @@ def run_probe(flow: QuantFlow, prepared: nn.Module, train: Dataset, scorer: Scor
     between candidates: for an exported graph either costs about a second, more than a
     candidate's few steps). `calibrated_loss`: the scorer's loss for `prepared` as it comes,
     when the caller has scored it already (the pipeline has: it is QAT's epoch 0)."""
+    flow.set_train(prepared)  # the fine-tune's first cost (see above): made before the clock starts
     started = time.perf_counter()
     tried = candidates(qat)
     steps = probe_steps(qat, len(train), batch_size, len(tried))

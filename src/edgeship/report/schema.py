@@ -326,7 +326,7 @@ class QatHistory(BaseModel):
     p_value: float | None = None
     settings: dict[str, QatSetting] = {}  # what QAT ran with, and where each value came from
     probe: QatProbe | None = None  # when the recipe left the learning rate out
-    train_seconds: float | None = None  # the fine-tune itself, without the probe
+    train_seconds: float | None = None  # QAT's own: the fine-tune and its scores, without the probe
 
 
 class QuantizationDetails(BaseModel):
