@@ -4,6 +4,8 @@ recipe's float layers left float and the CPU-dependent choice (reduce_range) rec
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -83,6 +85,43 @@ def test_float_layers_stay_float_in_onnx_runtime(tmp_path, float_layers, int8, f
     kernels = made.details["onnxruntime_kernels"]
     assert (kernels["int8_compute"], kernels["float_compute"]) == (int8, float_), kernels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx-int8.onnx"]  # no scratch left
+
+
+def test_arm_only_devices_get_s8s8_on_the_same_grid(tmp_path):
+    """With every device ARM64, ONNX Runtime quantizes activations to int8 (its documented first
+    choice there). The grid is the uint8 one shifted by 128: on this host the two artifacts give
+    the same answers, and its optimizer makes both int8 kernels."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = _ConvBnNet().eval()
+    calibration = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    made, answers = {}, {}
+    for arm in (False, True):
+        export, chosen = quantize_static((calibration,), QuantSettings(), 32, arm=arm)
+        assert chosen["activations"] == ("int8" if arm else "uint8") and chosen["weights"] == "int8"
+        folder = tmp_path / str(arm)
+        folder.mkdir()
+        made[arm] = export(model, (torch.zeros(1, 1, 8, 8),), get_target("onnx-int8"), folder)
+        answers[arm] = _answers(made[arm].path, calibration)
+        kernels = made[arm].details["onnxruntime_kernels"]
+        assert (kernels["int8_compute"], kernels["float_compute"]) == (2, 0), (arm, kernels)
+    graph = onnx.load(str(made[True].path)).graph
+    zero_points = {init.name: init.data_type for init in graph.initializer}
+    activations = [zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activations and set(activations) == {onnx.TensorProto.INT8}, activations
+    np.testing.assert_array_equal(answers[True], answers[False])
+
+
+def test_only_a_device_list_all_arm64_counts_as_arm(tmp_path):
+    from edgeship.pipeline.plan import make_plan
+
+    def arm_only(devices):
+        return make_plan(parse_recipe(demo_recipe(devices=devices), "arm", tmp_path)).arm_only
+
+    assert arm_only(["arm64-emulated"]) and arm_only(["arm64-emulated", "rpi5"])
+    assert not arm_only([]) and not arm_only(["arm64-emulated", "x86-server"])
+    assert arm_only(["local"]) is (platform.machine() in ("aarch64", "arm64"))
 
 
 def test_int8_saturates_on_x86_without_vnni_only():

@@ -5,6 +5,7 @@ Shipped profiles live in devices/profiles/; a recipe names one by name or gives 
 
 from __future__ import annotations
 
+import platform
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -176,6 +177,14 @@ class DeviceProfile(Section):
     def emulated(self) -> bool:
         """Its latencies are an emulator's: no latency budget and no recommendation reads them."""
         return self.transport.kind == "qemu"
+
+    @property
+    def known_arch(self) -> str | None:
+        """The CPU architecture before anything is run: 'auto' is this machine's for a local
+        device; None for a remote one (known only once it answers)."""
+        if self.arch != "auto":
+            return self.arch
+        return platform.machine().lower().replace("arm64", "aarch64") if self.transport.kind == "local" else None
 
 
 def _key_path_in_file(problem: str) -> str:

@@ -5,11 +5,18 @@ documentation does it. The result is the QDQ graph ONNX Runtime's optimizer was 
 activations and S8 per-channel weights, which it fuses into QLinearConv, QLinearAdd and QGemm with
 ReLU and Clip folded into their producers.
 
-One choice depends on the CPU. x86 without VNNI computes u8 x s8 products in saturating 16-bit
+Two choices depend on the CPU. x86 without VNNI computes u8 x s8 products in saturating 16-bit
 pairs, and 8-bit weights against full-range activations overflow there (measured on a 2-core
 AVX2 EPYC: a MobileNetV2 fell from 0.98 to 0.92 top-1). ONNX Runtime's remedy is 7-bit weights,
 `reduce_range`; edgeship takes it when the machine that builds and verifies the artifact lacks VNNI.
-"""
+
+The activations' type follows the devices. On x86, ONNX Runtime fuses QDQ into its int8 kernels
+for uint8 activations only (its QDQIsInt8Allowed is false there; int8 pairs are rewritten to
+uint8 first). When every device is ARM64, edgeship takes S8S8, which ONNX Runtime's quantization
+documentation names the first choice: its ARM builds fuse int8 activations directly, onto the
+SDOT (ARMv8.2 dot product) and SMMLA (I8MM) GEMM kernels. The grid is the same 256 steps either
+way (an int8 zero point is the uint8 one less 128), so the choice moves no value, and on an x86
+host the two artifacts give the same answers. It is not measured on ARM hardware here."""
 
 from __future__ import annotations
 
@@ -35,6 +42,12 @@ from edgeship.targets import Target
 CALIBRATE_METHODS = {None: "MinMax", "minmax": "MinMax", "moving_average_minmax": "MinMax",
                      "histogram": "Percentile"}
 
+ACTIVATIONS_WHY = {
+    "uint8": "ONNX Runtime's x86 kernels take uint8 activations (u8 x s8: VPMADDUBSW, VNNI); its "
+             "ARM64 kernels take them too (UDOT, UMMLA)",
+    "int8": "every device is ARM64: S8S8 is ONNX Runtime's documented first choice, fused there onto "
+            "its SDOT/SMMLA kernels (not measured on ARM hardware by edgeship)"}
+
 
 @dataclass(frozen=True)
 class OrtStatic:
@@ -42,20 +55,23 @@ class OrtStatic:
 
     per_channel: bool
     reduce_range: bool
+    activations: str  # "uint8", or "int8" when every device is ARM64
     calibrate_method: str
     moving_average: bool
     calibration_samples: int
 
     @classmethod
-    def choose(cls, settings: QuantSettings, calibration_samples: int) -> OrtStatic:
+    def choose(cls, settings: QuantSettings, calibration_samples: int, *, arm: bool = False) -> OrtStatic:
         return cls(per_channel=settings.per_channel, reduce_range=int8_saturates(),
+                   activations="int8" if arm else "uint8",
                    calibrate_method=CALIBRATE_METHODS[settings.observer],
                    moving_average=settings.observer == "moving_average_minmax",
                    calibration_samples=calibration_samples)
 
     def details(self) -> dict:
         return {"quantizer": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                "activations": "uint8", "weights": "int8", "per_channel": self.per_channel,
+                "activations": self.activations, "activations_why": ACTIVATIONS_WHY[self.activations],
+                "weights": "int8", "per_channel": self.per_channel,
                 "reduce_range": self.reduce_range,
                 "reduce_range_why": ("x86 without VNNI builds this artifact: 7-bit weights keep its "
                                      "u8 x s8 int8 kernels from saturating") if self.reduce_range else
@@ -64,10 +80,10 @@ class OrtStatic:
 
 
 def quantize_static(calibration: tuple[np.ndarray, ...], settings: QuantSettings,
-                    samples: int) -> tuple[Exporter, dict]:
+                    samples: int, *, arm: bool = False) -> tuple[Exporter, dict]:
     """The exporter of a static int8 ONNX artifact calibrated on the first `samples` of
-    `calibration`, and how it quantizes, for the report."""
-    options = OrtStatic.choose(settings, min(samples, len(calibration[0])))
+    `calibration`, and how it quantizes, for the report. `arm`: every device is ARM64."""
+    options = OrtStatic.choose(settings, min(samples, len(calibration[0])), arm=arm)
     return static_exporter(calibration, settings, options), options.details()
 
 
@@ -91,7 +107,8 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
                          options.calibration_samples)
         with _root_log_errors_only():
             quantize_static(str(scratch / "pre.onnx"), str(path), reader, quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=(QuantType.QInt8 if options.activations == "int8"
+                                             else QuantType.QUInt8), weight_type=QuantType.QInt8,
                             per_channel=options.per_channel, reduce_range=options.reduce_range,
                             calibrate_method=getattr(CalibrationMethod, options.calibrate_method),
                             nodes_to_exclude=excluded,

@@ -7,12 +7,10 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.formats.artifact import Exporter
-from edgeship.quantize.flow import QuantSettings
 from edgeship.targets import Format, Target
 
 
@@ -38,9 +36,10 @@ class FormatSpec:
     # int8 weights are packed for one torch quantized engine: the runner must set it before load
     packs_for_engine: bool = False
     # Where the format's own runtime quantizes (a flow with quantizes_at_export): from the
-    # calibration inputs, the recipe's settings and how many samples to calibrate on, the exporter
-    # that quantizes the float model, and what it chose, for the report
-    quantize_static: Callable[[tuple[np.ndarray, ...], QuantSettings, int], tuple[Exporter, dict]] | None = None
+    # calibration inputs, the recipe's settings, how many samples to calibrate on and (keyword
+    # `arm`) whether every device is ARM64, the exporter that quantizes the float model, and what
+    # it chose, for the report
+    quantize_static: Callable[..., tuple[Exporter, dict]] | None = None
 
     def torch_engine(self, target: Target) -> str | None:
         """The torch quantized engine `target`'s artifact is packed for, or None."""

@@ -39,6 +39,12 @@ class Plan:
         """The flows of the statically quantized targets, each calibrated once."""
         return list(dict.fromkeys(t.flow for t in self.static))
 
+    @property
+    def arm_only(self) -> bool:
+        """Every device the run measures is known to be ARM64 (no devices: the artifacts are for
+        no particular CPU, and x86's choices stand)."""
+        return bool(self.devices) and all(d.profile.known_arch == "aarch64" for d in self.devices)
+
     def targets_of(self, flow: Flow) -> list[Target]:
         return [t for t in self.static if t.flow is flow]
 

@@ -53,14 +53,14 @@ class Candidate:
 def candidate(ctx: RunContext, loaded: Loaded, flow: QuantFlow, prepared: nn.Module, key: str) -> Candidate:
     """`prepared` converted; for a flow whose targets' runtime quantizes at export, with that
     runtime's exporter, calibrated on as many samples as the PyTorch flows see (its choices
-    depend on this machine's CPU, so they are part of the key)."""
+    depend on this machine's CPU and the devices', so they are part of the key)."""
     module = flow.convert(prepared)
     if not flow.quantizes_at_export:
         return Candidate(flow, module, None, None, key)
     (fmt,) = {t.format for t in ctx.plan.targets_of(flow.flow)}
     samples = ctx.recipe.quantization.calibration_batches * ctx.recipe.data.batch_size
     export, chosen = spec_for(fmt).quantize_static(loaded.arrays["calibration"].inputs, flow.settings,
-                                                   samples)
+                                                   samples, arm=ctx.plan.arm_only)
     return Candidate(flow, module, export, chosen, digest(key, chosen))
 
 
