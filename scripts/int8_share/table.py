@@ -29,6 +29,7 @@ MODELS = {  # name: (model factory, data factory, example input shapes, targets)
     # ExecuTorch runs no 5-D convolution: edgeship refuses the target before any work (exit 2)
     "video (2+1)D": ("video", "clip_splits", [[1, 1, 4, 8, 8]], INT8[:3]),
     "transformer": ("transformer", "row_splits", [[1, 8, 8]], INT8),
+    "wide transformer": ("wide_transformer", "row_splits", [[1, 8, 8]], INT8),
     "lstm": ("lstm", "row_splits", [[1, 8, 8]], INT8),
     "two inputs": ("two_inputs", "pair_splits", [[1, 1, 8, 8], [1, 1, 8, 8]], INT8),
 }

@@ -33,5 +33,5 @@ def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> Dynam
 SPEC = FormatSpec(
     format=Format.TORCHSCRIPT, suffix=".pt", runtime_packages=("numpy", "torch"), export=export,
     quantize_dynamic=quantize_dynamic,
-    dynamic_layers="Linear, LSTM, GRU (torch.ao quantize_dynamic)",
+    dynamic_layers="Linear (attention's projections included), LSTM, GRU (torch.ao quantize_dynamic)",
     unsupported_layers={}, packs_for_engine=True)

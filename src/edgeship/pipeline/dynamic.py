@@ -34,7 +34,7 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
         notes.append(f"{target.name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch")
     per_channel = ctx.recipe.quantization.per_channel
     return Source(made.module, made.export, made.reference, reference,
-                  digest("dynamic", float_model.key, target.name, per_channel),
+                  digest("dynamic", float_model.key, target.name, per_channel, spec.dynamic_layers),
                   QuantizationDetails(mode="dynamic", qat=False, per_channel=per_channel,
                                       layers=spec.dynamic_layers),
                   int8_reference=made.module is not float_model.module)

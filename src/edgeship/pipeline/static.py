@@ -36,9 +36,10 @@ from edgeship.report.schema import QatEpoch, QatHistory, QatProbe, QuantizationD
 from edgeship.targets import Flow
 
 
-# What the flows' quantizer configurations make of a model, for the cache keys of its states:
-# LSTM and GRU dynamic int8 inside static FX models, FX's torch.nn leaves (attention) unobserved
-_QCONFIG = "dynamic-rnn,float-leaves"
+# What the flows' quantizer configurations make of a model, for the cache keys of its states (and
+# of the artifacts made from them): LSTM and GRU dynamic int8 inside static FX models, FX's torch.nn
+# leaves (attention) unobserved and their Linears dynamic int8 after conversion
+_QCONFIG = "dynamic-rnn,float-leaves,dynamic-attention-linears"
 
 
 def _failed(ctx: RunContext, stage: str):

@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.errors import UserError
+from edgeship.quantize.attention import split_projections
 from edgeship.quantize.fx import quiet_fx_deprecation
 from edgeship.quantize.pt2e import Pt2eXnnpackFlow
 from edgeship.targets import Target
@@ -32,11 +33,14 @@ def check_quantizable(model: nn.Module, targets: list[Target]) -> None:
 
 
 def torch_ao_dynamic(model: nn.Module, engine: str) -> nn.Module:
-    """Linear, LSTM and GRU with int8 weights packed for `engine` (fbgemm, qnnpack)."""
+    """Linear, LSTM and GRU with int8 weights packed for `engine` (fbgemm, qnnpack); attention's
+    projections too (attention.py)."""
     from torch.ao.quantization import quantize_dynamic
 
+    model = copy.deepcopy(model).eval()
+    split_projections(model)
     with quiet_fx_deprecation(), quantized_engine(engine):
-        return quantize_dynamic(copy.deepcopy(model).eval(), DYNAMIC_TYPES)
+        return quantize_dynamic(model, DYNAMIC_TYPES)
 
 
 def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple) -> nn.Module:

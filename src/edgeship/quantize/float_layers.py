@@ -30,11 +30,23 @@ FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str] = {
 }
 
 
+# torch.nn's transformer modules: torch.ao FX takes each as one leaf it does not trace into, so
+# they get no static int8 there; their Linears are dynamically quantized after conversion
+# (attention.py says how and why).
+FX_ATTENTION_LEAVES = (nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                       nn.TransformerDecoderLayer, nn.MultiheadAttention)
+
 _FX_RNN = ("no static int8 {0} in torch.ao: dynamically quantized inside the static model "
            "(int8 weights, activations quantized at run time: aten::quantized_{1})")
+_FX_ATTENTION = ("torch.ao FX takes torch.nn's {0} as one leaf module it does not trace into, so it "
+                 "has no static int8: its Linears, attention's projections included, are dynamically "
+                 "quantized inside the static model (quantized::linear_dynamic); attention's two "
+                 "matrix products stay float")
 DYNAMIC_IN_STATIC: dict[tuple[Flow, type[nn.Module]], str] = {
     **{(flow, nn.LSTM): _FX_RNN.format("LSTM", "lstm") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
     **{(flow, nn.GRU): _FX_RNN.format("GRU", "gru") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
+    **{(flow, layer): _FX_ATTENTION.format(layer.__name__)
+       for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK) for layer in FX_ATTENTION_LEAVES},
     (Flow.ORT_QDQ, nn.LSTM):
         "ONNX Runtime's quantize_static has no int8 LSTM: its quantize_dynamic makes the LSTM a "
         "DynamicQuantizeLSTM (int8 weights, activations quantized at run time) in the static graph",
@@ -46,12 +58,6 @@ LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str] = {
     (Flow.PT2E_XNNPACK, nn.GRU): "the XNNPACK quantizer annotates no aten.gru: XNNPACK runs its "
                                  "matrix products in fp32",
     (Flow.ORT_QDQ, nn.GRU): "ONNX Runtime quantizes no GRU, statically or dynamically",
-    **{(flow, layer): f"torch.ao FX takes torch.nn's {layer.__name__} as one leaf module it does "
-                      "not trace into: it stays float (mode = \"dynamic\" quantizes its Linears "
-                      "for TorchScript; onnx-int8 and executorch-xnnpack quantize them statically)"
-       for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
-       for layer in (nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
-                     nn.TransformerDecoderLayer, nn.MultiheadAttention)},
 }
 
 

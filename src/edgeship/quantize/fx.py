@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from edgeship.engines import quantized_engine
-from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT
+from edgeship.quantize.attention import dynamic_linears_in_attention
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES, LEFT_FLOAT
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
@@ -86,7 +87,9 @@ class FxFlow(QuantFlow):
         mapping.set_object_type(nn.Embedding, None)
         for (flow, layer_type) in DYNAMIC_IN_STATIC:
             if flow is self.flow:  # static kernels it has none of, dynamic ones it has
-                mapping.set_object_type(layer_type, default_dynamic_qconfig)
+                # (attention leaves: none that FX converts either; their Linears after it, `convert`)
+                mapping.set_object_type(layer_type, None if layer_type in FX_ATTENTION_LEAVES
+                                        else default_dynamic_qconfig)
         for (flow, layer_type) in LEFT_FLOAT:
             if flow is self.flow:  # leaves FX does not trace into: observed whole, QAT's convert fails
                 mapping.set_object_type(layer_type, None)
@@ -127,6 +130,7 @@ class FxFlow(QuantFlow):
 
         with quiet_fx_deprecation(), self.engine():
             converted = convert_fx(copy.deepcopy(prepared).eval(), backend_config=self._backend_config())
+            dynamic_linears_in_attention(converted, self.settings.float_layers)
         if self.engine_name == "qnnpack":
             _contiguous_before_clamps(converted)
         return converted
