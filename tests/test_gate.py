@@ -89,3 +89,17 @@ def test_a_run_with_no_device_fails_every_per_device_limit_by_name(report):
         "onnx-int8: latency p90 not measured: the run has no device to measure it on (recipe "
         "`devices` is empty); budgets[0].max_latency_p90_ms 10")
     assert evaluate([Budget(targets=["onnx-int8"], max_size_mb=1)], report).passed  # not per device
+
+
+def test_a_run_on_emulated_devices_only_fails_a_latency_limit_saying_so(report):
+    from edgeship.devices.profile import load_profile
+    from edgeship.report.schema import DeviceFacts
+
+    report.devices = [DeviceFacts.model_validate(load_profile("arm64-emulated").model_dump())]
+    for artifact in report.artifacts:
+        artifact.benchmarks = []
+    gate = evaluate([Budget(targets=["onnx-int8"], max_latency_p90_ms=10)], report)
+    assert [v.message for v in gate.violations] == [
+        "onnx-int8: latency p90 not measured: the run has no device to measure it on (its devices "
+        "are emulated: arm64-emulated; an emulator's timings are not valid); "
+        "budgets[0].max_latency_p90_ms 10"]

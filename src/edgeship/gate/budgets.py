@@ -257,11 +257,14 @@ def _relative(index: int, rule: Regression, artifact: Artifact, bench: Benchmark
 
 
 def _no_device(index: int, limits: dict[str, float], rules: list[Regression], artifact: Artifact,
-               baseline: Report | None, metric: MetricInfo) -> Iterator[Check]:
-    """A per-device limit in a run that measured on no device (`devices = []`): nobody saw the
-    figure, so each limit is a violation naming it (a regression limit without a baseline is
-    skipped, as everywhere)."""
-    why = "not measured: the run has no device to measure it on (recipe `devices` is empty)"
+               baseline: Report | None, report: Report) -> Iterator[Check]:
+    """A per-device limit in a run that measured on no device (`devices = []`, or emulated ones
+    only): nobody saw the figure, so each limit is a violation naming it (a regression limit
+    without a baseline is skipped, as everywhere)."""
+    metric, emulated = report.metric, [d.name for d in report.devices if d.emulated]
+    why = ("not measured: the run has no device to measure it on " +
+           (f"(its devices are emulated: {', '.join(emulated)}; an emulator's timings are not valid)"
+            if emulated else "(recipe `devices` is empty)"))
     for name, limit in limits.items():
         figure, upper = ABSOLUTE[name]
         yield Check(index, artifact.target, None, name, limit, None, Outcome.FAILED,
@@ -332,7 +335,7 @@ def checks(budgets: list[Budget], report: Report, baseline: Report | None = None
                 continue
             benches = _benches(budget, artifact, report)
             if not benches:
-                yield from _no_device(index, device_limits, device_rules, artifact, baseline, report.metric)
+                yield from _no_device(index, device_limits, device_rules, artifact, baseline, report)
             for bench in benches:
                 for name, limit in device_limits.items():
                     yield _absolute(index, name, limit, artifact, bench, ref)
