@@ -218,8 +218,7 @@ def test_stubs_come_from_what_the_wheel_needs_and_a_cpu_build_gets_none(emulated
         pytest.fail("no readelf on this host: install binutils (.ci/run does)")
     cross = _host_readelf(tmp_path / "cross")
     site, sysroot = emulated_cache / "site", emulated_cache / "sysroot"
-    pool = stubs._shared_objects(site, *(sysroot / d for d in stubs.LIBRARY_DIRS))
-    available = {p.name for p in pool} | {p.name for d in stubs.LIBRARY_DIRS for p in (sysroot / d).glob("*.so*")}
+    _, available = stubs.provided(site, sysroot)
     needs = stubs.find_needs(stubs.Binutils(cross), stubs._shared_objects(site / "torch"), available)
     built = json.loads((emulated_cache / "environment.json").read_text())["stubs"]
     assert sorted(needs.by) == built and "libcudart.so.13" in built, (sorted(needs.by), built)

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from edgeship.data import Arrays
-from edgeship.metrics import TaskMetric, builtin, cross_entropy
+from edgeship.metrics import TaskLoss, TaskMetric, builtin, cross_entropy
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantFlow
-from edgeship.quantize.training import LossFn
 
 
 class Scorer:
@@ -29,9 +28,9 @@ class Scorer:
     ranges nor batch norm, and costs no graph copy or train/eval switch per score."""
 
     def __init__(self, flow: QuantFlow, prepared: nn.Module, split: Arrays,
-                 metric: TaskMetric | None = None, loss: LossFn = cross_entropy):
+                 metric: TaskMetric | None = None, loss: TaskLoss | None = None):
         self.flow, self.split = flow, split
-        self.metric, self.loss = metric or builtin("top1"), loss
+        self.metric, self.loss = metric or builtin("top1"), loss or TaskLoss("cross_entropy", cross_entropy)
         self.copy = copy.deepcopy(prepared)
         flow.set_eval(self.copy)
         self.labels = torch.from_numpy(split.labels)
@@ -44,11 +43,8 @@ class Scorer:
 
     def per_sample(self, prepared: nn.Module) -> tuple[float, np.ndarray]:
         """The task metric and each sample's task loss alone (what a paired test compares)."""
-        outputs, inputs = torch.from_numpy(self._outputs(prepared)), self.split.tensors()
-        with torch.no_grad():
-            losses = np.array([float(self.loss(outputs[i:i + 1], self.labels[i:i + 1],
-                                               tuple(x[i:i + 1] for x in inputs))) for i in range(len(self.labels))])
-        return self.metric.score(outputs.numpy(), self.split.labels), losses
+        outputs = self._outputs(prepared)
+        return self.metric.score(outputs, self.split.labels), self.loss.per_sample(outputs, self.split.labels)
 
     def _outputs(self, prepared: nn.Module) -> np.ndarray:
         self.copy.load_state_dict(prepared.state_dict())

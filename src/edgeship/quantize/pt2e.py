@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeship.engines import captures_logged
-from edgeship.quantize.flow import QuantFlow, QuantSettings
+from edgeship.quantize.flow import QuantFlow
 from edgeship.targets import Flow
 
 

@@ -118,12 +118,18 @@ def _version_script(versions: set[str], symbols: dict[tuple[str, str], str]) -> 
     return "\n".join(nodes) + "\n"
 
 
+def provided(site: Path, sysroot: Path) -> tuple[list[Path], set[str]]:
+    """The shared objects the wheels under `site` and the sysroot provide, and every soname
+    available to the loader (the sysroot's soname links included)."""
+    pool = _shared_objects(site, *(sysroot / d for d in LIBRARY_DIRS))
+    return pool, {p.name for p in pool} | {p.name for d in LIBRARY_DIRS for p in (sysroot / d).glob("*.so*")}
+
+
 def build_stubs(cross: Path, site: Path, sysroot: Path, out: Path) -> list[str]:
     """The stubs torch's libraries under `site` need, in `out`; their sonames."""
     tools = Binutils(cross)
     libs = _shared_objects(site / "torch")
-    pool = _shared_objects(site, *(sysroot / d for d in LIBRARY_DIRS))
-    available = {p.name for p in pool} | {p.name for d in LIBRARY_DIRS for p in (sysroot / d).glob("*.so*")}
+    pool, available = provided(site, sysroot)
     needs = find_needs(tools, libs, available)
     if not needs.by:
         return []  # a CPU build: nothing to stand in for
