@@ -179,12 +179,13 @@ def test_a_cluster_nobody_answers_at_fails_at_once_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def tasks_run(tmp_path_factory, demo_run, ray_cluster) -> CliResult:  # noqa: F811
-    """The demo run again with --cluster, from a copy of its run folder without the export and
-    verify entries of its stage cache: calibration and QAT are reused, and every artifact is made
-    again (by a Ray task where its model can travel) and answers the test split in a Ray task."""
+    """The demo run again with --cluster, from a copy of its run folder without the QAT, export
+    and verify entries of its stage cache: calibration is reused, each flow fine-tunes in a Ray
+    task, and every artifact is made again (by a Ray task where its model can travel) and answers
+    the test split in a Ray task."""
     folder = tmp_path_factory.mktemp("tasks")
     shutil.copytree(demo_run.out, folder / "run", symlinks=True)
-    for kind in ("export", "export-files", "verify"):
+    for kind in ("quantize", "qat", "export", "export-files", "verify"):
         shutil.rmtree(folder / "run" / CACHE_DIR / kind)
     recipe = write_recipe(folder, demo_recipe())
     result = run_cli("run", str(recipe), "--cluster", ray_cluster, "--force", out=folder / "run")
@@ -206,12 +207,14 @@ def test_ray_tasks_make_the_files_and_verdicts_of_the_serial_run(tasks_run, demo
             assert artifact["sha256"] == serial[target]["sha256"], target
 
 
-def test_exports_and_verifications_ran_as_ray_tasks(tasks_run):
+def test_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
     stages = {s["name"]: s["detail"] for s in tasks_run.report()["stages"]}
+    assert stages["calibrate"].count("calibration reused") == 4, stages["calibrate"]
+    assert "4 of 4 flows fine-tuned as Ray tasks" in stages["qat"], stages["qat"]
+    assert stages["qat"].count("fine-tuned in a Ray task") == 4, stages["qat"]
     # FX's and PT2E's converted int8 models do not pickle: those three export on the driver
     assert "4 of 7 exports as Ray tasks" in stages["export"], stages["export"]
     assert "7 runs as Ray tasks" in stages["verify"], stages["verify"]
-    assert {s["name"]: s["status"] for s in tasks_run.report()["stages"]}["calibrate"] == "cached"
 
 
 def test_a_task_that_raises_fails_its_item_in_one_line_and_bad_input_stops(ray_cluster):  # noqa: F811

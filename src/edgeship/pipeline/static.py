@@ -1,38 +1,36 @@
 """Static quantization, once per flow for the targets quantized with calibration: calibrate →
 [QAT fine-tune] → convert. A flow whose calibrated (and fine-tuned) state is in the stage cache
-skips both; a flow that fails fails its targets, and the other flows go on."""
+skips both; a flow that fails fails its targets, and the other flows go on. With a cluster, the
+flows fine-tune at once, each in a Ray task (qat_flow.py); the stage cache is written here."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-import math
-import time
+from collections.abc import Callable
 
 from torch import nn
 
+from edgeship.cluster import TaskFailed
 from edgeship.data import Arrays
+from edgeship.factories import teacher_digest
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.post_training import against_post_training, candidate
-from edgeship.pipeline.stages import StageNotes, each
+from edgeship.pipeline.qat_flow import Elsewhere, QatJob, fine_tune_flow, qat_task, restored
+from edgeship.pipeline.stages import StageNotes, describe, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
-from edgeship.factories import teacher_digest
 from edgeship.quantize import calibrate as calibration
-from edgeship.quantize.best_state import BestState, Scorer
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.distributed_ray import finetune_on_ray
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
-from edgeship.quantize.qat import finetune as qat_finetune
-from edgeship.quantize.qat_probe import run_probe
-from edgeship.quantize.qat_settings import Chosen, choices, probe_needed, resolved
 from edgeship.recipe import QATSection
-from edgeship.report.analysis import qat_outcome
-from edgeship.report.schema import QatEpoch, QatHistory, QatProbe, QuantizationDetails
+from edgeship.report.schema import QatHistory, QuantizationDetails
 from edgeship.targets import Flow
 
 
@@ -72,7 +70,7 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: F
                  *_teacher_key(recipe))
     captured = qf.capture(model, examples, qat=ctx.plan.qat)
     state = ctx.cache.load_state("quantize", key)
-    prepared = _restored(qf, captured, examples, state, qat=ctx.plan.qat)
+    prepared = restored(qf, captured, examples, state, qat=ctx.plan.qat)
     if prepared is None:
         prepared = _calibrated(ctx, loaded, float_model, qf, captured, key, notes)
         return Calibrated(qf, prepared, key, True, required)
@@ -93,31 +91,16 @@ def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, qf: Qu
         "calibrated", float_model.key, qf.flow, sorted(qf.settings.float_layers),
         recipe.quantization.model_dump(mode="json", exclude={"qat"}), recipe.data.batch_size, recipe.seed,
         _QCONFIG)
-    restored = _restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", start),
-                         qat=True) if qat else None
-    if restored is not None:
+    reused = restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", start),
+                      qat=True) if qat else None
+    if reused is not None:
         notes.append(f"{qf.flow.value} calibration reused")
-        return restored
+        return reused
     prepared = calibration.calibrate(
         qf, float_model.module, loaded.examples, loaded.splits.calibration,
         batches=recipe.quantization.calibration_batches, batch_size=recipe.data.batch_size, qat=qat,
         progress=ctx.progress, captured=captured)
     ctx.cache.store_state("calibrated" if qat else "quantize", start, prepared)
-    return prepared
-
-
-def _restored(qf: QuantFlow, captured: nn.Module, examples: tuple, state: dict | None, *,
-              qat: bool) -> nn.Module | None:
-    """A prepared graph holding a cached state, in eval form as calibration leaves it; None
-    without a state, or for one another edgeship's quantizer configuration made (a miss)."""
-    if state is None:
-        return None
-    prepared = qf.prepare_captured(captured, examples, qat=qat)
-    try:
-        prepared.load_state_dict(state)
-    except RuntimeError:  # its observers differ from this configuration's: calibrate again
-        return None
-    qf.set_eval(prepared)
     return prepared
 
 
@@ -133,8 +116,9 @@ def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
     else:
         split = functools.cache(lambda: _scoring_split(loaded))  # stacked once, if a flow trains
         with ctx.log.stage("qat") as notes:
+            sent = _sent_to_cluster(ctx, loaded, float_model, calibrated, split, notes)
             tuned = each(calibrated.ok.items(),
-                         lambda flow, c: (_finetune(ctx, loaded, float_model, c, split(), notes)
+                         lambda flow, c: (_finetune(ctx, loaded, float_model, c, split(), notes, sent.get(flow))
                                           if c.fresh else c),
                          _failed(ctx, "qat"))
             notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
@@ -155,58 +139,58 @@ def _scoring_split(loaded: Loaded) -> tuple[str, Arrays]:
 
 
 def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
-              split: tuple[str, Arrays], notes: StageNotes) -> Calibrated:
-    """Trains `c.prepared` in place and leaves its best-scoring state in it."""
-    recipe, name = ctx.recipe, c.flow.flow.value
-    # QAT's seconds: everything here but the probe's own (it leaves out the fine-tune's costs
-    # it pays first: the epoch-0 score and the switch into training form)
-    run, started = None, time.perf_counter()
-    scorer = Scorer(c.flow, c.prepared, split[1], ctx.metric, ctx.loss)
-    calibrated = scorer(c.prepared)  # QAT's epoch 0 and the probe's baseline: scored once
-    qat, chosen, probe = _settings(ctx, loaded, float_model, c, scorer, calibrated[1], notes)
-    tracker = BestState(c.flow, c.prepared, split[1], scorer)
-    tracker.score(0, accuracy=calibrated[0])  # the probe restored the calibrated state
-    if qat.distributed is None:
-        loss = qat_finetune(c.flow, c.prepared, loaded.splits.train, qat=qat,
-                            batch_size=recipe.data.batch_size, seed=recipe.seed,
-                            teacher=loaded.qat_teacher or float_model.module, progress=ctx.progress,
-                            on_epoch_end=tracker.score, task_loss=ctx.loss)
-        notes.append(f"{name} loss {loss:.4f}")
-    else:  # the workers train; the parent scores what they give back against calibration
-        with_qat = recipe.quantization.model_copy(update={"qat": qat})
-        with ctx.folder.temporary() as scratch:
-            train = finetune_on_ray if qat.distributed.engine == "ray" else finetune_distributed
-            run = train(c.flow, c.prepared, float_model.module, loaded.examples,
-                        recipe.model_copy(update={"quantization": with_qat}), scratch, log=ctx.progress.log)
-        tracker.score(qat.epochs, run["loss"])
-        ranks = f"{run['processes']} Ray workers" if qat.distributed.engine == "ray" else f"{run['processes']} processes"
-        notes.append(f"{name} loss {run['loss']:.4f} on {ranks} ({run['backend']})")
-    seconds, shipped = time.perf_counter() - started - (probe.seconds if probe else 0.0), tracker.restore()
-    history = QatHistory(split=split[0], shipped_epoch=shipped.epoch,
-                         epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],
-                         settings={k: dataclasses.asdict(v) for k, v in chosen.items()},
-                         probe=probe, train_seconds=round(seconds, 2))
-    notes.append(f"{name} {qat_outcome(history, ctx.metric.info)}")
+              split: tuple[str, Arrays], notes: StageNotes, task=None) -> Calibrated:
+    """Trains `c.prepared` in place (or takes what its Ray `task` trained) and leaves its
+    best-scoring state in it."""
+    if task is not None:
+        done = ctx.tasks.result(task)
+        if isinstance(done, TaskFailed):
+            raise done
+        c.prepared.load_state_dict(done["state"])
+        c.flow.set_eval(c.prepared)
+        notes.extend([*done["notes"], f"{c.flow.flow.value} fine-tuned in a Ray task"])
+        return dataclasses.replace(c, qat_history=done["history"])
+    history, run = fine_tune_flow(c.flow, c.prepared, _job(ctx, loaded, float_model, split), ctx.progress,
+                                  notes, _elsewhere(ctx, loaded, float_model, c))
     return dataclasses.replace(c, qat_distributed=run, qat_history=history)
 
 
-def _settings(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated, scorer: Scorer,
-              calibrated_loss: float, notes: StageNotes) -> tuple[QATSection, dict[str, Chosen], QatProbe | None]:
-    """QAT's knobs: the recipe's, the probe's learning rate (and optimizer) when the recipe
-    leaves the rate out, and defaults for the rest."""
-    qat, probe, probed = ctx.recipe.quantization.qat, None, None
-    if probe_needed(qat):
-        found = run_probe(c.flow, c.prepared, loaded.splits.train, scorer, qat=qat,
-                          batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
-                          teacher=loaded.qat_teacher or float_model.module, calibrated_loss=calibrated_loss)
-        probe = QatProbe(steps=found.steps, seconds=round(found.seconds, 2),
-                         calibrated_loss=found.calibrated_loss,
-                         trials=[{k: None if isinstance(v, float) and not math.isfinite(v) else v  # diverged
-                                  for k, v in dataclasses.asdict(t).items()} for t in found.trials])
-        probed = (found.chosen.optimizer, found.chosen.lr)
-        notes.append(f"{c.flow.flow.value} probe chose {probed[0]} lr {probed[1]:g} in {found.seconds:.1f} s")
-    chosen = choices(qat, probed)
-    return resolved(qat, chosen), chosen, probe
+def _job(ctx: RunContext, loaded: Loaded, float_model: FloatModel, split: tuple[str, Arrays]) -> QatJob:
+    return QatJob(ctx.recipe, loaded.splits.train, split, ctx.metric, ctx.loss,
+                  loaded.qat_teacher or float_model.module)
+
+
+def _elsewhere(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated) -> Elsewhere | None:
+    """With `qat.distributed`: QAT on its own workers (torchrun or Ray Train), given the resolved
+    QAT section."""
+    recipe = ctx.recipe
+    if recipe.quantization.qat.distributed is None:
+        return None
+
+    def train(qat: QATSection) -> dict:
+        with_qat = recipe.quantization.model_copy(update={"qat": qat})
+        with ctx.folder.temporary() as scratch:
+            run = finetune_on_ray if qat.distributed.engine == "ray" else finetune_distributed
+            return run(c.flow, c.prepared, float_model.module, loaded.examples,
+                       recipe.model_copy(update={"quantization": with_qat}), scratch, log=ctx.progress.log)
+    return train
+
+
+def _sent_to_cluster(ctx: RunContext, loaded: Loaded, float_model: FloatModel, calibrated: Results[Flow, Calibrated],
+                     split: Callable[[], tuple[str, Arrays]], notes: StageNotes) -> dict:
+    """With a cluster, each flow that trains in this process otherwise fine-tunes in a Ray task,
+    all at once (distributed QAT has its own workers): {flow: its task}."""
+    fresh = {f: c for f, c in calibrated.ok.items() if c.fresh}
+    if ctx.tasks is None or ctx.recipe.quantization.qat.distributed is not None or not fresh:
+        return {}
+    job, sent = ctx.tasks.put(_job(ctx, loaded, float_model, split())), {}
+    for flow, c in fresh.items():
+        task = ctx.tasks.submit(qat_task, (c.flow, float_model.module, loaded.examples,
+                                           copy.deepcopy(c.prepared.state_dict()), job),
+                                describe) if job is not None else None
+        sent.update({flow: task} if task is not None else {})
+    notes.append(f"{len(sent)} of {len(fresh)} flows fine-tuned as Ray tasks")
+    return sent
 
 
 def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
