@@ -116,11 +116,14 @@ def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
     else:
         split = functools.cache(lambda: _scoring_split(loaded))  # stacked once, if a flow trains
         with ctx.log.stage("qat") as notes:
+            before = ctx.tasks.task_seconds if ctx.tasks else 0.0
             sent = _sent_to_cluster(ctx, loaded, float_model, calibrated, split, notes)
             tuned = each(calibrated.ok.items(),
                          lambda flow, c: (_finetune(ctx, loaded, float_model, c, split(), notes, sent.get(flow))
                                           if c.fresh else c),
                          _failed(ctx, "qat"))
+            if sent:
+                notes.append(f"{ctx.tasks.task_seconds - before:.1f} task-seconds on the cluster")
             notes.cached = bool(tuned.ok) and not any(c.fresh for c in tuned.ok.values())
     for c in (c for c in tuned.ok.values() if c.fresh and ctx.plan.qat):  # else: cached at calibration
         ctx.cache.store_state("quantize", c.key, c.prepared)
