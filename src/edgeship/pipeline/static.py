@@ -5,7 +5,6 @@ flows fine-tune at once, each in a Ray task (qat_flow.py); the stage cache is wr
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -189,7 +188,7 @@ def _sent_to_cluster(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c
     job, sent = ctx.tasks.put(_job(ctx, loaded, float_model, split())), {}
     for flow, c in fresh.items():
         task = ctx.tasks.submit(qat_task, (c.flow, float_model.module, loaded.examples,
-                                           copy.deepcopy(c.prepared.state_dict()), job),
+                                           c.prepared.state_dict(), job),
                                 describe) if job is not None else None
         sent.update({flow: task} if task is not None else {})
     notes.append(f"{len(sent)} of {len(fresh)} flows fine-tuned as Ray tasks")

@@ -57,18 +57,21 @@ class SplitProjectionAttention(QuantizableAttention):
         return split
 
 
-def split_projections(model: nn.Module) -> None:
-    """Every nn.MultiheadAttention below `model` rebuilt in place as SplitProjectionAttention,
-    so that quantize_dynamic finds its projections."""
-    for name, attention in [(n, m) for n, m in model.named_modules() if type(m) is nn.MultiheadAttention]:
+def split_projections(model: nn.Module) -> nn.Module:
+    """`model` with every nn.MultiheadAttention in it (itself included) rebuilt as
+    SplitProjectionAttention, so that quantize_dynamic finds its projections."""
+    if type(model) is nn.MultiheadAttention:
+        return SplitProjectionAttention.of(model)
+    for name, attention in [(n, m) for n, m in model.named_modules() if n and type(m) is nn.MultiheadAttention]:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, SplitProjectionAttention.of(attention))
+    return model
 
 
-def dynamic_linears_in_attention(converted: nn.Module, float_layers: frozenset[str]) -> list[str]:
+def dynamic_linears_in_attention(converted: nn.Module, float_layers: frozenset[str]) -> None:
     """Every Linear inside the outermost transformer leaves of `converted` (an FX-converted model),
     attention projections included, dynamically quantized in place, unless the recipe keeps the
-    leaf float; returns the leaves' names."""
+    leaf float."""
     from torch.ao.quantization import quantize_dynamic
 
     leaves: list[str] = []
@@ -76,9 +79,7 @@ def dynamic_linears_in_attention(converted: nn.Module, float_layers: frozenset[s
         if isinstance(module, FX_ATTENTION_LEAVES) and not any(name.startswith(f"{leaf}.") for leaf in leaves):
             leaves.append(name)
     for name in (n for n in leaves if n not in float_layers):
-        if type(converted.get_submodule(name)) is nn.MultiheadAttention:  # a leaf itself
-            parent, _, child = name.rpartition(".")
-            setattr(converted.get_submodule(parent), child, SplitProjectionAttention.of(converted.get_submodule(name)))
-        split_projections(converted.get_submodule(name))
-        quantize_dynamic(converted.get_submodule(name), {nn.Linear}, inplace=True)
-    return leaves
+        parent, _, child = name.rpartition(".")
+        leaf = split_projections(converted.get_submodule(name))
+        setattr(converted.get_submodule(parent), child, leaf)
+        quantize_dynamic(leaf, {nn.Linear}, inplace=True)

@@ -37,8 +37,7 @@ def torch_ao_dynamic(model: nn.Module, engine: str) -> nn.Module:
     projections too (attention.py)."""
     from torch.ao.quantization import quantize_dynamic
 
-    model = copy.deepcopy(model).eval()
-    split_projections(model)
+    model = split_projections(copy.deepcopy(model).eval())
     with quiet_fx_deprecation(), quantized_engine(engine):
         return quantize_dynamic(model, DYNAMIC_TYPES)
 
