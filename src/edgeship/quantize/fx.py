@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.quantize.attention import dynamic_linears_in_attention
-from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES, LEFT_FLOAT
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.targets import Flow
 
@@ -87,12 +87,10 @@ class FxFlow(QuantFlow):
         mapping.set_object_type(nn.Embedding, None)
         for (flow, layer_type) in DYNAMIC_IN_STATIC:
             if flow is self.flow:  # static kernels it has none of, dynamic ones it has
-                # (attention leaves: none that FX converts either; their Linears after it, `convert`)
+                # (attention leaves: none that FX converts, and observed whole QAT's convert fails;
+                # their Linears after it, in `convert`)
                 mapping.set_object_type(layer_type, None if layer_type in FX_ATTENTION_LEAVES
                                         else default_dynamic_qconfig)
-        for (flow, layer_type) in LEFT_FLOAT:
-            if flow is self.flow:  # leaves FX does not trace into: observed whole, QAT's convert fails
-                mapping.set_object_type(layer_type, None)
         for name in self.settings.float_layers:
             mapping.set_module_name(name, None)
         return mapping
