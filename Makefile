@@ -16,8 +16,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edgeship demo --out runs/demo --force
 
+# pytest-xdist workers; each test file stays on one worker (its module fixtures run once).
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest --ignore=tests/perf $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/perf -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	mkdir -p runs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -158,6 +159,12 @@ def test_sleep(benchmark):
 """
 
 
+def _outer_pytest_unset() -> dict[str, str]:
+    """This environment without what pytest-xdist sets for its workers, which the inner pytest's
+    benchmark plugin reads as "benchmarks under xdist" and does not run."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+
+
 @pytest.mark.parametrize("limit, fails", [("median:5%", True), ("median:1000000%", False)])
 def test_a_pytest_run_compares_with_an_edgeship_file(measured, tmp_path, limit, fails):
     """--benchmark-compare pairs benchmarks by fullname: the edgeship entry is renamed to the
@@ -171,7 +178,7 @@ def test_a_pytest_run_compares_with_an_edgeship_file(measured, tmp_path, limit, 
                            "test_dummy.py", f"--benchmark-compare={saved}",
                            f"--benchmark-compare-fail={limit}", "--benchmark-columns=median",
                            "--benchmark-time-unit=us"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_outer_pytest_unset())
     out = proc.stdout + proc.stderr
     assert "Comparing against benchmarks from" in out, out
     # the table's row for the saved run shows edgeship's measured median
