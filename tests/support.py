@@ -63,8 +63,8 @@ class CliResult:
 
 
 def run_cli(*args: str, out: Path | None = None, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> CliResult:
-    argv = [*EDGESHIP, *args] + (["--out", str(out), "--quiet"] if out else [])
+            env: dict[str, str] | None = None, quiet: bool = True) -> CliResult:
+    argv = [*EDGESHIP, *args] + (["--out", str(out)] + ["--quiet"] * quiet if out else [])
     env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=1200)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, out or Path())

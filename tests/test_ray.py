@@ -6,6 +6,7 @@ the same files and verdicts as the serial run."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -188,7 +189,7 @@ def tasks_run(tmp_path_factory, demo_run, ray_cluster) -> CliResult:  # noqa: F8
     for kind in ("quantize", "qat", "export", "export-files", "verify"):
         shutil.rmtree(folder / "run" / CACHE_DIR / kind)
     recipe = write_recipe(folder, demo_recipe())
-    result = run_cli("run", str(recipe), "--cluster", ray_cluster, "--force", out=folder / "run")
+    result = run_cli("run", str(recipe), "--cluster", ray_cluster, "--force", out=folder / "run", quiet=False)
     assert result.code == 0, result.stderr[-3000:]
     return result
 
@@ -212,6 +213,10 @@ def test_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
     assert stages["calibrate"].count("calibration reused") == 4, stages["calibrate"]
     assert "4 of 4 flows fine-tuned as Ray tasks" in stages["qat"], stages["qat"]
     assert stages["qat"].count("fine-tuned in a Ray task") == 4, stages["qat"]
+    # each task's training shows on the driver as in a serial run (in a log: one line per bar)
+    bars = re.findall(r"^  QAT (\S+) \((\d+) steps\)$", tasks_run.stderr, re.M)
+    assert sorted(flow for flow, _ in bars) == ["fx-fbgemm", "fx-qnnpack", "ort-qdq", "pt2e-xnnpack"], bars
+    assert len({steps for _, steps in bars}) == 1 and int(bars[0][1]) > 0, bars
     # FX's and PT2E's converted int8 models do not pickle: those three export on the driver
     assert "4 of 7 exports as Ray tasks" in stages["export"], stages["export"]
     assert "7 runs as Ray tasks" in stages["verify"], stages["verify"]
@@ -261,9 +266,12 @@ def test_a_model_class_from_the_users_own_file_travels_to_the_tasks(tmp_path, ra
     (tmp_path / "nets.py").write_text(USER_NET)
     recipe = demo_recipe(targets=["onnx-int8"], budgets=[])
     recipe["model"]["factory"] = "nets.py:net"
-    recipe["quantization"]["qat"]["enabled"] = False
+    recipe["quantization"]["qat"] = {"enabled": True, "epochs": 1, "lr": 0.0001}  # no probe: one short task
+    # --quiet (run_cli's): the task's progress goes nowhere, and the task still travels
     result = run_cli("run", str(write_recipe(tmp_path, recipe)), "--cluster", ray_cluster, out=tmp_path / "run")
     assert result.code == 0, result.stderr[-3000:]
     report = result.report()
     assert [a["status"] for a in report["artifacts"]] == ["ok", "ok"]  # onnx-int8 and its twin
-    assert "2 of 2 exports as Ray tasks" in {s["name"]: s["detail"] for s in report["stages"]}["export"]
+    stages = {s["name"]: s["detail"] for s in report["stages"]}
+    assert "1 of 1 flows fine-tuned as Ray tasks" in stages["qat"], stages["qat"]
+    assert "2 of 2 exports as Ray tasks" in stages["export"], stages["export"]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from edgeship.errors import DeviceError, UserError
+from edgeship.progress import Forwarded, Progress, Relayed
 
 INSTALL = "pip install 'edgeship[ray]'"
 
@@ -88,11 +89,43 @@ class Tasks:
     """Work sent to the cluster as Ray tasks, each placed wherever a node has a CPU free; results
     are taken back in any order the caller likes, while the driver does other work."""
 
-    def __init__(self, cluster: dict, by_value: str) -> None:
+    def __init__(self, cluster: dict, by_value: str, progress: Progress | None = None) -> None:
         self.cluster = cluster
         self.by_value = by_value  # the prefix of modules no worker can import: they travel as code
         self.task_seconds = 0.0  # the tasks' own seconds, summed: against a stage's wall time, the overlap
         self._call = None
+        self._relayed = Relayed(progress or Progress(enabled=False))
+        self._relaying = self._relayed.progress.enabled
+        self._queue = None  # the tasks' progress events, for the driver to show
+
+    def forwarded(self) -> Progress:
+        """A progress for a task: what it shows, the driver shows as its own (its bars drawn while
+        the driver waits in `result`). Events travel through a Ray queue on the driver's node."""
+        if self._relaying and self._queue is None:
+            import ray
+            from ray.util.queue import Queue
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            try:
+                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+                self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+            except Exception:  # noqa: BLE001 - progress never fails the run: the tasks go on unseen
+                self._relaying = False
+        # sends nothing when the driver shows nothing (a Progress cannot travel: it holds a console)
+        return Forwarded(_Sender(self._queue if self._relaying else None))
+
+    def _show_forwarded(self) -> None:
+        """The tasks' progress events so far, shown; progress that cannot be read is not shown
+        (it never fails the run)."""
+        if self._queue is None:
+            return
+        try:
+            events = self._queue.get_nowait_batch(self._queue.qsize())
+        except Exception:  # noqa: BLE001 - the queue's actor is gone with its node
+            self._queue, self._relaying = None, False
+            return
+        for event in events:
+            self._relayed.show(event)
 
     def _modules_by_value(self) -> None:
         """A user's model class from their own file, unknown to the workers, is pickled with its
@@ -127,11 +160,21 @@ class Tasks:
         except Exception:  # noqa: BLE001 - as in put
             return None
 
+    def submit_each(self, fn: Callable, args: dict, describe: Callable[[BaseException], str]) -> dict:
+        """`fn(*args[key])` as a task for each key, all at once: {key: its reference}, without the
+        keys whose arguments cannot travel (the caller does that work itself)."""
+        sent = {key: self.submit(fn, each, describe) for key, each in args.items()}
+        return {key: ref for key, ref in sent.items() if ref is not None}
+
     def result(self, ref) -> object:
         """A task's value, or the TaskFailed it ended with; its UserError is raised here."""
         import ray
 
         try:
+            with self._relayed.live():
+                while not ray.wait([ref], timeout=0.2)[0]:
+                    self._show_forwarded()
+            self._show_forwarded()  # a task's last events are sent before it returns
             status, value, took = ray.get(ref)
         except ray.exceptions.RayError as e:  # the task's node or worker went away
             said = [line for line in str(e).strip().splitlines() if line.strip()]
@@ -140,6 +183,22 @@ class Tasks:
         if status == "user":
             raise UserError(value)
         return TaskFailed(value) if status == "failed" else value
+
+
+class _Sender:
+    """A task's Forwarded events into the driver's queue; when that fails (the driver's node is
+    gone), the task goes on without showing its progress."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def __call__(self, event: tuple) -> None:
+        if self.queue is None:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except Exception:  # noqa: BLE001 - progress never fails the work
+            self.queue = None
 
 
 def _call(fn: Callable, describe: Callable[[BaseException], str], *args: object) -> tuple[str, object, float]:

@@ -6,12 +6,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.formats.artifact import Exporter
 from edgeship.targets import Format, Target
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgeship.quantize.flow import QuantSettings
+
+
+class StaticQuantizer(Protocol):
+    """Where the format's own runtime quantizes (a flow with quantizes_at_export): from the
+    calibration inputs, the recipe's settings, how many samples to calibrate on and whether every
+    device is ARM64, the exporter that quantizes the float model, and what it chose, for the
+    report."""
+
+    def __call__(self, calibration: tuple[np.ndarray, ...], settings: QuantSettings, samples: int, *,
+                 arm: bool = False) -> tuple[Exporter, dict]: ...
 
 
 @dataclass(frozen=True)
@@ -35,11 +51,7 @@ class FormatSpec:
     unsupported_layers: Mapping[type[nn.Module], str]
     # int8 weights are packed for one torch quantized engine: the runner must set it before load
     packs_for_engine: bool = False
-    # Where the format's own runtime quantizes (a flow with quantizes_at_export): from the
-    # calibration inputs, the recipe's settings, how many samples to calibrate on and (keyword
-    # `arm`) whether every device is ARM64, the exporter that quantizes the float model, and what
-    # it chose, for the report
-    quantize_static: Callable[..., tuple[Exporter, dict]] | None = None
+    quantize_static: StaticQuantizer | None = None
 
     def torch_engine(self, target: Target) -> str | None:
         """The torch quantized engine `target`'s artifact is packed for, or None."""

@@ -75,15 +75,15 @@ def _sent_to_cluster(ctx: RunContext, examples: tuple, sources: dict[str, Source
     exported here while the tasks run. The tasks' files come back to be written here."""
     if ctx.tasks is None:
         return {}
-    shared_examples, modules, sent = ctx.tasks.put(examples), {}, {}
-    for name in missing:
+    shared_examples, modules = ctx.tasks.put(examples), {}
+    for name in missing:  # each model in the object store once, however many targets export it
         module = sources[name].module
         if id(module) not in modules:
             modules[id(module)] = ctx.tasks.put(module)
-        if modules[id(module)] is not None and shared_examples is not None:
-            task = ctx.tasks.submit(made_files, (sources[name].export, modules[id(module)], shared_examples, name),
-                                    describe)
-            sent.update({name: task} if task is not None else {})
+    travel = {name: modules[id(sources[name].module)] for name in missing}
+    sent = ctx.tasks.submit_each(made_files, {
+        name: (sources[name].export, module, shared_examples, name) for name, module in travel.items()
+        if module is not None and shared_examples is not None}, describe)
     if missing:
         notes.append(f"{len(sent)} of {len(missing)} exports as Ray tasks")
     return sent

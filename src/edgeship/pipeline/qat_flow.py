@@ -109,14 +109,15 @@ def restored(flow: QuantFlow, captured: nn.Module, examples: tuple, state: dict 
     return prepared
 
 
-def qat_task(flow: QuantFlow, model: nn.Module, examples: tuple, calibrated: dict, job: QatJob) -> dict:
+def qat_task(flow: QuantFlow, model: nn.Module, examples: tuple, calibrated: dict, job: QatJob,
+             progress: Progress) -> dict:
     """A Ray task: the flow's QAT from its calibrated state; the state it ends with (the best),
-    its history and what it said. It computes on the one CPU Ray gives it (Ray sets its thread
-    count): given the driver's two threads, two such tasks on a 2-core machine trained 20 times
-    slower, and on the demo one thread gives the serial run's weights bit for bit (the same
-    artifact hashes). A model whose float sums depend on the thread count can differ in the last
+    its history and what it said; `progress` shows its bar on the driver. It computes on the one
+    CPU Ray gives it (Ray sets its thread count): given the driver's two threads, two such tasks on
+    a 2-core machine trained 20 times slower, and on the demo one thread gives the serial run's
+    weights bit for bit (the same artifact hashes). A model whose float sums depend on the thread count can differ in the last
     bits from a serial run."""
     prepared = restored(flow, flow.capture(model, examples, qat=True), examples, calibrated, qat=True)
     notes: list[str] = []
-    history, _ = fine_tune_flow(flow, prepared, job, Progress(enabled=False), notes)
+    history, _ = fine_tune_flow(flow, prepared, job, progress, notes)
     return {"state": prepared.state_dict(), "history": history, "notes": notes}

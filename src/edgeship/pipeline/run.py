@@ -119,8 +119,8 @@ def _join_cluster(recipe: Recipe, progress: Progress) -> Tasks | None:
     go there as Ray tasks, and QAT with engine = "ray" trains there."""
     if recipe.cluster is None:
         return None
-    tasks = Tasks(connect(recipe.cluster.address, progress.log), by_value=USER_MODULE_PREFIX)
-    progress.log("  export and verify run as Ray tasks on the cluster; the driver writes the run folder")
+    tasks = Tasks(connect(recipe.cluster.address, progress.log), by_value=USER_MODULE_PREFIX, progress=progress)
+    progress.log("  QAT, export and verify run as Ray tasks on the cluster; the driver writes the run folder")
     return tasks
 
 

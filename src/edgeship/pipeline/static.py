@@ -185,12 +185,10 @@ def _sent_to_cluster(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c
     fresh = {f: c for f, c in calibrated.ok.items() if c.fresh}
     if ctx.tasks is None or ctx.recipe.quantization.qat.distributed is not None or not fresh:
         return {}
-    job, sent = ctx.tasks.put(_job(ctx, loaded, float_model, split())), {}
-    for flow, c in fresh.items():
-        task = ctx.tasks.submit(qat_task, (c.flow, float_model.module, loaded.examples,
-                                           c.prepared.state_dict(), job),
-                                describe) if job is not None else None
-        sent.update({flow: task} if task is not None else {})
+    job = ctx.tasks.put(_job(ctx, loaded, float_model, split()))
+    sent = ctx.tasks.submit_each(qat_task, {
+        flow: (c.flow, float_model.module, loaded.examples, c.prepared.state_dict(), job, ctx.tasks.forwarded())
+        for flow, c in fresh.items()}, describe) if job is not None else {}
     notes.append(f"{len(sent)} of {len(fresh)} flows fine-tuned as Ray tasks")
     return sent
 

@@ -188,10 +188,10 @@ def _sent_to_cluster(ctx: RunContext, exported: dict[str, Exported], missing: li
     if ctx.tasks is None or not missing:
         return {}
     shared = ctx.tasks.put(inputs.read_bytes())
-    sent = {n: ctx.tasks.submit(answers, ({f.name: f.read_bytes() for f in exported[n].artifact.files},
-                                          exported[n].artifact.path.name, n, shared, batch_size), describe)
-            for n in missing}
-    notes.append(f"{len(missing)} runs as Ray tasks")
+    sent = ctx.tasks.submit_each(answers, {
+        n: ({f.name: f.read_bytes() for f in exported[n].artifact.files}, exported[n].artifact.path.name, n,
+            shared, batch_size) for n in missing}, describe)
+    notes.append(f"{len(sent)} runs as Ray tasks")
     return sent
 
 

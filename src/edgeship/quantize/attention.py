@@ -54,6 +54,7 @@ class SplitProjectionAttention(QuantizableAttention):
         for module in split.modules():  # from_float's prepare set None on each: quantize_dynamic
             module.__dict__.pop("qconfig", None)  # would read it as "leave float"
         split.__class__ = cls
+        split.in_proj_weight = split.in_proj_bias = None  # nn.MultiheadAttention's, unused: freshly random
         return split
 
 
