@@ -4,12 +4,11 @@ split it never trains on, and the best state ships — the calibrated one when f
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 
-from edgeship.data import Splits, stack
+from edgeship.data import stack
 from edgeship.examples import digits
 from edgeship.progress import Progress
 from edgeship.quantize.best_state import BestState

@@ -27,7 +27,6 @@ from edgeship.environment import environment
 from edgeship.examples.mobilenet import mobilenet_v2, splits
 from edgeship.progress import Progress
 from edgeship.quantize.training import train
-from edgeship.targets import get_target
 from peers import INT8, PEER_OF, edgeship_artifact, peer_artifact
 
 ROUNDS, CALLS = 7, 30
