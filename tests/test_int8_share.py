@@ -23,6 +23,7 @@ from edgeship.report.schema import Int8Share, Report
 from edgeship.report.writers import markdown, mostly_float, rows
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
+from edgeship.quantize.recurrent import quantizable_lstms
 from edgeship.targets import Flow, Format, get_target
 from peers import edgeship_export
 
@@ -109,11 +110,23 @@ def _lstm_share(name: str, folder: Path) -> Int8Share:
     return Int8Share.model_validate(edgeship_export(name, model, calibration, folder).details["int8_share"])
 
 
-def test_a_static_lstm_on_xnnpack_is_measured_mostly_float(tmp_path):
-    """The XNNPACK quantizer annotates no LSTM: it stays float, and the artifact says so."""
+def test_a_static_lstm_on_xnnpack_runs_its_matrix_products_int8(tmp_path):
+    """The XNNPACK quantizer annotates no aten.lstm: the flow captures torch.ao's quantizable LSTM
+    instead (the same weights as nn.Linear gates), whose unrolled linears XNNPACK runs int8."""
     share = _lstm_share("executorch-xnnpack", tmp_path)
-    assert share.mostly_float and share.macs_fraction < 0.1, share
-    assert share.float_ops[0].name == "lstm" and share.float_ops[0].macs_fraction > 0.9, share.float_ops
+    assert not share.mostly_float and share.macs_fraction > 0.95, share
+
+
+@pytest.mark.parametrize("lstm", [dict(), dict(num_layers=2, bidirectional=True)])
+def test_the_quantizable_lstm_answers_as_the_lstm_does(lstm):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(10, 24, batch_first=True, **lstm)).eval()
+    rebuilt = quantizable_lstms(model)
+    assert type(rebuilt[0]) is not nn.LSTM and type(model[0]) is nn.LSTM  # a copy; the user's model kept
+    x = torch.randn(3, 7, 10)
+    torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
+    projected = nn.LSTM(10, 24, proj_size=8)
+    assert quantizable_lstms(projected) is not projected and type(quantizable_lstms(projected)) is nn.LSTM
 
 
 @pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))

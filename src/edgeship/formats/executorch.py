@@ -59,7 +59,7 @@ _CONV_5D = ("aten.convolution with 5-D input: XNNPACK does not delegate it and E
 SPEC = FormatSpec(
     format=Format.EXECUTORCH, suffix=".pte", runtime_packages=("numpy", "torch", "executorch"),
     export=export, quantize_dynamic=quantize_dynamic,
-    dynamic_layers="Linear (XNNPACK dynamic fully-connected)",
+    dynamic_layers="Linear, an LSTM's gates included (XNNPACK dynamic fully-connected)",
     unsupported_layers={
         nn.Conv3d: _CONV_5D,
         nn.MaxPool3d: "aten.max_pool3d_with_indices: no ExecuTorch kernel, XNNPACK does not "

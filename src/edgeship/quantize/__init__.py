@@ -8,6 +8,8 @@
 - dynamic.py: int8 weights, activations quantized at run time;
 - prune.py: magnitude pruning before quantization;
 - sensitivity.py: per-layer accuracy cost;  fallback.py: accuracy-aware float layers;
-- float_layers.py: layers a flow cannot make int8 (they stay float);
+- float_layers.py: layers a flow cannot make int8 (they stay float);  attention.py and
+  recurrent.py: torch.nn's attention (FX flows) and LSTM (XNNPACK flow) rebuilt (rebuild.py)
+  so that their matrix products can be int8;
 - training.py: the loop and distillation;  evaluate.py: logits in PyTorch (edgeship.metrics scores them).
 """

@@ -11,12 +11,11 @@ two matrix products (activation x activation) stay float."""
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
 from torch.ao.nn.quantizable import MultiheadAttention as QuantizableAttention
 
 from edgeship.quantize.float_layers import FX_ATTENTION_LEAVES
+from edgeship.quantize.rebuild import from_float_unobserved, rebuilt_each
 
 
 class SplitProjectionAttention(QuantizableAttention):
@@ -46,13 +45,7 @@ class SplitProjectionAttention(QuantizableAttention):
     @classmethod
     def of(cls, attention: nn.MultiheadAttention) -> SplitProjectionAttention:
         """The same weights with separate projections, float (no observers)."""
-        attention.qconfig = None  # from_float wants one; None adds no observer
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*None of the submodule got qconfig applied.*")
-            split = super().from_float(attention)
-        del attention.qconfig
-        for module in split.modules():  # from_float's prepare set None on each: quantize_dynamic
-            module.__dict__.pop("qconfig", None)  # would read it as "leave float"
+        split = from_float_unobserved(super().from_float, attention)
         split.__class__ = cls
         split.in_proj_weight = split.in_proj_bias = None  # nn.MultiheadAttention's, unused: freshly random
         return split
@@ -61,12 +54,7 @@ class SplitProjectionAttention(QuantizableAttention):
 def split_projections(model: nn.Module) -> nn.Module:
     """`model` with every nn.MultiheadAttention in it (itself included) rebuilt as
     SplitProjectionAttention, so that quantize_dynamic finds its projections."""
-    if type(model) is nn.MultiheadAttention:
-        return SplitProjectionAttention.of(model)
-    for name, attention in [(n, m) for n, m in model.named_modules() if n and type(m) is nn.MultiheadAttention]:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, SplitProjectionAttention.of(attention))
-    return model
+    return rebuilt_each(model, nn.MultiheadAttention, SplitProjectionAttention.of)
 
 
 def dynamic_linears_in_attention(converted: nn.Module, float_layers: frozenset[str]) -> None:

@@ -53,8 +53,6 @@ DYNAMIC_IN_STATIC: dict[tuple[Flow, type[nn.Module]], str] = {
 }
 
 LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str] = {
-    (Flow.PT2E_XNNPACK, nn.LSTM): "the XNNPACK quantizer annotates no aten.lstm: XNNPACK runs its "
-                                  "matrix products in fp32",
     (Flow.PT2E_XNNPACK, nn.GRU): "the XNNPACK quantizer annotates no aten.gru: XNNPACK runs its "
                                  "matrix products in fp32",
     (Flow.ORT_QDQ, nn.GRU): "ONNX Runtime quantizes no GRU, statically or dynamically",

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
+from edgeship.quantize.recurrent import quantizable_lstms
 from edgeship.targets import Flow
 
 
@@ -89,6 +90,9 @@ class Pt2eFlow(QuantFlow):
 
 class Pt2eXnnpackFlow(Pt2eFlow):
     flow = Flow.PT2E_XNNPACK
+
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        return super().capture(quantizable_lstms(model), example_inputs, qat=qat)
 
     def quantizer(self, *, qat: bool):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
