@@ -119,8 +119,9 @@ class Tasks:
         (it never fails the run)."""
         if self._queue is None:
             return
-        try:
-            events = self._queue.get_nowait_batch(self._queue.qsize())
+        try:  # each call is a round trip to the queue's actor, every 0.2 s while the driver waits
+            waiting = self._queue.qsize()
+            events = self._queue.get_nowait_batch(waiting) if waiting else []
         except Exception:  # noqa: BLE001 - the queue's actor is gone with its node
             self._queue, self._relaying = None, False
             return
