@@ -180,13 +180,13 @@ def test_a_cluster_nobody_answers_at_fails_at_once_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def tasks_run(tmp_path_factory, demo_run, ray_cluster) -> CliResult:  # noqa: F811
-    """The demo run again with --cluster, from a copy of its run folder without the QAT, export
-    and verify entries of its stage cache: calibration is reused, each flow fine-tunes in a Ray
-    task, and every artifact is made again (by a Ray task where its model can travel) and answers
-    the test split in a Ray task."""
+    """The demo run again with --cluster, from a copy of its run folder with only the float
+    model's entries of its stage cache: each flow calibrates, then fine-tunes, in a Ray task, and
+    every artifact is made again (by a Ray task where its model can travel) and answers the test
+    split in a Ray task."""
     folder = tmp_path_factory.mktemp("tasks")
     shutil.copytree(demo_run.out, folder / "run", symlinks=True)
-    for kind in ("quantize", "qat", "export", "export-files", "verify"):
+    for kind in ("calibrated", "quantize", "qat", "export", "export-files", "verify"):
         shutil.rmtree(folder / "run" / CACHE_DIR / kind)
     recipe = write_recipe(folder, demo_recipe())
     result = run_cli("run", str(recipe), "--cluster", ray_cluster, "--force", out=folder / "run", quiet=False)
@@ -208,9 +208,12 @@ def test_ray_tasks_make_the_files_and_verdicts_of_the_serial_run(tasks_run, demo
             assert artifact["sha256"] == serial[target]["sha256"], target
 
 
-def test_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
+def test_calibration_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
     stages = {s["name"]: s["detail"] for s in tasks_run.report()["stages"]}
-    assert stages["calibrate"].count("calibration reused") == 4, stages["calibrate"]
+    assert "4 of 4 flows calibrated as Ray tasks" in stages["calibrate"], stages["calibrate"]
+    assert stages["calibrate"].count("calibrated in a Ray task") == 4, stages["calibrate"]
+    calibrations = re.findall(r"^  calibrate (\S+) \((\d+) steps\)$", tasks_run.stderr, re.M)
+    assert sorted(flow for flow, _ in calibrations) == ["fx-fbgemm", "fx-qnnpack", "ort-qdq", "pt2e-xnnpack"]
     assert "4 of 4 flows fine-tuned as Ray tasks" in stages["qat"], stages["qat"]
     assert stages["qat"].count("fine-tuned in a Ray task") == 4, stages["qat"]
     # each task's training shows on the driver as in a serial run (in a log: one line per bar)

@@ -88,6 +88,10 @@ class StageCache:
             self._unreadable(path, e)
             return None
 
+    def has_state(self, kind: str, key: str) -> bool:
+        """Whether a state is stored (without reading it: it may still be unreadable)."""
+        return self.read and self._path(kind, key).with_suffix(".pt").is_file()
+
     def store_state(self, kind: str, key: str, module: nn.Module) -> None:
         buffer = io.BytesIO()
         torch.save(module.state_dict(), buffer)

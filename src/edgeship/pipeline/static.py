@@ -1,13 +1,15 @@
 """Static quantization, once per flow for the targets quantized with calibration: calibrate →
 [QAT fine-tune] → convert. A flow whose calibrated (and fine-tuned) state is in the stage cache
 skips both; a flow that fails fails its targets, and the other flows go on. With a cluster, the
-flows fine-tune at once, each in a Ray task (qat_flow.py); the stage cache is written here."""
+flows calibrate and then fine-tune at once, each in a Ray task (qat_flow.py); the stage cache is
+written here."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -50,57 +52,109 @@ def calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
         ctx.log.skipped("calibrate", "no statically quantized int8 target")
         return Results()
     with ctx.log.stage("calibrate") as notes:
-        out = each(((f, float_layers.per_flow.get(f, [])) for f in flows),
-                   lambda flow, chosen: _calibrate(ctx, loaded, float_model, flow, chosen, notes),
+        keyed = each(((f, float_layers.per_flow.get(f, [])) for f in flows),
+                     lambda flow, chosen: _keys(ctx, float_model, flow, chosen), _failed(ctx, "calibrate"))
+        before = ctx.tasks.task_seconds if ctx.tasks else 0.0
+        sent = _calibrations_sent(ctx, loaded, float_model, keyed.ok, notes)
+        out = each(keyed.ok.items(),
+                   lambda flow, keys: _calibrate(ctx, loaded, float_model, keys, notes, sent.get(flow)),
                    _failed(ctx, "calibrate"))
+        out.failed.update(keyed.failed)
+        if sent:
+            notes.append(f"{ctx.tasks.task_seconds - before:.1f} task-seconds on the cluster")
         notes.cached = bool(out.ok) and not any(c.fresh for c in out.ok.values())
     return out
 
 
-def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, flow: Flow,
-               chosen: list[str], notes: StageNotes) -> Calibrated:
-    recipe, q, model, examples = ctx.recipe, ctx.recipe.quantization, float_model.module, loaded.examples
-    required = required_float_layers(model, flow)
+@dataclass(frozen=True)
+class _Keys:
+    """A flow's quantizer in this run and the stage-cache keys of its states."""
+
+    flow: QuantFlow
+    required: dict[str, str]  # layers the flow cannot make int8, and why
+    key: str  # its final state: calibrated, and fine-tuned when QAT runs
+    start: str  # its calibrated state: `key` without QAT, else QAT's starting point
+
+
+def _keys(ctx: RunContext, float_model: FloatModel, flow: Flow, chosen: list[str]) -> _Keys:
+    """With QAT, the calibrated state's key leaves QAT's own settings out: a run killed during
+    QAT, or one with other QAT settings, starts from it instead of calibrating again."""
+    recipe, q = ctx.recipe, ctx.recipe.quantization
+    required = required_float_layers(float_model.module, flow)
     qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
+    float_layers = sorted(qf.settings.float_layers)
     # "best-state": QAT ships its best-scoring epoch; "probe-furthest": the probe's choice rule
     # (states cached before either are not reused)
-    key = digest("quantize", float_model.key, flow, sorted(qf.settings.float_layers), q,
-                 recipe.data.batch_size, recipe.seed, "best-state", "probe-furthest", _QCONFIG,
-                 *_teacher_key(recipe))
-    captured = qf.capture(model, examples, qat=ctx.plan.qat)
-    state = ctx.cache.load_state("quantize", key)
-    prepared = restored(qf, captured, examples, state, qat=ctx.plan.qat)
+    key = digest("quantize", float_model.key, flow, float_layers, q, recipe.data.batch_size, recipe.seed,
+                 "best-state", "probe-furthest", _QCONFIG, *_teacher_key(recipe))
+    start = key if not ctx.plan.qat else digest(
+        "calibrated", float_model.key, flow, float_layers, q.model_dump(mode="json", exclude={"qat"}),
+        recipe.data.batch_size, recipe.seed, _QCONFIG)
+    return _Keys(qf, required, key, start)
+
+
+def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keys: _Keys, notes: StageNotes,
+               task=None) -> Calibrated:
+    """`task`: the Ray task calibrating this flow, if one does."""
+    qf, examples = keys.flow, loaded.examples
+    captured = qf.capture(float_model.module, examples, qat=ctx.plan.qat)
+    prepared = restored(qf, captured, examples, ctx.cache.load_state("quantize", keys.key), qat=ctx.plan.qat)
     if prepared is None:
-        prepared = _calibrated(ctx, loaded, float_model, qf, captured, key, notes)
-        return Calibrated(qf, prepared, key, True, required)
-    notes.append(f"{flow.value} reused")
-    qat = ctx.cache.load_json("qat", key) if ctx.plan.qat else None
+        prepared = _calibrated(ctx, loaded, float_model, keys, captured, notes, task)
+        return Calibrated(qf, prepared, keys.key, True, keys.required)
+    notes.append(f"{qf.flow.value} reused")
+    qat = ctx.cache.load_json("qat", keys.key) if ctx.plan.qat else None
     history = QatHistory.model_validate(qat["history"]) if qat and qat["history"] else None
-    return Calibrated(qf, prepared, key, False, required, qat["distributed"] if qat else None, history)
+    return Calibrated(qf, prepared, keys.key, False, keys.required, qat["distributed"] if qat else None, history)
 
 
-def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, qf: QuantFlow,
-                captured: nn.Module, key: str, notes: StageNotes) -> nn.Module:
-    """`captured` prepared and calibrated, cached as soon as calibration ends. Without QAT that is
-    the flow's final state (under `key`). With QAT it is QAT's starting point, under a key without
-    QAT's own settings: a run killed during QAT, or one with other QAT settings, starts from it
-    instead of calibrating again."""
-    recipe, qat = ctx.recipe, ctx.plan.qat
-    start = key if not qat else digest(
-        "calibrated", float_model.key, qf.flow, sorted(qf.settings.float_layers),
-        recipe.quantization.model_dump(mode="json", exclude={"qat"}), recipe.data.batch_size, recipe.seed,
-        _QCONFIG)
-    reused = restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", start),
-                      qat=True) if qat else None
-    if reused is not None:
-        notes.append(f"{qf.flow.value} calibration reused")
-        return reused
-    prepared = calibration.calibrate(
-        qf, float_model.module, loaded.examples, loaded.splits.calibration,
-        batches=recipe.quantization.calibration_batches, batch_size=recipe.data.batch_size, qat=qat,
-        progress=ctx.progress, captured=captured)
-    ctx.cache.store_state("calibrated" if qat else "quantize", start, prepared)
+def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keys: _Keys, captured: nn.Module,
+                notes: StageNotes, task) -> nn.Module:
+    """`captured` prepared and calibrated (here, or by its Ray `task`), cached as soon as
+    calibration ends: without QAT the flow's final state, with QAT its starting point."""
+    recipe, qat, qf = ctx.recipe, ctx.plan.qat, keys.flow
+    if task is not None:
+        prepared = restored(qf, captured, loaded.examples, _value(ctx.tasks.result(task)), qat=qat)
+        if prepared is None:
+            raise RuntimeError("the calibrated state a Ray task made does not fit the flow's graph here")
+        notes.append(f"{qf.flow.value} calibrated in a Ray task")
+    else:
+        reused = restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", keys.start),
+                          qat=True) if qat else None
+        if reused is not None:
+            notes.append(f"{qf.flow.value} calibration reused")
+            return reused
+        prepared = calibration.calibrate(
+            qf, float_model.module, loaded.examples, loaded.splits.calibration,
+            batches=recipe.quantization.calibration_batches, batch_size=recipe.data.batch_size, qat=qat,
+            progress=ctx.progress, captured=captured)
+    ctx.cache.store_state("calibrated" if qat else "quantize", keys.start, prepared)
     return prepared
+
+
+def _value(done: object):
+    """A Ray task's value; the TaskFailed it ended with is raised (its flow fails)."""
+    if isinstance(done, TaskFailed):
+        raise done
+    return done
+
+
+def _calibrations_sent(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keyed: dict[Flow, _Keys],
+                       notes: StageNotes) -> dict:
+    """With a cluster, each flow without a calibrated state in the stage cache calibrates in a
+    Ray task, all at once: {flow: its task}. The driver loads each task's state into its own
+    capture, as it loads the stage cache's."""
+    missing = [f for f, k in keyed.items() if not ctx.cache.has_state("quantize", k.key)
+               and not (ctx.plan.qat and ctx.cache.has_state("calibrated", k.start))]
+    if ctx.tasks is None or not missing:
+        return {}
+    q, batch_size = ctx.recipe.quantization, ctx.recipe.data.batch_size
+    shared = ctx.tasks.put((float_model.module, loaded.examples, loaded.splits.calibration))
+    sent = ctx.tasks.submit_each(calibration.calibrated_state, {
+        flow: (keyed[flow].flow, shared, q.calibration_batches, batch_size, ctx.plan.qat, ctx.tasks.forwarded())
+        for flow in missing}, describe) if shared is not None else {}
+    notes.append(f"{len(sent)} of {len(missing)} flows calibrated as Ray tasks")
+    return sent
 
 
 def finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
@@ -145,9 +199,7 @@ def _finetune(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calib
     """Trains `c.prepared` in place (or takes what its Ray `task` trained) and leaves its
     best-scoring state in it."""
     if task is not None:
-        done = ctx.tasks.result(task)
-        if isinstance(done, TaskFailed):
-            raise done
+        done = _value(ctx.tasks.result(task))
         c.prepared.load_state_dict(done["state"])
         c.flow.set_eval(c.prepared)
         notes.extend([*done["notes"], f"{c.flow.flow.value} fine-tuned in a Ray task"])

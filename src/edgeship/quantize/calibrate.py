@@ -33,3 +33,13 @@ def calibrate(flow: QuantFlow, model: nn.Module, examples: tuple, dataset: Datas
             prepared(*as_inputs(inputs))
             advance()
     return prepared
+
+
+def calibrated_state(flow: QuantFlow, inputs: tuple[nn.Module, tuple, Dataset], batches: int, batch_size: int,
+                     qat: bool, progress: Progress) -> dict:
+    """A Ray task: the flow's calibrated state, from the float model, its example inputs and the
+    calibration split (`inputs`); the driver loads it into its own capture (a prepared graph does
+    not pickle). On Ray's one thread it is the serial run's state bit for bit on the demo."""
+    model, examples, dataset = inputs
+    return calibrate(flow, model, examples, dataset, batches=batches, batch_size=batch_size, qat=qat,
+                     progress=progress).state_dict()
