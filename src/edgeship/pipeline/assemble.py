@@ -98,5 +98,5 @@ def sources(plan: Plan, float_model: FloatModel, converted: dict[Flow, Converted
             made = (f"converted PyTorch model ({t.flow.value})" if c.export is None else
                     f"float model with the {t.flow.value} weights (quantized after export)")
             out[t.name] = Source(c.module, c.export or spec_for(t.format).export, made, c.reference,
-                                 c.key, c.quantization, int8_reference=c.export is None)
+                                 c.key, c.quantization, int8_reference=c.export is None, remake=c.remake)
     return out

@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from torch import nn
+
 from edgeship.cluster import TaskFailed
 from edgeship.fileio import sha256_file
 from edgeship.formats import ExportedArtifact, Exporter, export_atomically
@@ -14,6 +16,7 @@ from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.stages import StageNotes, describe, each
 from edgeship.pipeline.values import Exported, Results, Source
+from edgeship.quantize.remake import Remake
 from edgeship.targets import get_target
 
 
@@ -70,27 +73,32 @@ def _export(ctx: RunContext, examples: tuple, key: str, found: tuple[dict, list[
 
 def _sent_to_cluster(ctx: RunContext, examples: tuple, sources: dict[str, Source], missing: list[str],
                      notes: StageNotes) -> dict:
-    """With a cluster, each artifact the stage cache lacks is made by a Ray task, where its model
-    can travel: a GraphModule that torch cannot pickle (FX's converted int8 models, PT2E's) is
+    """With a cluster, each artifact the stage cache lacks is made by a Ray task. A model travels
+    as itself, or, when it is a GraphModule torch cannot pickle (FX's and PT2E's converted int8
+    models), as what the task converts it from again (its Remake); a model that can do neither is
     exported here while the tasks run. The tasks' files come back to be written here."""
     if ctx.tasks is None:
         return {}
-    shared_examples, modules = ctx.tasks.put(examples), {}
+    shared_examples, stored, travel = ctx.tasks.put(examples), {}, {}
     for name in missing:  # each model in the object store once, however many targets export it
-        module = sources[name].module
-        if id(module) not in modules:
-            modules[id(module)] = ctx.tasks.put(module)
-    travel = {name: modules[id(sources[name].module)] for name in missing}
+        source = sources[name]
+        what = source.remake if source.remake is not None else source.module
+        if id(what) not in stored:
+            stored[id(what)] = ctx.tasks.put(what)
+        travel[name] = stored[id(what)]
     sent = ctx.tasks.submit_each(made_files, {
-        name: (sources[name].export, module, shared_examples, name) for name, module in travel.items()
-        if module is not None and shared_examples is not None}, describe)
+        name: (sources[name].export, model, shared_examples, name) for name, model in travel.items()
+        if model is not None and shared_examples is not None}, describe)
     if missing:
         notes.append(f"{len(sent)} of {len(missing)} exports as Ray tasks")
     return sent
 
 
-def made_files(exporter: Exporter, module, examples: tuple, name: str) -> dict:
-    """A Ray task: the artifact of target `name`, as its file names and bytes."""
+def made_files(exporter: Exporter, module: nn.Module | Remake, examples: tuple, name: str) -> dict:
+    """A Ray task: the artifact of target `name`, as its file names and bytes; from `module`, or
+    from the model a Remake converts."""
+    if isinstance(module, Remake):
+        module = module.module()
     with tempfile.TemporaryDirectory(prefix="edgeship-export-") as folder:
         made = exporter(module, examples, get_target(name), Path(folder))
         return {"path": made.path.name, "details": made.details,

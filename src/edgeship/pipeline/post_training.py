@@ -34,6 +34,7 @@ from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
+from edgeship.quantize.remake import Remake
 from edgeship.report.schema import QatHistory
 
 SIGNIFICANCE = 0.05
@@ -48,15 +49,19 @@ class Candidate:
     export: Exporter | None  # None: the target format's own exporter
     runtime_quantizer: dict | None  # what the runtime's own quantizer chose, for the report
     key: str  # stage-cache key of the artifacts made from it
+    remake: Remake | None = None  # how a Ray task makes `module` again (an int8 GraphModule does not pickle)
 
 
-def candidate(ctx: RunContext, loaded: Loaded, flow: QuantFlow, prepared: nn.Module, key: str) -> Candidate:
-    """`prepared` converted; for a flow whose targets' runtime quantizes at export, with that
-    runtime's exporter, calibrated on as many samples as the PyTorch flows see (its choices
-    depend on this machine's CPU and the devices', so they are part of the key)."""
+def candidate(ctx: RunContext, loaded: Loaded, flow: QuantFlow, prepared: nn.Module, key: str, *,
+              float_model: nn.Module, qat: bool) -> Candidate:
+    """`prepared` (prepared from `float_model`, for QAT or not) converted; for a flow whose
+    targets' runtime quantizes at export, with that runtime's exporter, calibrated on as many
+    samples as the PyTorch flows see (its choices depend on this machine's CPU and the devices',
+    so they are part of the key)."""
     module = flow.convert(prepared)
     if not flow.quantizes_at_export:
-        return Candidate(flow, module, None, None, key)
+        remake = Remake.of(flow, float_model, loaded.examples, prepared, qat=qat) if ctx.tasks else None
+        return Candidate(flow, module, None, None, key, remake)
     (fmt,) = {t.format for t in ctx.plan.targets_of(flow.flow)}
     samples = ctx.recipe.quantization.calibration_batches * ctx.recipe.data.batch_size
     export, chosen = spec_for(fmt).quantize_static(loaded.arrays["calibration"].inputs, flow.settings,
@@ -78,7 +83,8 @@ def against_post_training(ctx: RunContext, loaded: Loaded, float_model: FloatMod
     prepared = calibration.calibrate(flow, float_model.module, loaded.examples, loaded.splits.calibration,
                                      batches=q.calibration_batches, batch_size=recipe.data.batch_size,
                                      qat=False)
-    ptq = candidate(ctx, loaded, flow, prepared, digest(c.key, "post-training"))
+    ptq = candidate(ctx, loaded, flow, prepared, digest(c.key, "post-training"), float_model=float_model.module,
+                    qat=False)
     outputs = {name: _outputs(ctx, loaded, cand, split) for name, cand in (("qat", qat), ("post-training", ptq))}
     verdict = compare(outputs["qat"], outputs["post-training"], split.labels, ctx.metric, ctx.loss)
     shipped = "qat" if verdict["p_value"] < SIGNIFICANCE and not ctx.metric.is_better(

@@ -271,7 +271,8 @@ def _unchosen(table: dict, float_model: FloatModel, c: Calibrated) -> dict[str, 
 def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
              split, notes: StageNotes) -> Converted:
     q, name = ctx.recipe.quantization, c.flow.flow.value
-    shipped, history = candidate(ctx, loaded, c.flow, c.prepared, c.key), c.qat_history
+    shipped = candidate(ctx, loaded, c.flow, c.prepared, c.key, float_model=float_model.module, qat=ctx.plan.qat)
+    history = c.qat_history
     if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
         shipped, history = against_post_training(ctx, loaded, float_model, c, shipped, split()[1])
         if history.post_training_accuracy is not None:
@@ -291,4 +292,4 @@ def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibr
         runtime_quantizer=shipped.runtime_quantizer)
     what = "float with its weights" if shipped.export else "int8"
     notes.append(f"{name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch ({what})")
-    return Converted(shipped.module, reference, shipped.key, details, shipped.export)
+    return Converted(shipped.module, reference, shipped.key, details, shipped.export, shipped.remake)

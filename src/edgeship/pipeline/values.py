@@ -20,6 +20,7 @@ from torch import nn
 from edgeship.data import Arrays, Splits
 from edgeship.formats import ExportedArtifact, Exporter
 from edgeship.quantize.flow import QuantFlow
+from edgeship.quantize.remake import Remake
 from edgeship.report.schema import (FallbackResult, Parity, PruneResult, QatHistory,
                                     QuantizationDetails, SensitivityResult)
 from edgeship.targets import Flow
@@ -94,6 +95,7 @@ class Converted:
     key: str
     quantization: QuantizationDetails
     export: Exporter | None = None  # None: the target format's own exporter
+    remake: Remake | None = None  # with a cluster: how a Ray task makes `module` again
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Source:
     quantization: QuantizationDetails | None = None  # int8 targets
     # the reference is the quantized PyTorch model: the artifact runs the same int8 arithmetic
     int8_reference: bool = False
+    remake: Remake | None = None  # with a cluster, where `module` does not pickle: how a task makes it
 
 
 @dataclass(frozen=True)

@@ -11,5 +11,6 @@
 - float_layers.py: layers a flow cannot make int8 (they stay float);  attention.py and
   recurrent.py: torch.nn's attention (FX flows) and LSTM (XNNPACK flow) rebuilt (rebuild.py)
   so that their matrix products can be int8;
+- remake.py: a converted model made again in another process (a Ray task);
 - training.py: the loop and distillation;  evaluate.py: logits in PyTorch (edgeship.metrics scores them).
 """
