@@ -129,6 +129,15 @@ def test_the_quantizable_lstm_answers_as_the_lstm_does(lstm):
     assert quantizable_lstms(projected) is not projected and type(quantizable_lstms(projected)) is nn.LSTM
 
 
+def test_an_lstm_with_projections_is_said_to_stay_float_on_xnnpack():
+    """torch.ao's quantizable LSTM has no projections: that LSTM stays nn.LSTM, float on XNNPACK,
+    and the report's reason says so; a plain LSTM is not listed."""
+    model = nn.Sequential(nn.LSTM(10, 24, proj_size=8), nn.LSTM(8, 8))
+    left = layers_of(LEFT_FLOAT, model, Flow.PT2E_XNNPACK)
+    assert list(left) == ["0"] and "proj_size" in left["0"], left
+    assert not layers_of(LEFT_FLOAT, model, Flow.FX_FBGEMM)
+
+
 @pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))
 def test_a_static_lstm_is_dynamic_int8_inside_the_static_model(tmp_path, name):
     """No static int8 LSTM in torch.ao or ONNX Runtime's static quantizer: the LSTM is quantized

@@ -15,6 +15,8 @@ QuantizeLinear).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from edgeship.targets import Flow
@@ -52,14 +54,23 @@ DYNAMIC_IN_STATIC: dict[tuple[Flow, type[nn.Module]], str] = {
         "DynamicQuantizeLSTM (int8 weights, activations quantized at run time) in the static graph",
 }
 
-LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str] = {
+def _projected_lstm(lstm: nn.LSTM) -> str | None:
+    """An LSTM with projections is the one the XNNPACK flow leaves as it is (recurrent.py)."""
+    return ("torch.ao's quantizable LSTM, which the XNNPACK flow captures instead of nn.LSTM, has no "
+            "projections (proj_size), and the XNNPACK quantizer annotates no aten.lstm: XNNPACK runs "
+            "its matrix products in fp32") if lstm.proj_size else None
+
+
+# A reason, or a function of the module giving one (None: not this module)
+LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str | None]] = {
     (Flow.PT2E_XNNPACK, nn.GRU): "the XNNPACK quantizer annotates no aten.gru: XNNPACK runs its "
                                  "matrix products in fp32",
+    (Flow.PT2E_XNNPACK, nn.LSTM): _projected_lstm,
     (Flow.ORT_QDQ, nn.GRU): "ONNX Runtime quantizes no GRU, statically or dynamically",
 }
 
 
-def layers_of(table: dict[tuple[Flow, type[nn.Module]], str], model: nn.Module, flow: Flow) -> dict[str, str]:
+def layers_of(table: dict, model: nn.Module, flow: Flow) -> dict[str, str]:
     """{module name: reason} for the modules of `model` that `table` lists for `flow`, outermost
     only (an encoder's layers are inside the encoder).
 
@@ -69,8 +80,10 @@ def layers_of(table: dict[tuple[Flow, type[nn.Module]], str], model: nn.Module, 
     found: dict[str, str] = {}
     for name, module in model.named_modules():  # parents before children
         inside = any(name.startswith(f"{outer}.") for outer in found)
-        if (flow, type(module)) in table and not inside:
-            found[name] = table[(flow, type(module))]
+        why = table.get((flow, type(module))) if not inside else None
+        why = why(module) if callable(why) else why
+        if why:
+            found[name] = why
     return found
 
 
