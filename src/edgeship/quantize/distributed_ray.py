@@ -1,13 +1,15 @@
 """QAT on a Ray cluster: the same DDP fine-tune as torchrun's (quantize/distributed.py), run by Ray
 Train's TorchTrainer, which places the workers on the cluster's nodes and starts their process
-group. The job's files travel to the workers in the train loop's config (Ray's object store: no
-shared file system needed for them); each worker rebuilds its rank from them as a torchrun worker
-does, and rank 0's trained state comes back as a Ray Train checkpoint in `storage`. Ray reads and
-writes checkpoints there from every node: on a cluster of several machines it must be storage all
-of them reach (a shared file system or a bucket URI), as Ray's RunConfig.storage_path must."""
+group. Nothing travels through a file system: the job's files go to the workers in the train
+loop's config, and rank 0's trained state (with the run's figures) comes back in a Ray queue on
+the driver's node, so the nodes need no shared storage. (A Ray Train checkpoint would be written
+from rank 0's node to RunConfig.storage_path, which on several machines must be storage all of
+them reach.) Ray Train's controller, on the driver's node, keeps its own run state in the run
+folder's scratch space."""
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -40,23 +42,36 @@ def finetune_on_ray(flow: QuantFlow, prepared: nn.Module, model: nn.Module, exam
     with tempfile.TemporaryDirectory(dir=scratch, prefix="qat-ray-") as folder:
         job = Path(folder)
         write_job(job, flow, prepared, model, examples, recipe, backend)
-        files = {p.name: p.read_bytes() for p in job.iterdir()}
+        files, mailbox = {p.name: p.read_bytes() for p in job.iterdir()}, _mailbox()
         log(f"  QAT {flow.flow.value}: Ray Train, {config.workers} workers, {backend}")
         trainer = TorchTrainer(
-            _worker, train_loop_config={"files": files},
+            _worker, train_loop_config={"files": files, "mailbox": mailbox},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
             run_config=RunConfig(name=f"qat-{flow.flow.value}", storage_path=str((job / "storage").resolve()),
                                  failure_config=FailureConfig(**_FAIL_FAST)))
         try:
-            checkpoint = trainer.fit().checkpoint
+            trainer.fit()
+            trained = mailbox.get_nowait_batch(mailbox.qsize())
         except Exception as e:  # Ray wraps the worker's exception: its last line is the worker's words
             said = [line for line in str(e).strip().splitlines() if line.strip()]
             raise RuntimeError(f"Ray Train failed: {said[-1] if said else type(e).__name__}") from None
-        with checkpoint.as_directory() as trained:
-            prepared.load_state_dict(torch.load(Path(trained) / "trained.pt", weights_only=True))
-            result = json.loads((Path(trained) / "result.json").read_text())
+        finally:
+            mailbox.shutdown(force=True)  # nothing in it is left to read
+    if len(trained) != 1:
+        raise RuntimeError(f"Ray Train failed: rank 0 sent {len(trained)} trained states, not one")
+    prepared.load_state_dict(torch.load(io.BytesIO(trained[0]["trained.pt"]), weights_only=True))
     flow.set_eval(prepared)
-    return {**result, "cluster": cluster}
+    return {**json.loads(trained[0]["result.json"]), "cluster": cluster}
+
+
+def _mailbox():
+    """A Ray queue on the driver's node (0 CPUs), for rank 0's trained state."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _worker(config: dict) -> None:
@@ -83,4 +98,5 @@ def _worker(config: dict) -> None:
         (job / "out").mkdir()
         write_result(job / "out", prepared, {"loss": loss, "processes": world, "backend": spec["backend"],
                                              "engine": "ray"}, shards, nodes)
-        ray.train.report({"loss": loss}, checkpoint=ray.train.Checkpoint.from_directory(str(job / "out")))
+        config["mailbox"].put({f.name: f.read_bytes() for f in (job / "out").iterdir()})
+        ray.train.report({"loss": loss})
