@@ -181,9 +181,8 @@ def test_a_cluster_nobody_answers_at_fails_at_once_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def tasks_run(tmp_path_factory, demo_run, ray_cluster) -> CliResult:  # noqa: F811
     """The demo run again with --cluster, from a copy of its run folder with only the float
-    model's entries of its stage cache: each flow calibrates, then fine-tunes, in a Ray task, and
-    every artifact is made again (by a Ray task where its model can travel) and answers the test
-    split in a Ray task."""
+    model's entries of its stage cache: each flow calibrates, fine-tunes and converts in Ray
+    tasks, and every artifact is made again by a Ray task and answers the test split in one."""
     folder = tmp_path_factory.mktemp("tasks")
     shutil.copytree(demo_run.out, folder / "run", symlinks=True)
     for kind in ("calibrated", "quantize", "qat", "export", "export-files", "verify"):
@@ -208,7 +207,7 @@ def test_ray_tasks_make_the_files_and_verdicts_of_the_serial_run(tasks_run, demo
             assert artifact["sha256"] == serial[target]["sha256"], target
 
 
-def test_calibration_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
+def test_calibration_qat_conversion_exports_and_verifications_ran_as_ray_tasks(tasks_run):
     stages = {s["name"]: s["detail"] for s in tasks_run.report()["stages"]}
     assert "4 of 4 flows calibrated as Ray tasks" in stages["calibrate"], stages["calibrate"]
     assert stages["calibrate"].count("calibrated in a Ray task") == 4, stages["calibrate"]
@@ -220,6 +219,8 @@ def test_calibration_qat_exports_and_verifications_ran_as_ray_tasks(tasks_run):
     bars = re.findall(r"^  QAT (\S+) \((\d+) steps\)$", tasks_run.stderr, re.M)
     assert sorted(flow for flow, _ in bars) == ["fx-fbgemm", "fx-qnnpack", "ort-qdq", "pt2e-xnnpack"], bars
     assert len({steps for _, steps in bars}) == 1 and int(bars[0][1]) > 0, bars
+    assert "4 of 4 flows converted as Ray tasks" in stages["convert"], stages["convert"]
+    assert stages["convert"].count("(Ray task)") == 4, stages["convert"]
     # FX's and PT2E's converted int8 models do not pickle: their tasks convert them again
     assert "7 of 7 exports as Ray tasks" in stages["export"], stages["export"]
     assert "7 runs as Ray tasks" in stages["verify"], stages["verify"]

@@ -57,12 +57,14 @@ def _export(ctx: RunContext, examples: tuple, key: str, found: tuple[dict, list[
     made_elsewhere = ctx.tasks.result(task) if task is not None else None
     if isinstance(made_elsewhere, TaskFailed):
         raise made_elsewhere
-    exporter = _copier(*found) if from_cache else \
-        _writer(made_elsewhere) if made_elsewhere is not None else source.export
-    if from_cache:
+    if from_cache:  # the copier and the writer write files made before: no model needed
+        exporter, module = _copier(*found), None
         reused.append(name)
-    made = export_atomically(exporter, source.module, examples, get_target(name),
-                             ctx.folder.root / "artifacts")
+    elif made_elsewhere is not None:
+        exporter, module = _writer(made_elsewhere), None
+    else:
+        exporter, module = source.export, source.model()
+    made = export_atomically(exporter, module, examples, get_target(name), ctx.folder.root / "artifacts")
     if not from_cache:
         ctx.cache.store_files("export-files", key, list(made.files))
         ctx.cache.store_json("export", key, {"path": made.path.name, "details": made.details})

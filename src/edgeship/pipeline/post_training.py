@@ -16,28 +16,51 @@ calibration, the two are the same artifact.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import wilcoxon
 from torch import nn
+from torch.utils.data import Dataset
 
 from edgeship.data import Arrays
 from edgeship.formats import Exporter, export_atomically, spec_for
 from edgeship.metrics import TaskLoss, TaskMetric
 from edgeship.pipeline.cache import digest
-from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.values import Calibrated, FloatModel, Loaded
+from edgeship.pipeline.values import Calibrated
 from edgeship.pipeline.verify import predict
 from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.remake import Remake
+from edgeship.recipe import Recipe
 from edgeship.report.schema import QatHistory
+from edgeship.targets import Flow, Target
 
 SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    """What converting a flow takes from the run, in a form a Ray task can take too."""
+
+    recipe: Recipe
+    metric: TaskMetric
+    loss: TaskLoss | None
+    targets: dict[Flow, list[Target]]  # each static flow's targets
+    arm_only: bool  # every device is ARM64
+    examples: tuple[torch.Tensor, ...]
+    calibration: Dataset  # the calibration split
+    calibration_inputs: tuple[np.ndarray, ...]  # the same, stacked
+    test: Arrays  # what the converted model's reference answers are of
+    qat: bool  # the flows' states are QAT's (fake-quant), not observers'
+    remakes: bool  # with a cluster: each candidate says how a task makes it again (Remake)
+    temporary: Callable[[], AbstractContextManager[Path]]  # a scratch folder, removed on leaving
 
 
 @dataclass(frozen=True)
@@ -45,49 +68,48 @@ class Candidate:
     """A converted model a flow's targets can be made from."""
 
     flow: QuantFlow
-    module: nn.Module  # int8; float with its weights where the runtime quantizes at export
+    module: nn.Module | None  # int8; float with its weights where the runtime quantizes at export
     export: Exporter | None  # None: the target format's own exporter
     runtime_quantizer: dict | None  # what the runtime's own quantizer chose, for the report
     key: str  # stage-cache key of the artifacts made from it
     remake: Remake | None = None  # how a Ray task makes `module` again (an int8 GraphModule does not pickle)
 
 
-def candidate(ctx: RunContext, loaded: Loaded, flow: QuantFlow, prepared: nn.Module, key: str, *,
-              float_model: nn.Module, qat: bool) -> Candidate:
+def candidate(job: ConvertJob, flow: QuantFlow, prepared: nn.Module, key: str, *, float_model: nn.Module,
+              qat: bool) -> Candidate:
     """`prepared` (prepared from `float_model`, for QAT or not) converted; for a flow whose
     targets' runtime quantizes at export, with that runtime's exporter, calibrated on as many
     samples as the PyTorch flows see (its choices depend on this machine's CPU and the devices',
     so they are part of the key)."""
     module = flow.convert(prepared)
     if not flow.quantizes_at_export:
-        remake = Remake.of(flow, float_model, loaded.examples, prepared, qat=qat) if ctx.tasks else None
+        remake = Remake.of(flow, float_model, job.examples, prepared, qat=qat) if job.remakes else None
         return Candidate(flow, module, None, None, key, remake)
-    (fmt,) = {t.format for t in ctx.plan.targets_of(flow.flow)}
-    samples = ctx.recipe.quantization.calibration_batches * ctx.recipe.data.batch_size
-    export, chosen = spec_for(fmt).quantize_static(loaded.arrays["calibration"].inputs, flow.settings,
-                                                   samples, arm=ctx.plan.arm_only)
+    (fmt,) = {t.format for t in job.targets[flow.flow]}
+    samples = job.recipe.quantization.calibration_batches * job.recipe.data.batch_size
+    export, chosen = spec_for(fmt).quantize_static(job.calibration_inputs, flow.settings, samples,
+                                                   arm=job.arm_only)
     return Candidate(flow, module, export, chosen, digest(key, chosen))
 
 
-def against_post_training(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
-                          qat: Candidate, split: Arrays) -> tuple[Candidate, QatHistory]:
+def against_post_training(job: ConvertJob, float_model: nn.Module, c: Calibrated, qat: Candidate,
+                          split: Arrays) -> tuple[Candidate, QatHistory]:
     """`qat` (the best QAT state, converted) when it beats the same flow's post-training model
     on `split` beyond noise, else the post-training model; the history says which shipped and
     why."""
-    q, recipe = ctx.recipe.quantization, ctx.recipe
+    q, recipe = job.recipe.quantization, job.recipe
     if qat.export is not None and c.qat_history.shipped_epoch == 0:
         # The calibrated state's weights are the float weights, and the runtime calibrates them
         # itself: the same artifact either way, nothing to score
         return qat, c.qat_history.model_copy(update={"shipped": "post-training"})
     flow = flow_for(c.flow.flow, c.flow.settings)  # its own: a flow remembers what it captured
-    prepared = calibration.calibrate(flow, float_model.module, loaded.examples, loaded.splits.calibration,
+    prepared = calibration.calibrate(flow, float_model, job.examples, job.calibration,
                                      batches=q.calibration_batches, batch_size=recipe.data.batch_size,
                                      qat=False)
-    ptq = candidate(ctx, loaded, flow, prepared, digest(c.key, "post-training"), float_model=float_model.module,
-                    qat=False)
-    outputs = {name: _outputs(ctx, loaded, cand, split) for name, cand in (("qat", qat), ("post-training", ptq))}
-    verdict = compare(outputs["qat"], outputs["post-training"], split.labels, ctx.metric, ctx.loss)
-    shipped = "qat" if verdict["p_value"] < SIGNIFICANCE and not ctx.metric.is_better(
+    ptq = candidate(job, flow, prepared, digest(c.key, "post-training"), float_model=float_model, qat=False)
+    outputs = {name: _outputs(job, cand, split) for name, cand in (("qat", qat), ("post-training", ptq))}
+    verdict = compare(outputs["qat"], outputs["post-training"], split.labels, job.metric, job.loss)
+    shipped = "qat" if verdict["p_value"] < SIGNIFICANCE and not job.metric.is_better(
         verdict["post_training_accuracy"], verdict["qat_accuracy"]) else "post-training"
     return (qat if shipped == "qat" else ptq), c.qat_history.model_copy(update={**verdict, "shipped": shipped})
 
@@ -109,14 +131,14 @@ def compare(qat: np.ndarray, post_training: np.ndarray, labels: np.ndarray, metr
     return verdict
 
 
-def _outputs(ctx: RunContext, loaded: Loaded, cand: Candidate, split: Arrays) -> np.ndarray:
+def _outputs(job: ConvertJob, cand: Candidate, split: Arrays) -> np.ndarray:
     """`cand`'s logits for each sample of `split`."""
     if cand.export is None:
         with cand.flow.engine():
             return logits(cand.module, split)
-    target = ctx.plan.targets_of(cand.flow.flow)[0]
-    with ctx.folder.temporary() as tmp:
-        made = export_atomically(cand.export, cand.module, loaded.examples, target, Path(tmp) / "artifact")
+    target = job.targets[cand.flow.flow][0]
+    with job.temporary() as tmp:
+        made = export_atomically(cand.export, cand.module, job.examples, target, Path(tmp) / "artifact")
         np.savez(Path(tmp) / "inputs.npz", **split.npz_dict())
-        answers = predict(made, target, Path(tmp) / "inputs.npz", Path(tmp), loaded.examples[0].shape[0])
+        answers = predict(made, target, Path(tmp) / "inputs.npz", Path(tmp), job.examples[0].shape[0])
     return answers

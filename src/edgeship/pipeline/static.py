@@ -19,14 +19,14 @@ from edgeship.factories import teacher_digest
 from edgeship.pipeline.analyse import quant_settings
 from edgeship.pipeline.cache import digest
 from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.post_training import against_post_training, candidate
+from edgeship.pipeline.convert_flow import converted, converted_task, system_scratch
+from edgeship.pipeline.post_training import ConvertJob
 from edgeship.pipeline.qat_flow import Elsewhere, QatJob, fine_tune_flow, qat_task, restored
 from edgeship.pipeline.stages import StageNotes, describe, each
 from edgeship.pipeline.values import Calibrated, Converted, FloatLayers, FloatModel, Loaded, Results
 from edgeship.quantize import calibrate as calibration
 from edgeship.quantize.distributed import finetune_distributed
 from edgeship.quantize.distributed_ray import finetune_on_ray
-from edgeship.quantize.evaluate import logits
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.flows import flow_for
@@ -249,10 +249,40 @@ def convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel,
             tuned: Results[Flow, Calibrated]) -> Results[Flow, Converted]:
     if not ctx.plan.static_flows:
         return Results()
-    split = functools.cache(lambda: _scoring_split(loaded))
+    split = functools.cache(lambda: _scoring_split(loaded)[1])
+    job = _convert_job(ctx, loaded)
     with ctx.log.stage("convert") as notes:
-        return each(tuned.ok.items(), lambda flow, c: _convert(ctx, loaded, float_model, c, split, notes),
-                    _failed(ctx, "convert"))
+        before = ctx.tasks.task_seconds if ctx.tasks else 0.0
+        sent = _conversions_sent(ctx, job, float_model, tuned, split, notes)
+        out = each(tuned.ok.items(),
+                   lambda flow, c: _convert(ctx, job, float_model, c, split, notes, sent.get(flow)),
+                   _failed(ctx, "convert"))
+        if sent:
+            notes.append(f"{ctx.tasks.task_seconds - before:.1f} task-seconds on the cluster")
+    return out
+
+
+def _convert_job(ctx: RunContext, loaded: Loaded) -> ConvertJob:
+    plan = ctx.plan
+    return ConvertJob(ctx.recipe, ctx.metric, ctx.loss, {f: plan.targets_of(f) for f in plan.static_flows},
+                      plan.arm_only, loaded.examples, loaded.splits.calibration,
+                      loaded.arrays["calibration"].inputs, loaded.test, plan.qat, ctx.tasks is not None,
+                      ctx.folder.temporary)
+
+
+def _conversions_sent(ctx: RunContext, job: ConvertJob, float_model: FloatModel, tuned: Results[Flow, Calibrated],
+                      split: Callable[[], Arrays], notes: StageNotes) -> dict:
+    """With a cluster, each flow converts in a Ray task, all at once: {flow: its task}."""
+    if ctx.tasks is None or not tuned.ok:
+        return {}
+    scored = any(c.qat_history is not None for c in tuned.ok.values())
+    shared = ctx.tasks.put((dataclasses.replace(job, temporary=system_scratch), float_model.module,
+                            split() if scored else None))
+    sent = ctx.tasks.submit_each(converted_task, {
+        flow: (shared, c.flow, c.prepared.state_dict(), c.key, c.qat_history)
+        for flow, c in tuned.ok.items()}, describe) if shared is not None else {}
+    notes.append(f"{len(sent)} of {len(tuned.ok)} flows converted as Ray tasks")
+    return sent
 
 
 def _teacher_key(recipe) -> list[str]:
@@ -268,20 +298,17 @@ def _unchosen(table: dict, float_model: FloatModel, c: Calibrated) -> dict[str, 
             if name not in c.flow.settings.float_layers}
 
 
-def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibrated,
-             split, notes: StageNotes) -> Converted:
+def _convert(ctx: RunContext, job: ConvertJob, float_model: FloatModel, c: Calibrated,
+             split: Callable[[], Arrays], notes: StageNotes, task=None) -> Converted:
+    """`task`: the Ray task converting this flow, if one does."""
     q, name = ctx.recipe.quantization, c.flow.flow.value
-    shipped = candidate(ctx, loaded, c.flow, c.prepared, c.key, float_model=float_model.module, qat=ctx.plan.qat)
-    history = c.qat_history
-    if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
-        shipped, history = against_post_training(ctx, loaded, float_model, c, shipped, split()[1])
-        if history.post_training_accuracy is not None:
-            notes.append(f"{name} QAT {history.qat_accuracy:.4f} vs calibration only "
-                         f"{history.post_training_accuracy:.4f} converted (loss Wilcoxon p = "
-                         f"{history.p_value:.3g}): {history.shipped} ships")
+    done = _value(ctx.tasks.result(task)) if task is not None else converted(job, float_model.module, c, split)
+    shipped, history = done.shipped, done.history
+    if history is not None and history.post_training_accuracy is not None:
+        notes.append(f"{name} QAT {history.qat_accuracy:.4f} vs calibration only "
+                     f"{history.post_training_accuracy:.4f} converted (loss Wilcoxon p = "
+                     f"{history.p_value:.3g}): {history.shipped} ships")
     qat_shipped = ctx.plan.qat and (history is None or history.shipped == "qat")
-    with shipped.flow.engine():
-        reference = logits(shipped.module, loaded.test)
     details = QuantizationDetails(
         mode="static", qat=ctx.plan.qat, per_channel=q.per_channel,
         observer="fake-quant" if qat_shipped else (q.observer or "histogram"),
@@ -291,5 +318,6 @@ def _convert(ctx: RunContext, loaded: Loaded, float_model: FloatModel, c: Calibr
         qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
         runtime_quantizer=shipped.runtime_quantizer)
     what = "float with its weights" if shipped.export else "int8"
-    notes.append(f"{name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch ({what})")
-    return Converted(shipped.module, reference, shipped.key, details, shipped.export, shipped.remake)
+    score = ctx.metric.said(ctx.metric.score(done.reference, job.test.labels))
+    notes.append(f"{name} {score} in PyTorch ({what})" + (" (Ray task)" if task is not None else ""))
+    return Converted(shipped.module, done.reference, shipped.key, details, shipped.export, shipped.remake)

@@ -90,7 +90,7 @@ class Converted:
     a flow whose targets' runtime quantizes at export: the float model with the fine-tuned
     weights, and the exporter that quantizes it."""
 
-    module: nn.Module
+    module: nn.Module | None  # None: a Ray task converted it, and `remake` makes it again
     reference: np.ndarray  # its answers on the test split
     key: str
     quantization: QuantizationDetails
@@ -102,7 +102,7 @@ class Converted:
 class Source:
     """What one target's artifact is made from, and what its runtime's answers must match."""
 
-    module: nn.Module
+    module: nn.Module | None  # None: a Ray task converted it, and `remake` makes it again
     export: Exporter
     reference_name: str
     reference: np.ndarray  # `module`'s answers on the test split
@@ -111,6 +111,10 @@ class Source:
     # the reference is the quantized PyTorch model: the artifact runs the same int8 arithmetic
     int8_reference: bool = False
     remake: Remake | None = None  # with a cluster, where `module` does not pickle: how a task makes it
+
+    def model(self) -> nn.Module:
+        """The model the artifact is made from (converted again when a Ray task converted it)."""
+        return self.module if self.module is not None else self.remake.module()
 
 
 @dataclass(frozen=True)

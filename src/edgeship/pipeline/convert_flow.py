@@ -1,0 +1,65 @@
+"""One flow's conversion, without the run's services: the candidate it ships (QAT's best state
+converted, or the post-training model when QAT did not beat it beyond noise), the QAT history that
+says which, and the shipped model's answers on the test split. The convert stage (static.py) runs
+it on the driver, or with a cluster sends it to a Ray task (`converted_task`), which prepares the
+float model again and loads the flow's state, as QAT's tasks do. What a task sends back holds no
+int8 GraphModule (torch does not pickle one) but the Remake its exports convert again."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from edgeship.data import Arrays
+from edgeship.pipeline.post_training import Candidate, ConvertJob, against_post_training, candidate
+from edgeship.pipeline.qat_flow import restored
+from edgeship.pipeline.values import Calibrated
+from edgeship.quantize.evaluate import logits
+from edgeship.quantize.flow import QuantFlow
+from edgeship.report.schema import QatHistory
+
+
+@dataclass(frozen=True)
+class Conversion:
+    shipped: Candidate
+    history: QatHistory | None  # with QAT: its scores, and whether it or calibration alone shipped
+    reference: np.ndarray  # the shipped model's answers on the test split
+
+
+def converted(job: ConvertJob, float_model: nn.Module, c: Calibrated, split: Callable[[], Arrays]) -> Conversion:
+    """`c` converted; when QAT ran, against the post-training model on `split` (the held-out
+    split QAT was scored on)."""
+    shipped, history = candidate(job, c.flow, c.prepared, c.key, float_model=float_model, qat=job.qat), c.qat_history
+    if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
+        shipped, history = against_post_training(job, float_model, c, shipped, split())
+    with shipped.flow.engine():
+        reference = logits(shipped.module, job.test)
+    return Conversion(shipped, history, reference)
+
+
+def converted_task(shared: tuple[ConvertJob, nn.Module, Arrays | None], flow: QuantFlow, state: dict, key: str,
+                   history: QatHistory | None) -> Conversion:
+    """A Ray task: the flow's conversion from its (calibrated, fine-tuned) `state`; `shared`: the
+    job (its scratch folders this machine's), the float model and the split QAT was scored on."""
+    job, float_model, split = shared
+    prepared = restored(flow, flow.capture(float_model, job.examples, qat=job.qat), job.examples, state, qat=job.qat)
+    if prepared is None:
+        raise RuntimeError("the flow's state does not fit the graph a Ray task prepared")
+    done = converted(job, float_model, Calibrated(flow, prepared, key, True, {}, qat_history=history), lambda: split)
+    if done.shipped.remake is None:  # a model that travels: the runtime's exporter quantizes it
+        return done
+    return dataclasses.replace(done, shipped=dataclasses.replace(done.shipped, module=None))
+
+
+@contextmanager
+def system_scratch() -> Iterator[Path]:
+    """A scratch folder in the system's temporary directory: a task's, away from the run folder."""
+    with tempfile.TemporaryDirectory(prefix="edgeship-convert-") as folder:
+        yield Path(folder)
