@@ -1,8 +1,8 @@
 """Static quantization, once per flow for the targets quantized with calibration: calibrate →
 [QAT fine-tune] → convert. A flow whose calibrated (and fine-tuned) state is in the stage cache
 skips both; a flow that fails fails its targets, and the other flows go on. With a cluster, the
-flows calibrate and then fine-tune at once, each in a Ray task (qat_flow.py); the stage cache is
-written here."""
+flows calibrate, then fine-tune, then convert at once, each in a Ray task (calibrate.py's
+calibrated_state, qat_flow.py, convert_flow.py); the stage cache is written here."""
 
 from __future__ import annotations
 
