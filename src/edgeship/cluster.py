@@ -80,6 +80,17 @@ def _unreachable(address: str, why: str) -> DeviceError:
                        f"[cluster] or --cluster ADDRESS names one; 'local' starts one for the run): {why}")
 
 
+def queue_here():
+    """A Ray queue whose actor (0 CPUs) runs on this process's node where it can: for what tasks
+    and Ray Train workers send back to the driver."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 class TaskFailed(Exception):
     """A Ray task's work raised, or Ray lost the task (its node went away). The message is already
     the one line a stage records: the worker described its exception where its traceback was."""
@@ -102,13 +113,8 @@ class Tasks:
         """A progress for a task: what it shows, the driver shows as its own (its bars drawn while
         the driver waits in `result`). Events travel through a Ray queue on the driver's node."""
         if self._relaying and self._queue is None:
-            import ray
-            from ray.util.queue import Queue
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
             try:
-                here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-                self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+                self._queue = queue_here()
             except Exception:  # noqa: BLE001 - progress never fails the run: the tasks go on unseen
                 self._relaying = False
         # sends nothing when the driver shows nothing (a Progress cannot travel: it holds a console)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeship.cluster import connect
+from edgeship.cluster import connect, queue_here
 from edgeship.quantize.distributed import backend_for, train_shard, write_job, write_result
 from edgeship.quantize.flow import QuantFlow
 from edgeship.recipe import Recipe
@@ -42,7 +42,7 @@ def finetune_on_ray(flow: QuantFlow, prepared: nn.Module, model: nn.Module, exam
     with tempfile.TemporaryDirectory(dir=scratch, prefix="qat-ray-") as folder:
         job = Path(folder)
         write_job(job, flow, prepared, model, examples, recipe, backend)
-        files, mailbox = {p.name: p.read_bytes() for p in job.iterdir()}, _mailbox()
+        files, mailbox = {p.name: p.read_bytes() for p in job.iterdir()}, queue_here()
         log(f"  QAT {flow.flow.value}: Ray Train, {config.workers} workers, {backend}")
         trainer = TorchTrainer(
             _worker, train_loop_config={"files": files, "mailbox": mailbox},
@@ -62,16 +62,6 @@ def finetune_on_ray(flow: QuantFlow, prepared: nn.Module, model: nn.Module, exam
     prepared.load_state_dict(torch.load(io.BytesIO(trained[0]["trained.pt"]), weights_only=True))
     flow.set_eval(prepared)
     return {**json.loads(trained[0]["result.json"]), "cluster": cluster}
-
-
-def _mailbox():
-    """A Ray queue on the driver's node (0 CPUs), for rank 0's trained state."""
-    import ray
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
 def _worker(config: dict) -> None:
