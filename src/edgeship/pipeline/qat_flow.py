@@ -100,13 +100,10 @@ def restored(flow: QuantFlow, captured: nn.Module, examples: tuple, state: dict 
     without a state, or for one another edgeship's quantizer configuration made (a miss)."""
     if state is None:
         return None
-    prepared = flow.prepare_captured(captured, examples, qat=qat)
     try:
-        prepared.load_state_dict(state)
+        return flow.restore(captured, examples, state, qat=qat)
     except RuntimeError:  # its observers differ from this configuration's: calibrate again
         return None
-    flow.set_eval(prepared)
-    return prepared
 
 
 def qat_task(flow: QuantFlow, model: nn.Module, examples: tuple, calibrated: dict, job: QatJob,

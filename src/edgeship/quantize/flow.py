@@ -51,6 +51,14 @@ class QuantFlow(ABC):
     def prepare(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         return self.prepare_captured(self.capture(model, example_inputs, qat=qat), example_inputs, qat=qat)
 
+    def restore(self, captured: nn.Module, example_inputs: tuple, state: dict, *, qat: bool) -> nn.Module:
+        """A prepared graph holding `state` (a prepared graph's state_dict), in eval form as
+        calibration leaves it. Raises RuntimeError when `state` does not fit the graph."""
+        prepared = self.prepare_captured(captured, example_inputs, qat=qat)
+        prepared.load_state_dict(state)
+        self.set_eval(prepared)
+        return prepared
+
     @abstractmethod
     def set_train(self, prepared: nn.Module) -> None: ...
 

@@ -28,7 +28,4 @@ class Remake:
     def module(self) -> nn.Module:
         """The converted model, as `flow.convert` made it from the prepared graph."""
         captured = self.flow.capture(self.model, self.examples, qat=self.qat)
-        prepared = self.flow.prepare_captured(captured, self.examples, qat=self.qat)
-        prepared.load_state_dict(self.state)
-        self.flow.set_eval(prepared)
-        return self.flow.convert(prepared)
+        return self.flow.convert(self.flow.restore(captured, self.examples, self.state, qat=self.qat))
