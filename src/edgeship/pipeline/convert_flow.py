@@ -19,7 +19,6 @@ from torch import nn
 
 from edgeship.data import Arrays
 from edgeship.pipeline.post_training import Candidate, ConvertJob, against_post_training, candidate
-from edgeship.pipeline.qat_flow import restored
 from edgeship.pipeline.values import Calibrated
 from edgeship.quantize.evaluate import logits
 from edgeship.quantize.flow import QuantFlow
@@ -49,9 +48,7 @@ def converted_task(shared: tuple[ConvertJob, nn.Module, Arrays | None], flow: Qu
     """A Ray task: the flow's conversion from its (calibrated, fine-tuned) `state`; `shared`: the
     job (its scratch folders this machine's), the float model and the split QAT was scored on."""
     job, float_model, split = shared
-    prepared = restored(flow, flow.capture(float_model, job.examples, qat=job.qat), job.examples, state, qat=job.qat)
-    if prepared is None:
-        raise RuntimeError("the flow's state does not fit the graph a Ray task prepared")
+    prepared = flow.restore(flow.capture(float_model, job.examples, qat=job.qat), job.examples, state, qat=job.qat)
     done = converted(job, float_model, Calibrated(flow, prepared, key, True, {}, qat_history=history), lambda: split)
     if done.shipped.remake is None:  # a model that travels: the runtime's exporter quantizes it
         return done

@@ -114,7 +114,7 @@ def qat_task(flow: QuantFlow, model: nn.Module, examples: tuple, calibrated: dic
     a 2-core machine trained 20 times slower, and on the demo one thread gives the serial run's
     weights bit for bit (the same artifact hashes). A model whose float sums depend on the thread
     count can differ in the last bits from a serial run."""
-    prepared = restored(flow, flow.capture(model, examples, qat=True), examples, calibrated, qat=True)
+    prepared = flow.restore(flow.capture(model, examples, qat=True), examples, calibrated, qat=True)
     notes: list[str] = []
     history, _ = fine_tune_flow(flow, prepared, job, progress, notes)
     return {"state": prepared.state_dict(), "history": history, "notes": notes}

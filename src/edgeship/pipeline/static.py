@@ -114,9 +114,8 @@ def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keys: 
     calibration ends: without QAT the flow's final state, with QAT its starting point."""
     recipe, qat, qf = ctx.recipe, ctx.plan.qat, keys.flow
     if task is not None:
-        prepared = restored(qf, captured, loaded.examples, _value(ctx.tasks.result(task)), qat=qat)
-        if prepared is None:
-            raise RuntimeError("the calibrated state a Ray task made does not fit the flow's graph here")
+        # the task prepared the same graph: a state that does not fit is a bug, and torch says why
+        prepared = qf.restore(captured, loaded.examples, _value(ctx.tasks.result(task)), qat=qat)
         notes.append(f"{qf.flow.value} calibrated in a Ray task")
     else:
         reused = restored(qf, captured, loaded.examples, ctx.cache.load_state("calibrated", keys.start),
