@@ -36,19 +36,17 @@ def _table_models():
     return module
 
 
-def _sizes(name: str, model, calibration: np.ndarray, folder: Path) -> dict[str, dict]:
-    """{target: bytes of edgeship's int8 file, its twin's, the peer's; the twin's weight count}"""
-    float_onnx = edgeship_export("onnx-fp32", model, calibration, folder / "onnx-fp32").path
+def _sizes(model, calibration: np.ndarray, folder: Path) -> dict[str, dict]:
+    """{int8 target: bytes of edgeship's file, of its fp32 twin and of the peer's; the weights
+    the artifact's compute ops hold}"""
+    twins = {name: edgeship_export(name, model, calibration, folder / name) for name in set(TWIN.values())}
     rows = {}
     for target in INT8:
         int8 = edgeship_export(target, model, calibration, folder / target)
-        twin = (edgeship_export(TWIN[target], model, calibration, folder / TWIN[target])
-                if target != "onnx-int8" else None)
-        twin_bytes = twin.size_bytes if twin else float_onnx.stat().st_size
         (folder / f"peer-{target}").mkdir()
-        peer = peer_artifact(target, model, calibration, float_onnx, folder / f"peer-{target}")
-        rows[target] = {"int8": int8.size_bytes, "fp32": twin_bytes, "peer": peer.stat().st_size,
-                        "weights": int8.details["int8_share"]["weights"]}
+        peer = peer_artifact(target, model, calibration, twins["onnx-fp32"].path, folder / f"peer-{target}")
+        rows[target] = {"int8": int8.size_bytes, "fp32": twins[TWIN[target]].size_bytes,
+                        "peer": peer.stat().st_size, "weights": int8.details["int8_share"]["weights"]}
     return rows
 
 
@@ -60,7 +58,7 @@ def test_int8_size_against_the_twin_and_the_runtimes_own_flow(benchmark, figure,
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     calibration = np.random.default_rng(0).standard_normal([256, *MODELS[name][1:]]).astype(np.float32)
-    rows = _sizes(name, model, calibration, tmp_path)
+    rows = _sizes(model, calibration, tmp_path)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # figures only; --benchmark-only needs it
     host = environment()["host"]
     cells = []
@@ -70,10 +68,12 @@ def test_int8_size_against_the_twin_and_the_runtimes_own_flow(benchmark, figure,
                      f"({r['fp32']:,} B), {r['int8'] / r['peer']:.2f}x {PEER_OF[target]} "
                      f"({r['peer']:,} B); container {container_int8:,} B vs the twin's {container_fp32:,} B")
     weights = max(r["weights"] for r in rows.values())
-    figure(f"{name}, {weights:,} weights: {'; '.join(cells)} · {host['cpu']}",
+    figure(f"{name}, {weights:,} weights: {'; '.join(cells)} · {host['cpu']}, int8 ISA flags: "
+           f"{' '.join(host['int8_isa']) or 'none'}",
            sizes=rows, weights=weights)
     for target, r in rows.items():
-        # edgeship adds no bytes of its own to what the runtime's flow writes (2% for names)
-        assert r["int8"] <= 1.02 * r["peer"], (target, r)
+        # edgeship adds nothing to what the runtime's flow writes: a TorchScript archive repeats
+        # its file's name in each of its ~30 entries ("torchscript-fbgemm/..." vs "fx-fbgemm/...")
+        assert r["int8"] <= r["peer"] + 1024, (target, r)
         if r["weights"] > 300_000:  # where weights make the file, issue 11's goal holds
             assert r["int8"] <= 0.35 * r["fp32"], (target, r)
