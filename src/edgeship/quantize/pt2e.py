@@ -85,7 +85,22 @@ class Pt2eFlow(QuantFlow):
 
         prepared = copy.deepcopy(prepared)
         self.set_eval(prepared)
-        return convert_pt2e(prepared)
+        return without_batch_counters(convert_pt2e(prepared))
+
+
+def without_batch_counters(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """`graph` without batch norm's `num_batches_tracked += 1`, which only training reads.
+    torchao's convert_pt2e folds a QAT conv2d-bn with its counter but leaves the counter's
+    in-place add behind after a conv1d-bn (torchao 0.18): ExecuTorch then keeps the counter as a
+    buffer each call mutates, and warns."""
+    for node in list(graph.graph.nodes):
+        counter = node.args[0] if node.target is torch.ops.aten.add_.Tensor else None
+        if counter is not None and not node.users and counter.op == "get_attr" \
+                and counter.target.endswith("num_batches_tracked"):
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return graph
 
 
 class Pt2eXnnpackFlow(Pt2eFlow):
