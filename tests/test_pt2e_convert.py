@@ -1,5 +1,7 @@
-"""What torchao's convert_pt2e leaves in a QAT graph, and what edgeship removes: batch norm's
-counter increment after a conv1d-bn, which ExecuTorch would keep as a buffer every call mutates."""
+"""QAT graphs of the XNNPACK flow that torchao and the XNNPACK quantizer leave unfit for
+ExecuTorch, as edgeship mends them: batch norm's counter increment after a conv1d-bn (a buffer
+every call would mutate), and a transposed convolution's weights quantized per input channel
+(XNNPACK refused the layer and the export failed)."""
 
 from __future__ import annotations
 
@@ -30,23 +32,45 @@ def _increments(graph: torch.fx.GraphModule) -> list[str]:
     return [str(n.args[0]) for n in graph.graph.nodes if n.target is torch.ops.aten.add_.Tensor]
 
 
-def test_a_qat_conv1d_bn_ships_without_its_batch_counter(tmp_path):
-    inputs = torch.randn(64, 1, 16)
-    data = TensorDataset(inputs, torch.randint(0, 4, (64,)))
+def _qat_pte(model: nn.Module, inputs: torch.Tensor, folder) -> tuple[torch.fx.GraphModule, np.ndarray, list]:
+    """`model` through the XNNPACK flow with QAT's fake quantization, converted and exported:
+    the converted graph, the .pte's answers on the first 8 inputs, and the export's warnings."""
     target = get_target("executorch-xnnpack")
     flow, examples = flow_for(target.flow), (inputs[:1],)
-    prepared = calibrate(flow, _signal_net(), examples, data, batches=2, batch_size=32, qat=True)
+    data = TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.int64))
+    prepared = calibrate(flow, model, examples, data, batches=2, batch_size=32, qat=True)
     with flow.engine():
-        assert _increments(convert_pt2e(copy.deepcopy(prepared)))  # what torchao's convert leaves
         converted = flow.convert(prepared)
-    assert _increments(converted) == []
     with warnings.catch_warnings(record=True) as seen, flow.engine():
         warnings.simplefilter("always")
-        made = export_atomically(spec_for(target.format).export, converted, examples, target, tmp_path / "pte")
-    assert not [w for w in seen if "Mutation on a buffer" in str(w.message)]
-    runtime = load(str(made.path), None, 1)
-    x = inputs[:8].numpy()
+        made = export_atomically(spec_for(target.format).export, converted, examples, target, folder)
+    runtime, x = load(str(made.path), None, 1), inputs[:8].numpy()
     answers = np.concatenate([runtime(runtime.to_native([x[i:i + 1]]))[0] for i in range(len(x))])
+    return converted, answers, seen
+
+
+def test_a_qat_conv1d_bn_ships_without_its_batch_counter(tmp_path):
+    inputs = torch.randn(64, 1, 16)
+    prepared = calibrate(flow_for(get_target("executorch-xnnpack").flow), _signal_net(), (inputs[:1],),
+                         TensorDataset(inputs, torch.zeros(64)), batches=1, batch_size=64, qat=True)
+    assert _increments(convert_pt2e(copy.deepcopy(prepared)))  # what torchao's convert leaves
+    converted, answers, seen = _qat_pte(_signal_net(), inputs, tmp_path / "pte")
+    assert _increments(converted) == []
+    assert not [w for w in seen if "Mutation on a buffer" in str(w.message)]
     with torch.no_grad():
-        expected = converted(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(answers, expected, atol=0.05)
+        np.testing.assert_allclose(answers, converted(inputs[:8]).numpy(), atol=0.05)
+
+
+def test_a_qat_transposed_convolution_is_quantized_per_output_channel(tmp_path):
+    torch.manual_seed(0)
+    upsampler = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(),
+                              nn.ConvTranspose2d(8, 4, 2, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.Conv2d(4, 1, 3, padding=1))
+    inputs = torch.randn(64, 1, 8, 8)
+    converted, answers, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
+    axes = {n.args[0].name: n.args[3] for n in converted.graph.nodes
+            if n.target is torch.ops.quantized_decomposed.dequantize_per_channel.default}
+    assert sorted(axes.values()) == [0, 0, 1], axes  # the two convolutions' out channels, then its
+    with torch.no_grad():
+        expected = converted(inputs[:8]).numpy()
+    np.testing.assert_allclose(answers, expected, atol=0.02 * np.abs(expected).max())

@@ -110,9 +110,7 @@ class Pt2eXnnpackFlow(Pt2eFlow):
         return super().capture(quantizable_lstms(model), example_inputs, qat=qat)
 
     def quantizer(self, *, qat: bool):
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-
-        quantizer = XNNPACKQuantizer().set_global(self.quantization_config(qat=qat))
+        quantizer = _xnnpack_quantizer(qat=qat).set_global(self.quantization_config(qat=qat))
         if self.settings.float_layers:
             # set_module_name(name, None) is "not supported yet" in XNNPACKQuantizer: a filter
             # that declines every node inside a float layer does the same.
@@ -150,6 +148,51 @@ class Pt2eXnnpackFlow(Pt2eFlow):
         activation = dataclasses.replace(config.input_activation,
                                          observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
         return dataclasses.replace(config, input_activation=activation, output_activation=activation)
+
+
+def _xnnpack_quantizer(*, qat: bool):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    if not qat:
+        return XNNPACKQuantizer()
+
+    class XnnpackQatQuantizer(XNNPACKQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return transposed_weights_per_output_channel(super().annotate(model))
+
+    return XnnpackQatQuantizer()
+
+
+def transposed_weights_per_output_channel(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """QAT's per-channel fake quantization of each transposed convolution's weight on axis 1, the
+    output channels of its [in, out, kH, kW] weight: the only axis XNNPACK's deconvolution takes
+    (with one group), and the one the XNNPACK quantizer gives it after calibration. In QAT it
+    ended on axis 0, per input channel, and the export failed ("Missing out variants:
+    quantized_decomposed::dequantize_per_channel", XNNPACK's partitioner refusing the layer):
+    the conv-bn annotator names no axis for a transposed convolution, and torchao passes an axis
+    only to a class named "PerChannel...", not to the QAT config's fused fake-quant, whose kernel
+    takes axis 0 alone. A plain FakeQuantize takes the axis given to it."""
+    from torchao.quantization.pt2e import FakeQuantize, MovingAveragePerChannelMinMaxObserver
+
+    fake_quant = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, ch_axis=1, eps=2**-12)
+    for node in model.graph.nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if annotation is None or node.target not in TRANSPOSED_CONVS or _groups(node) != 1:
+            continue
+        spec = annotation.input_qspec_map.get(node.args[1])
+        if spec is not None and spec.qscheme == torch.per_channel_symmetric:
+            annotation.input_qspec_map[node.args[1]] = dataclasses.replace(
+                spec, ch_axis=1, observer_or_fake_quant_ctr=fake_quant)
+    return model
+
+
+TRANSPOSED_CONVS = (torch.ops.aten.conv_transpose1d.default, torch.ops.aten.conv_transpose2d.input)
+
+
+def _groups(transposed_conv: torch.fx.Node) -> int:
+    # aten.conv_transpose{1,2}d(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    args = transposed_conv.args
+    return args[6] if len(args) > 6 else transposed_conv.kwargs.get("groups", 1)
 
 
 class OrtQdqFlow(Pt2eFlow):
