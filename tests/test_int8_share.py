@@ -14,10 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from edgeship.benchmarks.runner import load
 from edgeship.engines import attention_slow_path
 from edgeship.formats import export_atomically, spec_for
 from edgeship.gate.budgets import evaluate
-from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
+from edgeship.quantize.flow import QuantSettings
 from edgeship.recipe import Budget
 from edgeship.report.schema import Int8Share, Report
 from edgeship.report.writers import markdown, mostly_float, rows
@@ -136,6 +138,34 @@ def test_an_lstm_with_projections_is_said_to_stay_float_on_xnnpack():
     left = layers_of(LEFT_FLOAT, model, Flow.PT2E_XNNPACK)
     assert list(left) == ["0"] and "proj_size" in left["0"], left
     assert not layers_of(LEFT_FLOAT, model, Flow.FX_FBGEMM)
+
+
+def test_a_2x2_transposed_convolution_stays_float_on_fbgemm(tmp_path):
+    """fbgemm's int8 ConvTranspose2d answered wrong with 2x2 kernels on an AVX-512 host: such a
+    layer stays float there, with the reason, and the artifact then answers as the float model
+    does; a 3x3 one stays int8, and QNNPACK keeps both int8."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.ConvTranspose2d(32, 16, 2, stride=2), nn.ReLU(),
+                          nn.ConvTranspose2d(16, 8, 3, padding=1)).eval()
+    required = required_float_layers(model, Flow.FX_FBGEMM)
+    assert list(required) == ["2"] and "2-wide kernel" in required["2"], required
+    assert not required_float_layers(model, Flow.FX_QNNPACK)
+    target, inputs = get_target("torchscript-fbgemm"), torch.randn(64, 1, 8, 8)
+    flow = flow_for(target.flow, QuantSettings().with_float_layers(required))
+    data = TensorDataset(inputs, torch.zeros(64, dtype=torch.int64))
+    prepared = calibrate(flow, model, (inputs[:1],), data, batches=2, batch_size=32, qat=False)
+    with flow.engine():
+        converted = flow.convert(prepared)
+    spec = spec_for(target.format)
+    with spec.running(target):
+        made = export_atomically(spec.export, converted, (inputs[:1],), target, tmp_path)
+    runtime = load(str(made.path), "fbgemm", 1)
+    answers = np.concatenate([runtime(runtime.to_native([inputs[i:i + 1].numpy()]))[0] for i in range(8)])
+    with torch.no_grad():
+        expected = model(inputs[:8]).numpy()
+    assert np.abs(answers - expected).max() < 0.05 * np.abs(expected).max()
+    assert 0 < made.details["int8_share"]["macs_fraction"] < 1
 
 
 @pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))
