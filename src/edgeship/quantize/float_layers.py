@@ -21,6 +21,7 @@ from torch import nn
 
 from edgeship.targets import Flow
 
+
 def _fbgemm_transposed_2x2(conv: nn.ConvTranspose2d) -> str | None:
     """fbgemm's int8 transposed convolution with a 2-wide kernel, measured wrong here against the
     float layer; 3x3 and 4x4 kernels were within int8 error, so those stay int8."""
