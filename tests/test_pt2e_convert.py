@@ -70,7 +70,8 @@ def test_a_qat_transposed_convolution_is_quantized_per_output_channel(tmp_path):
     converted, answers, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
     axes = {n.args[0].name: n.args[3] for n in converted.graph.nodes
             if n.target is torch.ops.quantized_decomposed.dequantize_per_channel.default}
-    assert sorted(axes.values()) == [0, 0, 1], axes  # the two convolutions' out channels, then its
+    # each weight on its output channels: axis 0 of the two convolutions', axis 1 of the transposed one's
+    assert sorted(axes.values()) == [0, 0, 1], axes
     with torch.no_grad():
         expected = converted(inputs[:8]).numpy()
     np.testing.assert_allclose(answers, expected, atol=0.02 * np.abs(expected).max())
