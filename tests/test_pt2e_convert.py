@@ -32,9 +32,10 @@ def _increments(graph: torch.fx.GraphModule) -> list[str]:
     return [str(n.args[0]) for n in graph.graph.nodes if n.target is torch.ops.aten.add_.Tensor]
 
 
-def _qat_pte(model: nn.Module, inputs: torch.Tensor, folder) -> tuple[torch.fx.GraphModule, np.ndarray, list]:
-    """`model` through the XNNPACK flow with QAT's fake quantization, converted and exported:
-    the converted graph, the .pte's answers on the first 8 inputs, and the export's warnings."""
+def _qat_pte(model: nn.Module, inputs: torch.Tensor, folder) -> tuple[nn.Module, torch.fx.GraphModule, np.ndarray, list]:
+    """`model` through the XNNPACK flow with QAT's fake quantization, converted and exported: the
+    prepared graph, the converted one, the .pte's answers on the first 8 inputs, and the export's
+    warnings."""
     target = get_target("executorch-xnnpack")
     flow, examples = flow_for(target.flow), (inputs[:1],)
     data = TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.int64))
@@ -46,15 +47,13 @@ def _qat_pte(model: nn.Module, inputs: torch.Tensor, folder) -> tuple[torch.fx.G
         made = export_atomically(spec_for(target.format).export, converted, examples, target, folder)
     runtime, x = load(str(made.path), None, 1), inputs[:8].numpy()
     answers = np.concatenate([runtime(runtime.to_native([x[i:i + 1]]))[0] for i in range(len(x))])
-    return converted, answers, seen
+    return prepared, converted, answers, seen
 
 
 def test_a_qat_conv1d_bn_ships_without_its_batch_counter(tmp_path):
     inputs = torch.randn(64, 1, 16)
-    prepared = calibrate(flow_for(get_target("executorch-xnnpack").flow), _signal_net(), (inputs[:1],),
-                         TensorDataset(inputs, torch.zeros(64)), batches=1, batch_size=64, qat=True)
+    prepared, converted, answers, seen = _qat_pte(_signal_net(), inputs, tmp_path / "pte")
     assert _increments(convert_pt2e(copy.deepcopy(prepared)))  # what torchao's convert leaves
-    converted, answers, seen = _qat_pte(_signal_net(), inputs, tmp_path / "pte")
     assert _increments(converted) == []
     assert not [w for w in seen if "Mutation on a buffer" in str(w.message)]
     with torch.no_grad():
@@ -67,7 +66,7 @@ def test_a_qat_transposed_convolution_is_quantized_per_output_channel(tmp_path):
                               nn.ConvTranspose2d(8, 4, 2, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
                               nn.Conv2d(4, 1, 3, padding=1))
     inputs = torch.randn(64, 1, 8, 8)
-    converted, answers, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
+    _, converted, answers, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
     axes = {n.args[0].name: n.args[3] for n in converted.graph.nodes
             if n.target is torch.ops.quantized_decomposed.dequantize_per_channel.default}
     # each weight on its output channels: axis 0 of the two convolutions', axis 1 of the transposed one's
