@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from edgeship.benchmarks.runner import load
 from edgeship.formats import ExportedArtifact, export_atomically, spec_for
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
@@ -49,6 +50,13 @@ def edgeship_export(name: str, model: nn.Module, calibration: np.ndarray, folder
               else spec.export)
     with spec.running(target):
         return export_atomically(export, converted, examples, target, folder)
+
+
+def answers(path: Path | str, engine: str | None, inputs: np.ndarray) -> np.ndarray:
+    """The artifact at `path`, loaded in its own runtime on one thread, answering `inputs` one
+    sample at a time (the artifacts are exported at batch 1): its first output, stacked."""
+    runtime = load(str(path), engine, 1)
+    return np.concatenate([runtime(runtime.to_native([inputs[i:i + 1]]))[0] for i in range(len(inputs))])
 
 
 def peer_artifact(name: str, model: nn.Module, calibration: np.ndarray, float_onnx: Path,

@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-from edgeship.benchmarks.runner import load
 from edgeship.formats import export_atomically, spec_for
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
 from edgeship.targets import get_target
+from peers import answers
 
 
 def _signal_net() -> nn.Module:
@@ -45,19 +45,17 @@ def _qat_pte(model: nn.Module, inputs: torch.Tensor, folder) -> tuple[nn.Module,
     with warnings.catch_warnings(record=True) as seen, flow.engine():
         warnings.simplefilter("always")
         made = export_atomically(spec_for(target.format).export, converted, examples, target, folder)
-    runtime, x = load(str(made.path), None, 1), inputs[:8].numpy()
-    answers = np.concatenate([runtime(runtime.to_native([x[i:i + 1]]))[0] for i in range(len(x))])
-    return prepared, converted, answers, seen
+    return prepared, converted, answers(made.path, None, inputs[:8].numpy()), seen
 
 
 def test_a_qat_conv1d_bn_ships_without_its_batch_counter(tmp_path):
     inputs = torch.randn(64, 1, 16)
-    prepared, converted, answers, seen = _qat_pte(_signal_net(), inputs, tmp_path / "pte")
+    prepared, converted, pte, seen = _qat_pte(_signal_net(), inputs, tmp_path / "pte")
     assert _increments(convert_pt2e(copy.deepcopy(prepared)))  # what torchao's convert leaves
     assert _increments(converted) == []
     assert not [w for w in seen if "Mutation on a buffer" in str(w.message)]
     with torch.no_grad():
-        np.testing.assert_allclose(answers, converted(inputs[:8]).numpy(), atol=0.05)
+        np.testing.assert_allclose(pte, converted(inputs[:8]).numpy(), atol=0.05)
 
 
 def test_a_qat_transposed_convolution_is_quantized_per_output_channel(tmp_path):
@@ -66,11 +64,11 @@ def test_a_qat_transposed_convolution_is_quantized_per_output_channel(tmp_path):
                               nn.ConvTranspose2d(8, 4, 2, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
                               nn.Conv2d(4, 1, 3, padding=1))
     inputs = torch.randn(64, 1, 8, 8)
-    _, converted, answers, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
+    _, converted, pte, _ = _qat_pte(upsampler, inputs, tmp_path / "pte")
     axes = {n.args[0].name: n.args[3] for n in converted.graph.nodes
             if n.target is torch.ops.quantized_decomposed.dequantize_per_channel.default}
     # each weight on its output channels: axis 0 of the two convolutions', axis 1 of the transposed one's
     assert sorted(axes.values()) == [0, 0, 1], axes
     with torch.no_grad():
         expected = converted(inputs[:8]).numpy()
-    np.testing.assert_allclose(answers, expected, atol=0.02 * np.abs(expected).max())
+    np.testing.assert_allclose(pte, expected, atol=0.02 * np.abs(expected).max())

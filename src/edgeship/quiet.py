@@ -1,7 +1,8 @@
 """The libraries' notices that drown edgeship's own findings (torch.ao FX and quantized-tensor
-deprecations, pytree FutureWarnings, torchao's optional-kernel loading): silenced inside
-edgeship's own calls only. `quiet_libraries()` restores the warning filters and the loggers'
-levels on the way out, so a program that calls edgeship keeps its own settings."""
+deprecations, pytree FutureWarnings, torchao's optional-kernel loading, quantizers explaining what
+they skip): silenced inside edgeship's own calls only. `quiet_libraries()` restores the warning
+filters and the loggers' levels on the way out, so a program that calls edgeship keeps its own
+settings."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from contextlib import contextmanager
 
 LOGGERS = ("torch", "torchao", "executorch", "onnxscript")
 MESSAGES = (".*reduce_range will be deprecated.*", ".*quantized tensor creation functions.*",
-            "Exporting a model while it is in training mode.*")
+            "Exporting a model while it is in training mode.*",
+            # torchao's X86InductorQuantizer on an op whose input stays float: the report's int8
+            # share names the float layers
+            "The input of .* is not quantized, skip annotate.*",
+            # torch.ao's reference RNN modules copying their own tensors
+            "To copy construct from a tensor.*")
 
 
 def _filter() -> None:

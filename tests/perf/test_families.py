@@ -13,15 +13,13 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import edgeship
-from edgeship.benchmarks.runner import load
 from edgeship.data import stack
 from edgeship.environment import environment
-from peers import INT8, PEER_OF, edgeship_artifact, peer_artifact
+from peers import INT8, PEER_OF, answers, edgeship_artifact, peer_artifact
 
 import families
 
@@ -51,10 +49,9 @@ def _peers(run: Path, family: str) -> dict[str, float]:
     float_onnx = edgeship_artifact("onnx-fp32", model.eval(), calibration, run / "peers")
     top1 = {}
     for name in INT8:
-        m = load(str(peer_artifact(name, model, calibration, float_onnx, run / "peers")),
-                 "fbgemm" if name == "torchscript-fbgemm" else None, 1)
-        answers = np.concatenate([m(m.to_native([test.inputs[0][i:i + 1]]))[0] for i in range(len(test))])
-        top1[name] = float((answers.argmax(1) == test.labels).mean())
+        path = peer_artifact(name, model, calibration, float_onnx, run / "peers")
+        top1[name] = float((answers(path, "fbgemm" if name == "torchscript-fbgemm" else None, test.inputs[0])
+                            .argmax(1) == test.labels).mean())
     return top1
 
 

@@ -27,7 +27,7 @@ from edgeship.environment import environment
 from edgeship.examples.mobilenet import mobilenet_v2, splits
 from edgeship.progress import Progress
 from edgeship.quantize.training import train
-from peers import INT8, PEER_OF, edgeship_artifact, peer_artifact
+from peers import INT8, PEER_OF, answers, edgeship_artifact, peer_artifact
 
 ROUNDS, CALLS = 7, 30
 
@@ -99,9 +99,7 @@ def test_accuracy_against_the_runtimes_own_flows(benchmark, figure, isa, tmp_pat
         float_top1 = float((model(torch.from_numpy(test.inputs[0])).argmax(1).numpy() == test.labels).mean())
     top1 = {}
     for label, (path, engine) in built.items():
-        m = load(path, engine, 1)
-        answers = np.concatenate([m(m.to_native([test.inputs[0][i:i + 1]]))[0] for i in range(len(test))])
-        top1[label] = float((answers.argmax(1) == test.labels).mean())
+        top1[label] = float((answers(path, engine, test.inputs[0]).argmax(1) == test.labels).mean())
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # figures only; --benchmark-only needs it
     lines = [f"{n} {top1[n]:.4f} vs {PEER_OF[n]} {top1[PEER_OF[n]]:.4f}" for n in INT8]
     figure(f"MobileNetV2 digits 16x16, top-1 on {len(test)} images (1 image = {100 / len(test):.2f} "

@@ -31,9 +31,16 @@ def _fbgemm_transposed_2x2(conv: nn.ConvTranspose2d) -> str | None:
             ) if 2 in conv.kernel_size else None
 
 
+# Measured with torch's own default qconfig mapping as well: PReLU(0.25) on 0.2 gives 0.05.
+_QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the slope too (0.2 at "
+                    "slope 0.25 comes out 0.05), in torch's own default FX flow as well and on both "
+                    "fbgemm and QNNPACK; ONNX Runtime and XNNPACK run it int8")
+
 # A reason, or a function of the module giving one (None: not this module)
 FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str | None]] = {
     (Flow.FX_FBGEMM, nn.ConvTranspose2d): _fbgemm_transposed_2x2,
+    (Flow.FX_FBGEMM, nn.PReLU): _QUANTIZED_PRELU,
+    (Flow.FX_QNNPACK, nn.PReLU): _QUANTIZED_PRELU,
     (Flow.FX_QNNPACK, nn.Conv3d):
         "quantized::conv3d: QNNPACK packs int8 Conv3d weights but cannot unpack them, so the "
         "TorchScript artifact cannot be frozen or saved ('QNNPACK only supports conv2d_unpack "

@@ -28,6 +28,27 @@ def quiet_fx_deprecation() -> Iterator[None]:
         yield
 
 
+class _FloatPReLU(nn.PReLU):
+    """An nn.PReLU that stays float. torch's FX lowering swaps every nn.PReLU found between a
+    dequantize and a quantize for its int8 module, qconfig or not (and without one it fails).
+    This class is not torch.nn's own, so FX traces into it. Its F.prelu has no int8 pattern, and
+    it stays a float op."""
+
+    @classmethod
+    def holding(cls, prelu: nn.PReLU) -> _FloatPReLU:
+        floated = cls(prelu.num_parameters)
+        floated.weight = prelu.weight
+        return floated
+
+
+def _float_prelus(model: nn.Module, names: frozenset[str]) -> nn.Module:
+    for name in names:
+        if type(model.get_submodule(name)) is nn.PReLU:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _FloatPReLU.holding(model.get_submodule(name)))
+    return model
+
+
 class FxFlow(QuantFlow):
     def __init__(self, flow: Flow, engine: str, settings: QuantSettings = QuantSettings()) -> None:
         super().__init__(settings)
@@ -98,7 +119,7 @@ class FxFlow(QuantFlow):
     def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
-        model = copy.deepcopy(model)
+        model = _float_prelus(copy.deepcopy(model), self.settings.float_layers)
         with quiet_fx_deprecation(), self.engine():
             mapping = self.qconfig_mapping(qat=qat)
             if qat:
