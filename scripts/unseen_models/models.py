@@ -1,9 +1,12 @@
 """Models built to try edgeship as a new user would, with default settings (`edgeship run
-scripts/unseen_models/signal.toml`, `... denoise.toml`): a 1-D conv net over each digit as a
-64-sample signal (GELU, GroupNorm, SiLU, a depthwise Conv1d), and a denoising autoencoder that
-upsamples with a 2x2 ConvTranspose2d (mse against the clean digit). Each found a defect, now
-tested in tests/test_pt2e_convert.py and tests/test_int8_share.py."""
+scripts/unseen_models/signal.toml`, `... denoise.toml`, `... unet.toml`): a 1-D conv net over
+each digit as a 64-sample signal (GELU, GroupNorm, SiLU, a depthwise Conv1d), a denoising
+autoencoder that upsamples with a 2x2 ConvTranspose2d (mse against the clean digit), and a
+U-Net-like classifier
+(`unet.toml`: a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PReLU). Each found
+a defect, now tested in tests/test_pt2e_convert.py and tests/test_int8_share.py."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 from edgeship.examples import digits
 
@@ -58,3 +61,26 @@ def noisy_splits():
         x = torch.stack([ds[i][0] for i in range(len(ds))])
         return TensorDataset(x + 0.5 * torch.randn(x.shape, generator=g), x)
     return Splits(train=noisy(s.train), calibration=noisy(s.calibration), test=noisy(s.test))
+
+
+class UNetLike(nn.Module):
+    """An encoder-decoder classifier: a max-pooled branch upsampled twice (nearest, and bilinear
+    at half weight) and concatenated with the full-resolution features."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.LeakyReLU(0.1))
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.PReLU())
+        self.dec = nn.Sequential(nn.Conv2d(48, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        a = self.enc1(x)
+        b = self.enc2(a)
+        up = (F.interpolate(b, scale_factor=2, mode="nearest")
+              + 0.5 * F.interpolate(b, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.head(self.dec(torch.cat([a, up], dim=1)).mean(dim=(2, 3)))
+
+
+def unet_like():
+    return UNetLike()
