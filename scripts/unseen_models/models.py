@@ -2,9 +2,8 @@
 scripts/unseen_models/signal.toml`, `... denoise.toml`, `... unet.toml`): a 1-D conv net over
 each digit as a 64-sample signal (GELU, GroupNorm, SiLU, a depthwise Conv1d), a denoising
 autoencoder that upsamples with a 2x2 ConvTranspose2d (mse against the clean digit), and a
-U-Net-like classifier
-(`unet.toml`: a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PReLU). Each found
-a defect, now tested in tests/test_pt2e_convert.py and tests/test_int8_share.py."""
+U-Net-like classifier (a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PReLU).
+Each found a defect, now tested in tests/test_pt2e_convert.py and tests/test_int8_share.py."""
 import torch
 import torch.nn.functional as F
 from torch import nn
