@@ -15,6 +15,7 @@ from edgeship.engines import quantized_engine
 from edgeship.quantize.attention import dynamic_linears_in_attention
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
+from edgeship.quantize.fx_scalars import shape_floats_folded
 from edgeship.targets import Flow
 
 
@@ -42,6 +43,8 @@ class _FloatPReLU(nn.PReLU):
 
 
 def _float_prelus(model: nn.Module, names: frozenset[str]) -> nn.Module:
+    """`model`, changed in place: each nn.PReLU named in `names` becomes a _FloatPReLU holding
+    the same weight."""
     for name in names:
         if type(model.get_submodule(name)) is nn.PReLU:
             parent, _, child = name.rpartition(".")
@@ -115,6 +118,9 @@ class FxFlow(QuantFlow):
         for name in self.settings.float_layers:
             mapping.set_module_name(name, None)
         return mapping
+
+    def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        return shape_floats_folded(model, example_inputs)
 
     def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
