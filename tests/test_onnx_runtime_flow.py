@@ -149,3 +149,54 @@ def test_the_onnx_runtime_flow_converts_to_float_weights_and_probes_int8():
         simulated = flow.int8_in_pytorch(prepared)
         assert "quantize_per_tensor" in str(simulated.graph)
         assert not torch.equal(simulated(x), model(x))
+
+
+class _SharedReluBlock(nn.Module):
+    """torchvision's BasicBlock as written there: one in-place ReLU module called twice, and
+    `out += identity`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        identity = x
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("qat", (False, True))
+def test_a_module_called_twice_is_quantized_in_the_onnx_runtime_flow(qat):
+    """torchao's X86InductorQuantizer groups ops by module path, so a module called twice is one
+    partition with two outputs, which it refuses: a torchvision-style ResNet failed calibration on
+    onnx-int8. edgeship gives each later call a path of its own, except a float layer's, which
+    the quantizer matches by name."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    from edgeship.quantize.calibrate import calibrate
+    from edgeship.quantize.flows import flow_for
+    from edgeship.quantize.pt2e import one_partition_per_call
+    from edgeship.targets import Flow
+
+    torch.manual_seed(0)
+    model, x = _SharedReluBlock().eval(), torch.randn(64, 4, 8, 8)
+    exported = torch.export.export(model, (x[:2],)).module()
+    with pytest.raises(ValueError, match="more than one output node"):
+        prepare_pt2e(exported, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    paths = [list(n.meta["nn_module_stack"].values())[-1][0] for n in
+             one_partition_per_call(exported, frozenset({"relu"})).graph.nodes if "relu" in n.name]
+    assert paths == ["relu", "relu"]  # a float layer keeps its name on every call
+    flow = flow_for(Flow.ORT_QDQ)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.int64))
+    prepared = calibrate(flow, model.train(qat), (x[:1],), data, batches=2, batch_size=32, qat=qat)
+    flow.set_eval(prepared)
+    with torch.no_grad():
+        expected, simulated = model.eval()(x[:8]), flow.int8_in_pytorch(prepared)(x[:8])
+    assert (simulated - expected).abs().max() < 0.05 * expected.abs().max()

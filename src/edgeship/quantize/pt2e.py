@@ -195,6 +195,24 @@ def _groups(transposed_conv: torch.fx.Node) -> int:
     return args[6] if len(args) > 6 else transposed_conv.kwargs.get("groups", 1)
 
 
+def one_partition_per_call(graph: nn.Module, float_layers: frozenset[str]) -> nn.Module:
+    """`graph` (an exported one, changed in place) with each later call of a module under a path
+    of its own. torch.export keys the k-th later call `...@k` in `nn_module_stack` but gives every
+    call the module's path, and torchao groups ops into source partitions by that path: a module
+    called twice (torchvision's BasicBlock calls its one `self.relu` twice) is one partition with
+    two outputs, which X86InductorQuantizer refuses ("Input partition has more than one output
+    node"). A float layer keeps its path: the quantizer leaves it out by that name."""
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (path, kind) = list(stack.items())[-1]
+        call = key.rpartition("@")[2]
+        if "@" in key and call.isdigit() and path not in float_layers:
+            stack[key] = (f"{path}@{call}", kind)
+    return graph
+
+
 class OrtQdqFlow(Pt2eFlow):
     """The ONNX Runtime flow. In PyTorch, calibration and QAT use the config of ONNX Runtime's x86
     int8 kernels (torchao's X86InductorQuantizer: U8 asymmetric activations, S8 symmetric
@@ -208,7 +226,7 @@ class OrtQdqFlow(Pt2eFlow):
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         self._float_model, self._fine_tuned = model, qat  # what `convert` gives back
-        return super().capture(model, example_inputs, qat=qat)
+        return one_partition_per_call(super().capture(model, example_inputs, qat=qat), self.settings.float_layers)
 
     def quantizer(self, *, qat: bool):
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
