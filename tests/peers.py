@@ -22,6 +22,8 @@ from torch.utils.data import TensorDataset
 from edgeship.benchmarks.runner import load
 from edgeship.formats import ExportedArtifact, export_atomically, spec_for
 from edgeship.quantize.calibrate import calibrate
+from edgeship.quantize.float_layers import required_float_layers
+from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.flows import flow_for
 from edgeship.targets import get_target
 
@@ -36,13 +38,14 @@ def edgeship_artifact(name: str, model: nn.Module, calibration: np.ndarray, fold
 
 def edgeship_export(name: str, model: nn.Module, calibration: np.ndarray, folder: Path) -> ExportedArtifact:
     """`name`'s artifact as edgeship's pipeline makes it with default settings, QAT off: the
-    recipe's calibration (batch 64, 4 batches) in the target's flow, then its exporter."""
+    layers the flow needs float left float, the recipe's calibration (batch 64, 4 batches) in the
+    target's flow, then its exporter."""
     target = get_target(name)
     examples = (torch.from_numpy(calibration[:1]),)
     spec = spec_for(target.format)
     if not target.is_int8:
         return export_atomically(spec.export, model, examples, target, folder)
-    flow = flow_for(target.flow)
+    flow = flow_for(target.flow, QuantSettings().with_float_layers(required_float_layers(model, target.flow)))
     prepared = calibrate(flow, model, examples, _dataset(calibration), batches=4, batch_size=64, qat=False)
     with flow.engine():
         converted = flow.convert(prepared)

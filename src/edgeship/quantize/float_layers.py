@@ -31,6 +31,12 @@ def _fbgemm_transposed_2x2(conv: nn.ConvTranspose2d) -> str | None:
             ) if 2 in conv.kernel_size else None
 
 
+def _ort_grouped_transposed(conv: nn.Module) -> str | None:
+    return ("ONNX Runtime's quantize_static fails on a grouped transposed convolution with "
+            "per-channel weights (onnxruntime 1.32: its bias quantization broadcasts the weight's "
+            "per-group scales against every output channel)") if conv.groups > 1 else None
+
+
 # Measured with torch's own default qconfig mapping as well: PReLU(0.25) on 0.2 gives 0.05.
 _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the slope too (0.2 at "
                     "slope 0.25 comes out 0.05), in torch's own default FX flow as well and on both "
@@ -40,6 +46,8 @@ _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the
 FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str | None]] = {
     (Flow.FX_FBGEMM, nn.ConvTranspose2d): _fbgemm_transposed_2x2,
     (Flow.FX_FBGEMM, nn.PReLU): _QUANTIZED_PRELU,
+    (Flow.ORT_QDQ, nn.ConvTranspose1d): _ort_grouped_transposed,
+    (Flow.ORT_QDQ, nn.ConvTranspose2d): _ort_grouped_transposed,
     (Flow.FX_QNNPACK, nn.PReLU): _QUANTIZED_PRELU,
     (Flow.FX_QNNPACK, nn.Conv3d):
         "quantized::conv3d: QNNPACK packs int8 Conv3d weights but cannot unpack them, so the "

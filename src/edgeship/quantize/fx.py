@@ -16,6 +16,7 @@ from edgeship.quantize.attention import dynamic_linears_in_attention
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.fx_scalars import shape_floats_folded
+from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
 
 
@@ -120,6 +121,8 @@ class FxFlow(QuantFlow):
         return mapping
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        if qat:  # torch.ao FX QAT cannot fuse a transposed convolution with its batch norm
+            model = transposed_bn_folded(model, grouped_only=False)
         return shape_floats_folded(model, example_inputs)
 
     def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:

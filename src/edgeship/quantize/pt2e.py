@@ -15,6 +15,7 @@ from torch import nn
 from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.recurrent import quantizable_lstms
+from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
 
 
@@ -31,6 +32,7 @@ class Pt2eFlow(QuantFlow):
     """A PT2E flow; subclasses choose the quantizer."""
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        model = transposed_bn_folded(model, grouped_only=True)  # torchao's own fold fails on those
         model = copy.deepcopy(model).train() if qat else copy.deepcopy(model).eval()
         # Export with a dynamic batch: a graph specialised to batch 1 makes QAT train one sample
         # at a time, which collapses batch norm (seen: 0.994 -> 0.75 accuracy).
@@ -225,7 +227,9 @@ class OrtQdqFlow(Pt2eFlow):
     quantizes_at_export = True
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        self._float_model, self._fine_tuned = model, qat  # what `convert` gives back
+        # what `convert` gives back: with the fold capture makes, so the fine-tuned weights fit it
+        model = transposed_bn_folded(model, grouped_only=True)
+        self._float_model, self._fine_tuned = model, qat
         return one_partition_per_call(super().capture(model, example_inputs, qat=qat), self.settings.float_layers)
 
     def quantizer(self, *, qat: bool):
