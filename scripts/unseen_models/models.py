@@ -1,9 +1,12 @@
 """Models built to try edgeship as a new user would, with default settings (`edgeship run
 scripts/unseen_models/signal.toml`, `... denoise.toml`, `... unet.toml`): a 1-D conv net over
 each digit as a 64-sample signal (GELU, GroupNorm, SiLU, a depthwise Conv1d), a denoising
-autoencoder that upsamples with a 2x2 ConvTranspose2d (mse against the clean digit), and a
-U-Net-like classifier (a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PReLU).
-Each found a defect, now tested in tests/test_pt2e_convert.py and tests/test_int8_share.py."""
+autoencoder that upsamples with a 2x2 ConvTranspose2d (mse against the clean digit), a U-Net-like
+classifier (a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PReLU), a
+hand-written ViT (`vit.toml`), a ResNet written as torchvision writes it (`tv_resnet.toml`), a
+decoder with a grouped ConvTranspose2d (`grouped_decoder.toml`) and a 1-D upsampling net
+(`deconv1d.toml`). Each found a defect, now tested in tests/test_pt2e_convert.py,
+test_int8_share.py, test_fx_shape_floats.py, test_onnx_runtime_flow.py and test_transposed_bn.py."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,3 +86,124 @@ class UNetLike(nn.Module):
 
 def unet_like():
     return UNetLike()
+
+
+class TinyViT(nn.Module):
+    """Patch embedding by a strided conv, a learned class token and positions, hand-written
+    multi-head attention (matmul, softmax), LayerNorm, GELU MLP, pre-norm residuals."""
+    def __init__(self, dim=32, heads=4, depth=2):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, 2, stride=2)          # 8x8 -> 4x4 = 16 tokens
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.blocks = nn.ModuleList([ViTBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        for b in self.blocks:
+            t = b(t)
+        return self.head(self.norm(t[:, 0]))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, t):
+        b, n, d = t.shape
+        q, k, v = self.qkv(self.n1(t)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+        t = t + self.proj((a @ v).transpose(1, 2).reshape(b, n, d))
+        return t + self.mlp(self.n2(t))
+
+
+class TVBasicBlock(nn.Module):
+    """torchvision's BasicBlock, as written there: in-place ReLU, `out += identity`."""
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class TVResNet(nn.Module):
+    """torchvision's ResNet stem and two stages, with its `x.view(x.size(0), -1)` before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.layer1 = TVBasicBlock(16, 16)
+        self.layer2 = TVBasicBlock(16, 32, 2, nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32)))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        x = self.avgpool(x)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class GroupedDeconv(nn.Module):
+    """Upsampling with a grouped transposed conv + BN (groups 4), then a classifier head."""
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(16, 16, 4, stride=2, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x)))
+
+
+class Deconv1d(nn.Module):
+    """A 1-D signal net that upsamples with ConvTranspose1d (kernel 2 and 4)."""
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv1d(1, 32, 3, stride=2, padding=1), nn.BatchNorm1d(32), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose1d(32, 16, 2, stride=2), nn.BatchNorm1d(16), nn.ReLU(),
+                                nn.ConvTranspose1d(16, 16, 4, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.up(self.down(x.flatten(2))).mean(-1))
+
+
+def vit():
+    return TinyViT()
+
+
+def tv_resnet():
+    return TVResNet()
+
+
+def grouped_decoder():
+    return GroupedDeconv()
+
+
+def deconv1d():
+    return Deconv1d()
