@@ -62,6 +62,14 @@ def answers(path: Path | str, engine: str | None, inputs: np.ndarray) -> np.ndar
     return np.concatenate([runtime(runtime.to_native([inputs[i:i + 1]]))[0] for i in range(len(inputs))])
 
 
+def error_share(path: Path | str, engine: str | None, model: nn.Module, inputs: torch.Tensor) -> float:
+    """The artifact's largest error against `model` on `inputs`, as a share of `model`'s largest
+    output."""
+    with torch.no_grad():
+        expected = model(inputs).numpy()
+    return float(np.abs(answers(path, engine, inputs.numpy()) - expected).max() / np.abs(expected).max())
+
+
 def peer_artifact(name: str, model: nn.Module, calibration: np.ndarray, float_onnx: Path,
                   folder: Path) -> Path:
     """The runtime's own documented flow for `name`'s runtime, on the same weights."""

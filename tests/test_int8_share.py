@@ -18,7 +18,6 @@ from edgeship.engines import attention_slow_path, quantized_engine
 from edgeship.formats import export_atomically, spec_for
 from edgeship.gate.budgets import evaluate
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
-from edgeship.quantize.flow import QuantSettings
 from edgeship.recipe import Budget
 from edgeship.report.schema import Int8Share, Report
 from edgeship.report.writers import markdown, mostly_float, rows
@@ -26,7 +25,7 @@ from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.recurrent import quantizable_lstms
 from edgeship.targets import Flow, Format, get_target
-from peers import answers, edgeship_export
+from peers import edgeship_export, error_share
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
 INT8 = ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8", "executorch-xnnpack")
@@ -139,26 +138,6 @@ def test_an_lstm_with_projections_is_said_to_stay_float_on_xnnpack():
     assert not layers_of(LEFT_FLOAT, model, Flow.FX_FBGEMM)
 
 
-def _artifact_keeping_float(model: nn.Module, name: str, required: dict[str, str], inputs: torch.Tensor, folder):
-    """`model` calibrated in `name`'s flow with the `required` layers float, converted and exported."""
-    target = get_target(name)
-    flow = flow_for(target.flow, QuantSettings().with_float_layers(required))
-    data = TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.int64))
-    prepared = calibrate(flow, model, (inputs[:1],), data, batches=2, batch_size=32, qat=False)
-    with flow.engine():
-        converted = flow.convert(prepared)
-    spec = spec_for(target.format)
-    with spec.running(target):
-        return export_atomically(spec.export, converted, (inputs[:1],), target, folder)
-
-
-def _max_error_share(made, engine: str, model: nn.Module, inputs: torch.Tensor) -> float:
-    """The artifact's largest error against the float model, as a share of the largest output."""
-    with torch.no_grad():
-        expected = model(inputs).numpy()
-    return float(np.abs(answers(made.path, engine, inputs.numpy()) - expected).max() / np.abs(expected).max())
-
-
 def test_a_2x2_transposed_convolution_stays_float_on_fbgemm(tmp_path):
     """fbgemm's int8 ConvTranspose2d answered wrong with 2x2 kernels on an AVX-512 host: such a
     layer stays float there, with the reason, and the artifact then answers as the float model
@@ -171,8 +150,8 @@ def test_a_2x2_transposed_convolution_stays_float_on_fbgemm(tmp_path):
     assert list(required) == ["2"] and "2-wide kernel" in required["2"], required
     assert not required_float_layers(model, Flow.FX_QNNPACK)
     inputs = torch.randn(64, 1, 8, 8)
-    made = _artifact_keeping_float(model, "torchscript-fbgemm", required, inputs, tmp_path)
-    assert _max_error_share(made, "fbgemm", model, inputs[:8]) < 0.05
+    made = edgeship_export("torchscript-fbgemm", model, inputs.numpy(), tmp_path)
+    assert error_share(made.path, "fbgemm", model, inputs[:8]) < 0.05
     assert 0 < made.details["int8_share"]["macs_fraction"] < 1
 
 
@@ -201,8 +180,8 @@ def test_a_prelu_stays_float_on_the_fx_flows(tmp_path, name):
     assert list(required) == ["2"] and "quantized::prelu" in required["2"], required
     assert not required_float_layers(model, Flow.PT2E_XNNPACK)
     inputs = torch.randn(64, 1, 8, 8)
-    made = _artifact_keeping_float(model, name, required, inputs, tmp_path)
-    assert _max_error_share(made, target.engine, model, inputs[:8]) < 0.05
+    made = edgeship_export(name, model, inputs.numpy(), tmp_path)
+    assert error_share(made.path, target.engine, model, inputs[:8]) < 0.05
 
 
 @pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))
