@@ -46,8 +46,6 @@ _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the
 FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str | None]] = {
     (Flow.FX_FBGEMM, nn.ConvTranspose2d): _fbgemm_transposed_2x2,
     (Flow.FX_FBGEMM, nn.PReLU): _QUANTIZED_PRELU,
-    (Flow.ORT_QDQ, nn.ConvTranspose1d): _ort_grouped_transposed,
-    (Flow.ORT_QDQ, nn.ConvTranspose2d): _ort_grouped_transposed,
     (Flow.FX_QNNPACK, nn.PReLU): _QUANTIZED_PRELU,
     (Flow.FX_QNNPACK, nn.Conv3d):
         "quantized::conv3d: QNNPACK packs int8 Conv3d weights but cannot unpack them, so the "
@@ -56,6 +54,8 @@ FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], s
     (Flow.FX_QNNPACK, nn.MaxPool3d):
         "quantized::max_pool3d: no QNNPACK kernel ('QNNPACK backend doesn't support of "
         "quantized_max_pool3d')",
+    (Flow.ORT_QDQ, nn.ConvTranspose1d): _ort_grouped_transposed,
+    (Flow.ORT_QDQ, nn.ConvTranspose2d): _ort_grouped_transposed,
 }
 
 
