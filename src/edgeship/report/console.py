@@ -14,7 +14,7 @@ from rich.table import Table
 from edgeship.gate.budgets import Check, Outcome
 from edgeship.report.schema import Report
 from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_slower,
-                                     machines, mostly_float, profiles, rows)
+                                     int8_worse, machines, mostly_float, profiles, rows)
 
 
 def check_line(check: Check) -> str:
@@ -88,6 +88,8 @@ def print_tables(report: Report, console: Console) -> None:
 def print_console(report: Report, console: Console) -> None:
     """A run's results: the table(s), int8 slower than fp32, failed artifacts, the verdict."""
     print_tables(report, console)
+    for line in int8_worse(report):
+        console.print(f"[yellow]int8 worse:[/] {escape(line)}", highlight=False)
     for line in int8_slower(report):
         console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
     for line in mostly_float(report):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,6 +66,44 @@ def int8_slower(report: Report) -> list[str]:
             tested = f"95% CI {test.interval()}" if test else "not tested against noise: no raw samples"
             out.append(f"{a.target} is {ratio:.2f}x slower than {get_target(a.target).twin} on {b.device} "
                        f"(p50 {b.latency_ms.p50:.3f} vs {base.latency_ms.p50:.3f} ms, {tested})")
+    return out
+
+
+# int8 usually costs well under a point of top-1 and a few percent of other metrics: past these,
+# a kernel or a flow is more often at fault than rounding (a kernel bug once cost 88 points).
+NOTABLE_TOP1_DROP = 1.0  # points
+NOTABLE_WORSENING = 0.10  # of the float model's value, for metrics other than top1
+ACCURACY_LIMITS = ("max_accuracy_drop", "min_accuracy", "min_metric", "max_metric")
+
+
+def _accuracy_budgeted(report: Report, target: str) -> bool:
+    """A budget of the run limits the target's metric against a fixed figure."""
+    return any(any(b.get(limit) is not None for limit in ACCURACY_LIMITS)
+               and (b.get("targets") is None or target in b["targets"]) for b in report.budgets)
+
+
+def int8_worse(report: Report) -> list[str]:
+    """One plain sentence per int8 artifact notably worse than the float model (more than
+    NOTABLE_TOP1_DROP points of top1; more than NOTABLE_WORSENING of float's value otherwise)
+    that no accuracy budget limits, so a run without one still says it:
+    `torchscript-fbgemm is 88.53 points worse than the float model (accuracy 0.0604 vs 0.9457); no budget …`."""
+    metric, out = report.metric, []
+    if report.float is None:
+        return out
+    reference = report.float.accuracy
+    for a in report.artifacts:
+        if a.precision != "int8" or a.accuracy is None or _accuracy_budgeted(report, a.target):
+            continue
+        drop = metric.worsening(reference, a.accuracy)  # rounded below: 0.9457 - 0.9357 is 1.0000000000000009
+        if metric.name == "top1":
+            notable, by = round(drop, 9) > NOTABLE_TOP1_DROP, f"{drop:.2f} points"
+        else:
+            share = drop / metric.drop_scale / abs(reference) if reference else math.inf
+            notable, by = round(share, 9) > NOTABLE_WORSENING, f"{share:.0%}"
+        if notable:
+            out.append(f"{a.target} is {by} worse than the float model ({metric.label} "
+                       f"{metric.format(a.accuracy)} vs {metric.format(reference)}); no budget limits it: "
+                       f"max_accuracy_drop would gate on it")
     return out
 
 
@@ -253,7 +292,7 @@ def markdown(report: Report) -> str:
         lines += [f"- ⚠️ {md_text(report.float.warning)}", ""] if report.float.warning else []
     lines += ["| " + " | ".join(map(md_text, headers(report))) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows(report)]
-    said = int8_slower(report) + mostly_float(report)  # said plainly, under the table
+    said = int8_worse(report) + int8_slower(report) + mostly_float(report)  # said plainly, under the table
     lines += ([""] + [f"- ⚠️ {md_text(line)}" for line in said]) if said else []
     lines += [""] + analysis_markdown(report)
     lines += ["| stage | status | seconds |", "|---|---|---|"]
