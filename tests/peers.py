@@ -45,7 +45,7 @@ def edgeship_export(name: str, model: nn.Module, calibration: np.ndarray, folder
     spec = spec_for(target.format)
     if not target.is_int8:
         return export_atomically(spec.export, model, examples, target, folder)
-    flow = flow_for(target.flow, QuantSettings().with_float_layers(required_float_layers(model, target.flow)))
+    flow = flow_for(target.flow, QuantSettings().and_float(required_float_layers(model, target.flow)))
     prepared = calibrate(flow, model, examples, _dataset(calibration), batches=4, batch_size=64, qat=False)
     with flow.engine():
         converted = flow.convert(prepared)

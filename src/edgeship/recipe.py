@@ -274,7 +274,27 @@ class QuantizationSection(Section):
     sensitivity: bool = Field(False, description="Measure each layer's accuracy cost, per flow.")
     fallback: Fallback | None = Field(None, description="Keep sensitive layers float until the "
                                                         "accuracy target is met.")
+    float_layers: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Module names (as model.named_modules() gives them, e.g. "
+                                          "'features.0' or 'classifier') every static flow keeps "
+                                          "float, with all they contain; dynamic quantization "
+                                          "ignores it.")
     qat: QATSection = Field(default_factory=QATSection)
+
+    @field_validator("float_layers")
+    @classmethod
+    def _float_layers_once(cls, names: list[str]) -> list[str]:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(map(repr, twice))} more than once")
+        return names
+
+    @model_validator(mode="after")
+    def _float_layers_are_for_static(self) -> QuantizationSection:
+        if self.float_layers and self.mode == "dynamic" and "static" not in self.modes.values():
+            raise ValueError("float_layers applies to static quantization, and every target here is "
+                             "dynamic: dynamic quantization covers only Linear and recurrent layers")
+        return self
 
     @model_validator(mode="after")
     def _observer_is_for_ptq(self) -> QuantizationSection:

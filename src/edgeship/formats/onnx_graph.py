@@ -34,13 +34,28 @@ def strip_debug_metadata(program) -> dict[str, str]:
 
     The exporter annotates every node with its FX node, name scopes and stack trace: debug
     information a device never reads, 20% of a small int8 model's file."""
-    layers = {}
+    layers, folded = {}, conv_of_batch_norm(program)
     for node in program.model.graph.all_nodes():
         scopes = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
         if len(scopes) >= 2 and scopes[-2]:  # [.., the module path, the FX node]
-            layers[node.name] = scopes[-2]
+            # a Conv with its batch norm folded in carries the batch norm's path: name the conv's
+            layers[node.name] = folded.get(scopes[-2], scopes[-2])
         node.metadata_props.clear()
     return layers
+
+
+def conv_of_batch_norm(program) -> dict[str, str]:
+    """{batch norm module name: the module name of the convolution whose output it normalises}."""
+    graph = program.exported_program.graph if program.exported_program is not None else None
+    out: dict[str, str] = {}
+    for node in graph.nodes if graph is not None else ():
+        if "batch_norm" in str(node.target) and node.args and hasattr(node.args[0], "meta"):
+            producer = node.args[0]
+            if "conv" in str(producer.target):
+                bn, conv = (list(n.meta.get("nn_module_stack", {}).values())[-1][0]
+                            for n in (node, producer))
+                out[bn] = conv
+    return out
 
 
 def artifact_of(path: Path, workdir: Path, layers: dict[str, str] | None = None) -> ExportedArtifact:

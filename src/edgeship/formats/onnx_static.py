@@ -34,7 +34,7 @@ from torch import nn
 
 from edgeship.environment import int8_saturates
 from edgeship.formats.artifact import ExportedArtifact, Exporter
-from edgeship.formats.onnx_graph import artifact_of, onnx_program, strip_debug_metadata
+from edgeship.formats.onnx_graph import artifact_of, conv_of_batch_norm, onnx_program, strip_debug_metadata
 from edgeship.quantize.flow import QuantSettings
 from edgeship.targets import Target
 
@@ -169,7 +169,7 @@ def _nodes_of_layers(program, layers: frozenset[str]) -> list[str]:
     convolution that feeds that batch norm, which torch.export's graph tells."""
     if not layers:
         return []
-    folded = _conv_of_batch_norm(program)
+    folded = conv_of_batch_norm(program)
     excluded = []
     for node in program.model.graph.all_nodes():
         scopes = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
@@ -177,17 +177,3 @@ def _nodes_of_layers(program, layers: frozenset[str]) -> list[str]:
         if any(s == layer or s.startswith(layer + ".") for s, layer in itertools.product(scopes, layers)):
             excluded.append(node.name)
     return excluded
-
-
-def _conv_of_batch_norm(program) -> dict[str, str]:
-    """{batch norm module name: the module name of the convolution whose output it normalises}."""
-    graph = program.exported_program.graph if program.exported_program is not None else None
-    out: dict[str, str] = {}
-    for node in graph.nodes if graph is not None else ():
-        if "batch_norm" in str(node.target) and node.args and hasattr(node.args[0], "meta"):
-            producer = node.args[0]
-            if "conv" in str(producer.target):
-                bn, conv = (list(n.meta.get("nn_module_stack", {}).values())[-1][0]
-                            for n in (node, producer))
-                out[bn] = conv
-    return out

@@ -15,7 +15,7 @@ from edgeship.targets import Flow
 
 def quant_settings(ctx: RunContext) -> QuantSettings:
     q = ctx.recipe.quantization
-    return QuantSettings(observer=q.observer, per_channel=q.per_channel)
+    return QuantSettings(observer=q.observer, per_channel=q.per_channel, float_layers=frozenset(q.float_layers))
 
 
 def analyse(ctx: RunContext, loaded: Loaded, float_model: FloatModel) -> FloatLayers:

@@ -54,6 +54,8 @@ def int8_share(measured: dict, quantization: QuantizationDetails | None) -> Int8
     if quantization is None:
         return share
     reasons = {name: "kept float by the accuracy fallback" for name in quantization.float_layers or []}
+    reasons.update({name: "named in the recipe's quantization.float_layers"
+                    for name in quantization.float_layers_recipe or []})
     reasons.update(quantization.float_layers_required or {})
     otherwise = (f"dynamic quantization covers only {quantization.layers}"
                  if quantization.mode == "dynamic" else None)

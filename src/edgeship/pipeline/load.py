@@ -15,7 +15,7 @@ from edgeship.errors import UserError
 from edgeship.factories import load_data, load_model, load_teacher, teacher_digest
 from edgeship.pipeline.cache import digest, tensors_digest
 from edgeship.pipeline.context import RunContext
-from edgeship.pipeline.plan import check_model
+from edgeship.pipeline.plan import check_float_layers, check_model
 from edgeship.pipeline.stages import StageNotes
 from edgeship.pipeline.values import Loaded
 from edgeship.metrics import TaskLoss, TaskMetric
@@ -189,6 +189,7 @@ def load(ctx: RunContext) -> Loaded:
         examples = example_inputs(recipe)
         arrays = checked_data(model, examples, splits, ctx.metric, ctx.loss)
         check_model(ctx.plan, model)
+        check_float_layers(recipe.quantization.float_layers, model)
         examples = fill_examples(examples, arrays["test"])
         float_teacher, qat_teacher = load_teachers(recipe, model, examples)
         data = [arrays[name] for name in ("train", "calibration", "test")]

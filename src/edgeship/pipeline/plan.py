@@ -4,6 +4,7 @@ up front); what needs the model is checked right after loading it, before any tr
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from torch import nn
@@ -90,6 +91,19 @@ def check_budget_devices(recipe: Recipe, devices: list[str]) -> None:
         if unmeasured:
             raise UserError(f"budgets[{i}].devices: {', '.join(map(repr, unmeasured))} not in "
                             f"this recipe's devices; its devices: {', '.join(devices) or 'none'}")
+
+
+def check_float_layers(names: list[str], model: nn.Module) -> None:
+    """quantization.float_layers names modules of the model: a typo would quantize the layer."""
+    modules = [name for name, _ in model.named_modules() if name]
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        near = [m for name in unknown for m in difflib.get_close_matches(name, modules, n=1)]
+        shown = ", ".join(modules[:12]) + (f", … ({len(modules)} in all)" if len(modules) > 12 else "")
+        raise UserError(f"quantization.float_layers: {', '.join(map(repr, unknown))} "
+                        f"{'is not a module' if len(unknown) == 1 else 'are not modules'} of the model"
+                        + (f" (did you mean {', '.join(map(repr, near))}?)" if near else "")
+                        + f"; its modules: {shown}")
 
 
 def check_model(plan: Plan, model: nn.Module) -> None:

@@ -81,7 +81,7 @@ def _keys(ctx: RunContext, float_model: FloatModel, flow: Flow, chosen: list[str
     QAT, or one with other QAT settings, starts from it instead of calibrating again."""
     recipe, q = ctx.recipe, ctx.recipe.quantization
     required = required_float_layers(float_model.module, flow)
-    qf = flow_for(flow, quant_settings(ctx).with_float_layers({*chosen, *required}))
+    qf = flow_for(flow, quant_settings(ctx).and_float({*chosen, *required}))
     float_layers = sorted(qf.settings.float_layers)
     # "best-state": QAT ships its best-scoring epoch; "probe-furthest": the probe's choice rule
     # (states cached before either are not reused)
@@ -313,6 +313,7 @@ def _convert(ctx: RunContext, job: ConvertJob, float_model: FloatModel, c: Calib
         observer="fake-quant" if qat_shipped else (q.observer or "histogram"),
         float_layers=sorted(c.flow.settings.float_layers),
         float_layers_required={**c.required_float_layers, **_unchosen(LEFT_FLOAT, float_model, c)},
+        float_layers_recipe=sorted(q.float_layers) or None,
         dynamic_layers=_unchosen(DYNAMIC_IN_STATIC, float_model, c) or None,
         qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
         runtime_quantizer=shipped.runtime_quantizer)

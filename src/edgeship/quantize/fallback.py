@@ -25,7 +25,7 @@ def fallback(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accurac
         if _within(steps[-1], max_drop_points) or len(chosen) >= max_float_layers:
             break
         chosen.append(name)
-        accuracy = probe.accuracy(flow, settings.with_float_layers(chosen))
+        accuracy = probe.accuracy(flow, settings.and_float(chosen))
         steps.append({"float_layers": list(chosen), "drop_points": drop(float_accuracy, accuracy)})
     met = [s for s in steps if _within(s, max_drop_points)]
     best = met[0] if met else min(steps, key=lambda s: s["drop_points"])

@@ -27,8 +27,10 @@ class QuantSettings:
     per_channel: bool = True
     float_layers: frozenset[str] = frozenset()  # module names left in float
 
-    def with_float_layers(self, names) -> QuantSettings:
-        return dataclasses.replace(self, float_layers=frozenset(names))
+    def and_float(self, names) -> QuantSettings:
+        """These settings with `names` float too: the recipe's float layers stay float whatever a
+        probe or the flow adds."""
+        return dataclasses.replace(self, float_layers=self.float_layers | frozenset(names))
 
 
 class QuantFlow(ABC):

@@ -241,7 +241,7 @@ class OrtQdqFlow(Pt2eFlow):
         quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=qat))
         for name in sorted(self.settings.float_layers):
             quantizer.set_module_name_qconfig(name, None)
-        return quantizer
+        return _declined_unannotated(quantizer) if self.settings.float_layers else quantizer
 
     def int8_in_pytorch(self, prepared: nn.Module) -> nn.Module:
         """ONNX Runtime's int8 as PyTorch simulates it: PT2E's reference model on the same U8/S8
@@ -262,3 +262,23 @@ class OrtQdqFlow(Pt2eFlow):
                                f"back to the float model")
         model.load_state_dict({name: trained[name] for name in model.state_dict()})
         return model
+
+
+def _declined_unannotated(quantizer):
+    """`quantizer`, with the empty annotations it leaves on the nodes of float layers removed.
+    X86InductorQuantizer marks a node it declines as annotated with no input or output spec, and
+    torchao's QAT conv-bn fusion then indexes that conv's input specs (IndexError in
+    `_update_conv_input_qspec_map_after_replacement`). A node without an annotation is left float
+    the same way, and the fusion skips it."""
+    annotate = quantizer.annotate
+
+    def annotate_then_drop(model):
+        model = annotate(model)
+        for node in model.graph.nodes:
+            found = node.meta.get("quantization_annotation")
+            if found is not None and not found.input_qspec_map and found.output_qspec is None:
+                del node.meta["quantization_annotation"]
+        return model
+
+    quantizer.annotate = annotate_then_drop
+    return quantizer

@@ -63,8 +63,8 @@ def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accu
     names = {name for name, _ in layers}
     rows = []
     for name, kind in layers:
-        only = probe.accuracy(flow, settings.with_float_layers(names - {name}))
-        all_but = probe.accuracy(flow, settings.with_float_layers({name}))
+        only = probe.accuracy(flow, settings.and_float(names - {name}))
+        all_but = probe.accuracy(flow, settings.and_float({name}))
         rows.append({"layer": name, "type": kind,
                      "only_this_quantized_drop_points": probe.metric.worsening(float_accuracy, only),
                      "all_but_this_quantized_drop_points": probe.metric.worsening(float_accuracy, all_but)})
