@@ -19,6 +19,7 @@ from edgeship.pipeline.plan import check_float_layers, check_model
 from edgeship.pipeline.stages import StageNotes
 from edgeship.pipeline.values import Loaded
 from edgeship.metrics import TaskLoss, TaskMetric
+from edgeship.quantize.evaluate import scored
 from edgeship.quantize.training import LossFn, TrainingDiverged, distillation_loss, train
 from edgeship.recipe import Recipe
 
@@ -88,7 +89,7 @@ def first_answers(model: nn.Module, test: Arrays) -> FirstAnswers:
             out = model(*batch)
     except Exception as e:  # noqa: BLE001 - the user's model failed on their data
         raise UserError(f"{where}: the model fails on this batch of {n}: {_one_line(e)}") from None
-    scores = out[0] if isinstance(out, (tuple, list)) and out else out
+    scores = scored(out)
     if not isinstance(scores, torch.Tensor):
         raise UserError(f"{where}: the model's output for a batch of {n} is {type(scores).__name__}; "
                         f"it must be a tensor (or a tuple whose first item is one)")
@@ -226,7 +227,7 @@ def _answers_like(teacher: nn.Module, student: nn.Module, examples: tuple, what:
     training = student.training
     try:
         with torch.no_grad():
-            theirs, ours = teacher(*examples), student.eval()(*examples)
+            theirs, ours = scored(teacher(*examples)), scored(student.eval()(*examples))
     except Exception as e:  # noqa: BLE001 - the user's teacher failed on the student's inputs
         raise UserError(f"{what} fails on the model's example inputs: {type(e).__name__}: {e}") from None
     finally:

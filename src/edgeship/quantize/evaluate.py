@@ -10,13 +10,20 @@ from torch import nn
 from edgeship.data import Arrays
 
 
+def scored(out):
+    """What metrics, losses and parity read of a model's outputs: the tensor itself, or the first
+    item of a tuple or list (a model may return more, such as an auxiliary head's output, which
+    is exported but never scored or trained on)."""
+    return out[0] if isinstance(out, (tuple, list)) and out else out
+
+
 def logits(module: nn.Module, arrays: Arrays, batch_size: int = 256) -> np.ndarray:
     inputs = arrays.tensors()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(arrays), batch_size):
             out = module(*(x[start:start + batch_size] for x in inputs))
-            outputs.append((out[0] if isinstance(out, (tuple, list)) else out).float().numpy())
+            outputs.append(scored(out).float().numpy())
     return np.concatenate(outputs)
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from edgeship.data import as_inputs
 from edgeship.metrics import cross_entropy
+from edgeship.quantize.evaluate import scored
 from edgeship.progress import Progress
 
 # (model outputs, labels, model inputs) -> loss
@@ -25,7 +26,7 @@ def distillation_loss(teacher: nn.Module, weight: float, temperature: float, kin
 
     def loss(outputs: torch.Tensor, labels: torch.Tensor, inputs: tuple) -> torch.Tensor:
         with torch.no_grad():
-            teacher_outputs = teacher(*inputs)
+            teacher_outputs = scored(teacher(*inputs))
         if kind == "mse":
             soft = nn.functional.mse_loss(outputs, teacher_outputs)
         else:
@@ -101,7 +102,7 @@ class _Loop:
             if self.device:
                 inputs, labels = tuple(x.to(self.device) for x in inputs), labels.to(self.device)
             self.optimizer.zero_grad()
-            loss = self.loss_fn(self.module(*inputs), labels, inputs)
+            loss = self.loss_fn(scored(self.module(*inputs)), labels, inputs)
             if not torch.isfinite(loss):
                 raise _diverged(self.label, loss, epoch, step)
             loss.backward()
