@@ -20,7 +20,7 @@ from edgeship.formats.onnx_static import quantize_static
 from edgeship.quantize.flow import QuantSettings
 from edgeship.recipe import parse_recipe
 from edgeship.targets import get_target
-from peers import ort_quantize_static
+from peers import error_share, ort_quantize_static
 from support import demo_recipe
 
 
@@ -200,3 +200,34 @@ def test_a_module_called_twice_is_quantized_in_the_onnx_runtime_flow(qat):
     with torch.no_grad():
         expected, simulated = model.eval()(x[:8]), flow.int8_in_pytorch(prepared)(x[:8])
     assert (simulated - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+class _GlobalMaxPoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def test_a_global_max_pool_is_quantized_by_onnx_runtime(tmp_path):
+    """The exporter writes AdaptiveMaxPool2d(1) as ReduceMax, for which ONNX Runtime's symbolic
+    shape inference has no rule: its own pre-processing fails; edgeship's falls back to ONNX's
+    shape inference (ORT's skip_symbolic_shape) and the artifact is int8 and answers."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    torch.manual_seed(0)
+    model = _GlobalMaxPoolNet().eval()
+    examples = (torch.zeros(1, 1, 8, 8),)
+    torch.onnx.export(model, examples, tmp_path / "float.onnx", dynamo=True)
+    with pytest.raises(TypeError):
+        quant_pre_process(str(tmp_path / "float.onnx"), str(tmp_path / "pre.onnx"))
+    calibration = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    export, _ = quantize_static((calibration,), QuantSettings(), 16)
+    (tmp_path / "made").mkdir()
+    made = export(model, examples, get_target("onnx-int8"), tmp_path / "made")
+    assert made.details["onnxruntime_kernels"]["int8_compute"] >= 1, made.details["onnxruntime_kernels"]
+    assert error_share(made.path, None, model, torch.from_numpy(calibration)) < 0.05

@@ -6,7 +6,12 @@ classifier (a concatenated skip, nearest and bilinear upsampling, LeakyReLU, PRe
 hand-written ViT (`vit.toml`), a ResNet written as torchvision writes it (`tv_resnet.toml`), a
 decoder with a grouped ConvTranspose2d (`grouped_decoder.toml`) and a 1-D upsampling net
 (`deconv1d.toml`). Each found a defect, now tested in tests/test_pt2e_convert.py,
-test_int8_share.py, test_fx_shape_floats.py, test_onnx_runtime_flow.py and test_transposed_bn.py."""
+test_int8_share.py, test_fx_shape_floats.py, test_onnx_runtime_flow.py and test_transposed_bn.py.
+Then a model returning (logits, aux) (`two_heads.toml`: tests/test_multi_output.py) and one with
+dilated and grouped convs and a global max pool (`dilated.toml`: test_onnx_runtime_flow.py,
+test_max_pool.py) found three more; a softmax output after nn.Upsample and Hardswish
+(`softmax_head.toml`), a Conv1d front end into an LSTM (`conv_lstm.toml`) and a transposed conv and
+its batch norm called from forward() (`custom_convt_bn.toml`) ran clean."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -207,3 +212,101 @@ def grouped_decoder():
 
 def deconv1d():
     return Deconv1d()
+
+
+class SoftmaxHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.Hardswish(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        logits = self.fc(self.body(self.up(x)))
+        return F.softmax(logits, dim=1)
+
+
+def softmax_head():
+    return SoftmaxHead()
+
+
+class Dilated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(1, 16, 3, padding=2, dilation=2), nn.BatchNorm2d(16), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU())
+        self.c3 = nn.Sequential(nn.Conv2d(32, 32, 3, padding=2, dilation=2), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool(self.c3(self.c2(self.c1(x))))
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def dilated():
+    return Dilated()
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.cls = nn.Linear(32, 10)
+        self.aux = nn.Linear(32, 4)
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.cls(f), self.aux(f)
+
+
+def two_heads():
+    return TwoHeads()
+
+
+class ConvLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(),
+                                   nn.Conv1d(16, 32, 3, stride=2, padding=1), nn.BatchNorm1d(32), nn.ReLU())
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.front(x.flatten(2))          # (B, 32, 32)
+        h = h.transpose(1, 2)                 # (B, T, C)
+        out, _ = self.lstm(h)
+        return self.head(out[:, -1])
+
+
+def conv_lstm():
+    return ConvLSTM()
+
+
+class CustomConvTBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(1, 16, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(16, 16, 2, stride=2)
+        self.bn = nn.BatchNorm2d(16)
+        self.head_conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.down(x))
+        x = F.relu(self.bn(self.up(x)))
+        x = F.relu(self.head_conv(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def custom_convt_bn():
+    return CustomConvTBN()

@@ -93,7 +93,6 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
     on `calibration` (the calibration split's inputs) and leaving `settings.float_layers` float."""
     def export_static(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
 
         program = onnx_program(module, examples)
         excluded = _nodes_of_layers(program, settings.float_layers)
@@ -101,7 +100,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         scratch = workdir / "float"
         scratch.mkdir()
         program.save(str(scratch / "float.onnx"))
-        quant_pre_process(str(scratch / "float.onnx"), str(scratch / "pre.onnx"))
+        _pre_processed(scratch / "float.onnx", scratch / "pre.onnx")
         path = workdir / f"{target.name}.onnx"
         reader = _Reader(program.model.graph.inputs, calibration, examples[0].shape[0],
                          options.calibration_samples)
@@ -119,6 +118,20 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         scratch.rmdir()
         return artifact_of(path, workdir, layers)
     return export_static
+
+
+def _pre_processed(float_onnx: Path, out: Path) -> None:
+    """ONNX Runtime's pre-processing for quantize_static (shape inference, graph optimization).
+    Its symbolic shape inference has no rule for some ops the exporter writes: a ReduceMax (what
+    AdaptiveMaxPool2d(1) becomes) before a Reshape fails with "TypeError: 'NoneType' object is not
+    iterable" at onnxruntime 1.32, as in ORT's own documented flow. Then ONNX's shape inference
+    alone does it: ORT's `skip_symbolic_shape` option, meant for such models."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(float_onnx), str(out))
+    except Exception:  # noqa: BLE001 - any failure of the symbolic pass: the documented fallback
+        quant_pre_process(str(float_onnx), str(out), skip_symbolic_shape=True)
 
 
 def _recurrent_dynamic(path: Path, excluded: list[str]) -> None:

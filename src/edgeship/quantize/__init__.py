@@ -11,6 +11,9 @@
 - float_layers.py: layers a flow cannot make int8 (they stay float);  attention.py and
   recurrent.py: torch.nn's attention (FX flows) and LSTM (XNNPACK flow) rebuilt (rebuild.py)
   so that their matrix products can be int8;
+- graph rewrites that mend a flow or a runtime on an exact equivalent: fx_scalars.py (floats
+  from shapes become literals), transposed_bn.py (batch norm folded into a transposed conv),
+  max_pool.py (adaptive max pooling as the max pool it equals, for ExecuTorch);
 - remake.py: a converted model made again in another process (a Ray task);
 - training.py: the loop and distillation;  evaluate.py: logits in PyTorch (edgeship.metrics scores them).
 """

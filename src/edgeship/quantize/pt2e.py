@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
+from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools
 from edgeship.quantize.recurrent import quantizable_lstms
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
@@ -109,7 +110,8 @@ class Pt2eXnnpackFlow(Pt2eFlow):
     flow = Flow.PT2E_XNNPACK
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
-        return super().capture(quantizable_lstms(model), example_inputs, qat=qat)
+        # what ExecuTorch can load: an adaptive max pool is not Core ATen, the max pool it equals is
+        return super().capture(quantizable_lstms(adaptive_max_pools_as_max_pools(model)), example_inputs, qat=qat)
 
     def quantizer(self, *, qat: bool):
         quantizer = _xnnpack_quantizer(qat=qat).set_global(self.quantization_config(qat=qat))
