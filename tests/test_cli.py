@@ -147,6 +147,40 @@ def test_the_python_api_writes_nothing_to_stderr_and_leaves_filters_alone(tmp_pa
     assert proc.stderr == ""
 
 
+LSTM_MODEL = '''
+from torch import nn
+
+
+class RowsLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.flatten(1, 2))  # the digit's 8 rows, one step each
+        return self.head(out[:, -1])
+
+
+def rows_lstm():
+    return RowsLSTM()
+'''
+
+
+def test_the_command_line_prints_no_torch_cpp_warning(tmp_path):
+    """An LSTM in a static qnnpack model is quantized dynamically, and torch's dynamic int8 LSTM
+    asks QNNPACK for reduce_range, which c10 logs from C++ past every Python filter ("qnnpack
+    incorrectly ignores reduce_range"): the command line sets TORCH_CPP_LOG_LEVEL first."""
+    (tmp_path / "models.py").write_text(LSTM_MODEL)
+    recipe = demo_recipe(targets=["torchscript-qnnpack"], fp32_twins=False, devices=[], budgets=[])
+    recipe["model"].update(factory="models.py:rows_lstm", train={"epochs": 1, "lr": 0.01})
+    recipe["quantization"]["qat"]["enabled"] = False
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr[-3000:]
+    assert "lstm" in result.report()["artifacts"][0]["details"]["quantization"]["dynamic_layers"]
+    assert result.stderr == ""
+
+
 def test_verbosity_goes_through_the_edgeship_logger():
     quiet = run_cli("devices", "check", "local")
     assert quiet.code == 0 and quiet.stderr == ""

@@ -7,6 +7,7 @@ settings."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,9 @@ MESSAGES = (".*reduce_range will be deprecated.*", ".*quantized tensor creation 
             # share names the float layers
             "The input of .* is not quantized, skip annotate.*",
             # torch.ao's reference RNN modules copying their own tensors
-            "To copy construct from a tensor.*")
+            "To copy construct from a tensor.*",
+            # torch's dynamic int8 Linear/LSTM always ask for reduce_range; QNNPACK says it ignores it
+            ".*qnnpack incorrectly ignores reduce_range.*")
 
 
 def _filter() -> None:
@@ -52,3 +55,10 @@ def quiet_libraries_for_good() -> None:
 
     for name in LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_torch_cpp_for_good() -> None:
+    """For the command line, before torch is imported: torch's C++ warnings raised where no Python
+    filter sees them (the QNNPACK reduce_range notice in a frozen TorchScript graph) are printed by
+    c10's logging, which TORCH_CPP_LOG_LEVEL sets at torch's import. A level the user set stays."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")

@@ -17,6 +17,7 @@ from edgeship.cli.common import app
 from edgeship.errors import (RUN_FOLDER_NOTE, STAGE_NOTE, TARGET_NOTE, EdgeshipError, ExitCode,
                              Interrupted, noted)
 from edgeship.fileio import write_atomic
+from edgeship.quiet import quiet_torch_cpp_for_good
 from edgeship.version import __version__
 
 CRASH_LOG = "edgeship-crash.log"
@@ -110,6 +111,7 @@ class _PipeGuard:
 
 
 def main() -> None:
+    quiet_torch_cpp_for_good()
     previous = signal.signal(signal.SIGINT, _interrupted)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _PipeGuard(sys.stdout), _PipeGuard(sys.stderr)
