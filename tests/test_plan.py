@@ -73,6 +73,11 @@ def test_a_refusal_names_the_listed_target_once_per_reason_never_a_twin():
     (line,) = str(refused.value).splitlines()
     assert line.startswith("target executorch-xnnpack cannot run layers '0' (Conv3d), '2' (Conv3d): ")
     assert line.endswith("; remove executorch-xnnpack from targets") and "executorch-fp32" not in line
+    # both listed: one line, naming both (the twin fails the same way; one run says it all)
+    with pytest.raises(UserError) as refused:
+        check_model(_plan(targets=["executorch-xnnpack", "executorch-fp32"]), video)
+    (line,) = str(refused.value).splitlines()
+    assert line.endswith("; remove executorch-xnnpack and executorch-fp32 from targets"), line
 
 
 def test_every_target_has_a_format_spec_the_runner_can_load():

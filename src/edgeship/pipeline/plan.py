@@ -34,6 +34,7 @@ class Plan:
     prune: bool
     analyse: bool  # per-layer sensitivity or accuracy-aware fallback
     qat: bool
+    listed: tuple[str, ...] = ()  # the target names the recipe lists (targets: with the twins)
 
     @property
     def static_flows(self) -> list[Flow]:
@@ -80,7 +81,7 @@ def make_plan(recipe: Recipe) -> Plan:
                 dynamic=tuple(t for t in int8 if recipe.mode(t.name) == "dynamic"),
                 devices=tuple(Device(p, p.benchmark.overridden(recipe.benchmark)) for p in profiles),
                 prune=recipe.prune is not None, analyse=bool(q.sensitivity or q.fallback),
-                qat=q.qat.enabled)
+                qat=q.qat.enabled, listed=tuple(recipe.targets))
 
 
 def check_budget_devices(recipe: Recipe, devices: list[str]) -> None:
@@ -117,8 +118,10 @@ def check_model(plan: Plan, model: nn.Module) -> None:
         for name, reason in unsupported_layers(model, t).items():
             by_reason.setdefault(reason, []).append(f"{name!r} ({type(modules[name]).__name__})")
         if by_reason and not any(get_target(r).twin == t.name for r in refused):
+            twin = t.twin if t.twin in plan.listed and unsupported_layers(model, get_target(t.twin)) else None
+            remove = " and ".join([t.name] + ([twin] if twin and twin != t.name else []))
             problems += [f"target {t.name} cannot run layer{'s' if len(layers) > 1 else ''} "
-                         f"{', '.join(layers)}: {reason}; remove {t.name} from targets"
+                         f"{', '.join(layers)}: {reason}; remove {remove} from targets"
                          for reason, layers in by_reason.items()]
         refused |= {t.name} if by_reason else set()
     if problems:
