@@ -13,8 +13,8 @@ from rich.table import Table
 
 from edgeship.gate.budgets import Check, Outcome
 from edgeship.report.schema import Report
-from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_slower,
-                                     int8_worse, machines, mostly_float, profiles, rows)
+from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_bigger,
+                                     int8_slower, int8_worse, machines, mostly_float, profiles, rows)
 
 
 def check_line(check: Check) -> str:
@@ -92,6 +92,8 @@ def print_console(report: Report, console: Console) -> None:
         console.print(f"[yellow]int8 worse:[/] {escape(line)}", highlight=False)
     for line in int8_slower(report):
         console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
+    for line in int8_bigger(report):
+        console.print(f"[yellow]int8 bigger:[/] {escape(line)}", highlight=False)
     for line in mostly_float(report):
         console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
     for line in machines(report):

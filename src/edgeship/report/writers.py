@@ -69,6 +69,20 @@ def int8_slower(report: Report) -> list[str]:
     return out
 
 
+def int8_bigger(report: Report) -> list[str]:
+    """One plain sentence per int8 artifact larger than its fp32 twin (an LSTM unrolled for int8
+    kernels, scales outweighing small weights): `executorch-xnnpack is 1.66x the size of
+    executorch-fp32 (0.278 vs 0.167 MB)`."""
+    out = []
+    for a in report.artifacts:
+        ratio = size_ratio(report, a)
+        if ratio is not None and round(ratio, 2) > 1.0:
+            twin = twin_of(report.artifacts, a)
+            out.append(f"{a.target} is {ratio:.2f}x the size of {twin.target} ({a.size_bytes / 1e6:.3f} vs "
+                       f"{twin.size_bytes / 1e6:.3f} MB)")
+    return out
+
+
 # int8 usually costs well under a point of top-1 and a few percent of other metrics: past these,
 # a kernel or a flow is more often at fault than rounding (a kernel bug once cost 88 points).
 NOTABLE_TOP1_DROP = 1.0  # points
@@ -292,7 +306,8 @@ def markdown(report: Report) -> str:
         lines += [f"- ⚠️ {md_text(report.float.warning)}", ""] if report.float.warning else []
     lines += ["| " + " | ".join(map(md_text, headers(report))) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows(report)]
-    said = int8_worse(report) + int8_slower(report) + mostly_float(report)  # said plainly, under the table
+    # said plainly, under the table
+    said = int8_worse(report) + int8_slower(report) + int8_bigger(report) + mostly_float(report)
     lines += ([""] + [f"- ⚠️ {md_text(line)}" for line in said]) if said else []
     lines += [""] + analysis_markdown(report)
     lines += ["| stage | status | seconds |", "|---|---|---|"]

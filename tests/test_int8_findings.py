@@ -1,6 +1,7 @@
 """The `int8 worse:` line: an int8 artifact notably worse than the float model is said under the
 table even when no budget gates accuracy (a run without budgets once passed an artifact 88 points
-below float). Pure: the stored demo report (tests/data) with its figures changed."""
+below float); and the `int8 bigger:` line. Pure: the stored demo report (tests/data) with its
+figures changed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from edgeship.report.console import print_console
 from edgeship.report.html import html_page
 from edgeship.report.load import load_report
 from edgeship.report.schema import MetricInfo, Report
-from edgeship.report.writers import int8_worse, markdown
+from edgeship.report.writers import int8_bigger, int8_worse, markdown
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
 
@@ -75,3 +76,16 @@ def test_other_metrics_are_said_past_a_tenth_of_floats_value(report):
     report.artifact("executorch-xnnpack").accuracy = 0.0260
     (line,) = int8_worse(report)
     assert line.startswith("executorch-xnnpack is 30% worse than the float model (mse 0.026 vs 0.02); ")
+
+
+def test_an_int8_artifact_larger_than_its_fp32_twin_is_said(report):
+    assert int8_bigger(report) == []  # the stored run's int8 artifacts are a third of fp32's size
+    fp32 = report.artifact("executorch-fp32").size_bytes
+    report.artifact("executorch-xnnpack").size_bytes = int(fp32 * 1.66)
+    (line,) = int8_bigger(report)
+    assert line == (f"executorch-xnnpack is 1.66x the size of executorch-fp32 ({fp32 * 1.66 / 1e6:.3f} vs "
+                    f"{fp32 / 1e6:.3f} MB)")
+    assert f"- ⚠️ {line}" in markdown(report).splitlines()
+    console = Console(record=True, width=400)
+    print_console(report, console)
+    assert f"int8 bigger: {line}" in console.export_text().splitlines()
