@@ -133,6 +133,31 @@ def test_a_trained_float_model_gets_no_warning(tmp_path):
     assert result.report()["float"]["warning"] is None
 
 
+SOFTMAX_MODEL = '''
+from torch import nn
+from edgeship.examples.digits import cnn
+
+
+def probabilities():
+    return nn.Sequential(cnn(), nn.Softmax(dim=1))
+'''
+
+
+def test_a_model_answering_probabilities_trained_on_cross_entropy_is_warned_about(tmp_path):
+    """A softmax in forward(): cross_entropy applies its own log-softmax, so training fits the
+    softmax of probabilities; the float model still learns, slowly, and the run says why."""
+    (tmp_path / "models.py").write_text(SOFTMAX_MODEL)
+    recipe = demo_recipe(targets=["torchscript-fp32"], fp32_twins=False, budgets=[], devices=[])
+    recipe["model"]["factory"] = "models.py:probabilities"
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr[-2000:]
+    float_ = result.report()["float"]
+    assert float_["warning"].startswith("the model answers probabilities (its outputs are >= 0 and sum to 1 "
+                                        "per sample), and cross_entropy"), float_
+    assert float_["train_loss"] > 1.0  # the same CNN on logits ends below 0.01
+    assert f"warning: {float_['warning']}" in " ".join(result.stdout.split())
+
+
 def test_a_failure_is_described_by_its_innermost_cause_without_terminal_colours():
     from edgeship.pipeline.stages import describe
 

@@ -20,8 +20,10 @@ def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
         answers = logits(loaded.model, loaded.test)
         accuracy = ctx.metric.score(answers, loaded.test.labels)
         notes.append(f"{ctx.metric.said(accuracy)} on {len(loaded.test)} test samples")
+        trains = bool(ctx.recipe.model.train or ctx.plan.qat)
         warning = not_learning(ctx.metric, accuracy, answers, loaded.test.labels) or \
-            loss_not_falling(loaded.epoch_losses)
+            loss_not_falling(loaded.epoch_losses) or \
+            probabilities_trained(answers, ctx.loss.name if ctx.loss and trains else None)
         if warning:  # said before any quantization, which would otherwise get the blame
             ctx.progress.log(f"warning: {warning}", style="yellow")
     return FloatModel(loaded.model, loaded.key, accuracy, answers, warning=warning)
@@ -71,6 +73,26 @@ def _lm_near_chance(perplexity: float, vocabulary: int) -> str | None:
         return None
     return (f"the float model answers near chance: perplexity {perplexity:.4g} on the test split, "
             f"where a uniform guess among its {vocabulary} tokens scores {vocabulary}; {_UNTRAINED}")
+
+
+def probabilities_trained(answers: np.ndarray, loss: str | None) -> str | None:
+    """A line when the model answers probabilities (every row of its outputs >= 0 and summing to
+    1, a softmax in forward) and `loss`, what training minimises, is cross_entropy, which takes
+    logits: it applies log-softmax itself, so training fits softmax(probabilities), whose
+    gradients are a fraction of the logits' (a float model ended training at loss 1.50 so).
+
+    >>> p = np.full((4, 10), 0.1, dtype=np.float32)
+    >>> probabilities_trained(p, "cross_entropy") is not None, probabilities_trained(p, None)
+    (True, None)
+    >>> probabilities_trained(np.log(p), "cross_entropy")"""
+    if loss != "cross_entropy" or answers.ndim != 2 or answers.shape[1] < 2:
+        return None
+    if answers.min() < 0 or not np.allclose(answers.sum(axis=1), 1.0, atol=1e-3):
+        return None
+    return ("the model answers probabilities (its outputs are >= 0 and sum to 1 per sample), and "
+            "cross_entropy, which training and QAT minimise, takes logits: it applies log-softmax "
+            "itself, so the model trains slowly; return the logits from forward() and apply softmax "
+            "after the artifact (top-1 is the same either way)")
 
 
 def loss_not_falling(losses: tuple[float, ...]) -> str | None:
