@@ -29,7 +29,8 @@ from edgeship.pipeline.benchmark import to_benchmark
 from edgeship.pipeline.assemble import attach_fp32_ratios
 from edgeship.report.load import load_report
 from edgeship.report.schema import Artifact, Benchmark, Latency, Report
-from edgeship.report.writers import int8_slower, markdown, write_json
+from edgeship.report.findings import int8_slower
+from edgeship.report.writers import markdown, write_json
 from support import bench_args, run_cli
 
 DATA = Path(__file__).parent / "data"

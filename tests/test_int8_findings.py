@@ -17,7 +17,8 @@ from edgeship.report.console import print_console
 from edgeship.report.html import html_page
 from edgeship.report.load import load_report
 from edgeship.report.schema import MetricInfo, Report
-from edgeship.report.writers import int8_bigger, int8_worse, markdown
+from edgeship.report.findings import int8_better, int8_bigger, int8_worse
+from edgeship.report.writers import markdown
 
 STORED = Path(__file__).parent / "data" / "report-digits.json"
 
@@ -89,3 +90,25 @@ def test_an_int8_artifact_larger_than_its_fp32_twin_is_said(report):
     console = Console(record=True, width=400)
     print_console(report, console)
     assert f"int8 bigger: {line}" in console.export_text().splitlines()
+
+
+def _history(shipped_epoch: int) -> dict:
+    epochs = [{"epoch": e, "accuracy": 0.70 + 0.05 * e} for e in range(3)]
+    return {"split": "calibration", "epochs": epochs, "shipped": "qat", "shipped_epoch": shipped_epoch}
+
+
+def test_int8_after_qat_far_above_an_under_trained_float_model_is_said(report):
+    report.float.accuracy = 0.6962  # a video net trained too briefly; QAT went on training it
+    for a in report.artifacts:
+        a.accuracy = 0.6962
+    fine_tuned = report.artifact("onnx-int8")
+    fine_tuned.accuracy = 0.8310
+    fine_tuned.details["quantization"] = {"qat_history": _history(shipped_epoch=2)}
+    (line,) = int8_better(report)
+    assert line.startswith("onnx-int8 is 13.48 points better than the float model (accuracy 0.8310 vs 0.6962): "
+                           "QAT went on training it, so the float model is under-trained")
+    calibrated = report.artifact("executorch-xnnpack")  # not fine-tuned: a gain is no sign of it
+    calibrated.accuracy = 0.8310
+    calibrated.details["quantization"] = {"qat_history": _history(shipped_epoch=0)}
+    assert [line.split(" is ")[0] for line in int8_better(report)] == ["onnx-int8"]
+    assert f"- ⚠️ {line}" in markdown(report).splitlines()

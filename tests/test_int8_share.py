@@ -20,7 +20,8 @@ from edgeship.gate.budgets import evaluate
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, LEFT_FLOAT, layers_of, required_float_layers
 from edgeship.recipe import Budget
 from edgeship.report.schema import Int8Share, Report
-from edgeship.report.writers import markdown, mostly_float, rows
+from edgeship.report.findings import mostly_float
+from edgeship.report.writers import markdown, rows
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.recurrent import quantizable_lstms

@@ -10,7 +10,7 @@ from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.values import Converted, Exported, FloatModel, Source, Verified
 from edgeship.report.compare import latency_test
 from edgeship.report.schema import Artifact, Benchmark, DeviceFacts, Int8Share, QuantizationDetails
-from edgeship.report.writers import twin_benchmark
+from edgeship.report.findings import twin_benchmark
 from edgeship.targets import Flow, Target
 
 

@@ -12,9 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeship.gate.budgets import Check, Outcome
+from edgeship.report.findings import said
 from edgeship.report.schema import Report
-from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_bigger,
-                                     int8_slower, int8_worse, machines, mostly_float, profiles, rows)
+from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, machines, profiles,
+                                     rows)
 
 
 def check_line(check: Check) -> str:
@@ -86,16 +87,10 @@ def print_tables(report: Report, console: Console) -> None:
 
 
 def print_console(report: Report, console: Console) -> None:
-    """A run's results: the table(s), int8 slower than fp32, failed artifacts, the verdict."""
+    """A run's results: the table(s), the findings under them, failed artifacts, the verdict."""
     print_tables(report, console)
-    for line in int8_worse(report):
-        console.print(f"[yellow]int8 worse:[/] {escape(line)}", highlight=False)
-    for line in int8_slower(report):
-        console.print(f"[yellow]int8 slower:[/] {escape(line)}", highlight=False)
-    for line in int8_bigger(report):
-        console.print(f"[yellow]int8 bigger:[/] {escape(line)}", highlight=False)
-    for line in mostly_float(report):
-        console.print(f"[yellow]mostly float:[/] {escape(line)}", highlight=False)
+    for label, line in said(report):
+        console.print(f"[yellow]{label}:[/] {escape(line)}", highlight=False)
     for line in machines(report):
         console.print(f"measured on {escape(line)}", highlight=False, soft_wrap=True)
     for line in between_processes(report):

@@ -18,9 +18,10 @@ from edgeship.report import plots, sample_plots
 from edgeship.report.analysis import (fallback_lines, prune_line, qat_lines, sensitivity_headers,
                                       sensitivity_rows)
 from edgeship.report.compare import compare
+from edgeship.report.findings import said
 from edgeship.report.schema import QatHistory, Report
-from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, int8_bigger,
-                                     int8_slower, int8_worse, machines, mostly_float, profiles, rows)
+from edgeship.report.writers import (between_processes, emulated_lines, float_line, headers, machines, profiles,
+                                     rows)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -56,7 +57,7 @@ def b64(png: bytes | None) -> str | None:
 def _warnings(report: Report) -> list[str]:
     out = [report.float.warning] if report.float and report.float.warning else []
     out += [f"{a.target} {a.status}: {a.error}" for a in report.artifacts if a.status != "ok"]
-    return out + int8_worse(report) + int8_slower(report) + int8_bigger(report) + mostly_float(report)
+    return out + [line for _, line in said(report)]
 
 
 def _latency_plots(report: Report) -> list[tuple[str, str | None]]:
