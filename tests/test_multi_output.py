@@ -40,7 +40,7 @@ def test_a_model_with_two_outputs_trains_quantizes_and_ships(tmp_path):
     data["quantization"]["qat"].update(epochs=1, lr=1e-4, distillation={})  # the float model teaches
     report = edgeship.run(parse_recipe(data, "two-heads", tmp_path), tmp_path / "run", quiet=True)
     assert report.exit_code == 0, [(a.target, a.error) for a in report.artifacts]
-    assert report.float.accuracy > 0.9  # trained on the first output's cross-entropy
+    assert report.float.accuracy > 0.5  # trained on the first output's cross-entropy (chance: 0.1)
     for a in report.artifacts:
         assert a.status == "ok", (a.target, a.error)
         assert report.float.accuracy - a.accuracy <= 0.01, (a.target, a.accuracy)

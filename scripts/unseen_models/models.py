@@ -11,7 +11,9 @@ Then a model returning (logits, aux) (`two_heads.toml`: tests/test_multi_output.
 dilated and grouped convs and a global max pool (`dilated.toml`: test_onnx_runtime_flow.py,
 test_max_pool.py) found three more; a softmax output after nn.Upsample and Hardswish
 (`softmax_head.toml`), a Conv1d front end into an LSTM (`conv_lstm.toml`) and a transposed conv and
-its batch norm called from forward() (`custom_convt_bn.toml`) ran clean."""
+its batch norm called from forward() (`custom_convt_bn.toml`) ran clean. A DenseNet-style net
+(`densenet.toml`, calibration only) found torchao's batch-norm fold breaking the stem
+convolution's other reader (tests/test_shared_conv_bn.py)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -310,3 +312,42 @@ class CustomConvTBN(nn.Module):
 
 def custom_convt_bn():
     return CustomConvTBN()
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        new = self.conv1(F.relu(self.bn1(x)))
+        new = self.conv2(F.relu(self.bn2(new)))
+        return torch.cat([x, new], 1)
+
+
+class DenseNet(nn.Module):
+    def __init__(self, growth=8):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        c = 16
+        layers = []
+        for _ in range(4):
+            layers.append(DenseLayer(c, growth))
+            c += growth
+        self.block = nn.Sequential(*layers)
+        self.trans = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, c // 2, 1, bias=False), nn.AvgPool2d(2))
+        self.bn = nn.BatchNorm2d(c // 2)
+        self.fc = nn.Linear(c // 2, 10)
+
+    def forward(self, x):
+        x = self.trans(self.block(self.stem(x)))
+        x = F.relu(self.bn(x))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+def densenet():
+    return DenseNet()

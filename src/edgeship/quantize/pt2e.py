@@ -16,6 +16,7 @@ from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools
 from edgeship.quantize.recurrent import quantizable_lstms
+from edgeship.quantize.shared_conv_bn import shared_batch_norms_as_affine
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
 
@@ -40,7 +41,8 @@ class Pt2eFlow(QuantFlow):
         batch = torch.export.Dim("batch", min=1, max=4096)
         batched = tracing_batch(example_inputs)
         with captures_logged():
-            return torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
+            graph = torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in batched)).module()
+        return graph if qat else shared_batch_norms_as_affine(graph)  # prepare_pt2e's fold breaks those
 
     def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
