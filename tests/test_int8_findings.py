@@ -112,3 +112,20 @@ def test_int8_after_qat_far_above_an_under_trained_float_model_is_said(report):
     calibrated.details["quantization"] = {"qat_history": _history(shipped_epoch=0)}
     assert [line.split(" is ")[0] for line in int8_better(report)] == ["onnx-int8"]
     assert f"- ⚠️ {line}" in markdown(report).splitlines()
+
+
+def test_the_recommendation_leaves_out_an_artifact_notably_worse_than_float(report):
+    from edgeship.gate.recommend import recommend
+
+    p50 = {a.target: a.benchmarks[0].latency_ms.p50 for a in report.artifacts}
+    fastest = min(p50, key=p50.get)
+    report.artifact(fastest).accuracy = 0.0604
+    report.artifact("torchscript-fbgemm").accuracy = 0.9457 if fastest != "torchscript-fbgemm" else 0.0604
+    (chosen,) = recommend([], report)
+    assert chosen.target != fastest and chosen.target is not None, chosen
+    assert chosen.statement.endswith(f"measured; not {fastest}, 88.53 points worse than the float model)")
+    for a in report.artifacts:  # every int8 one, and the fp32 ones gone too: nothing to ship
+        a.accuracy = 0.0604
+    report.artifacts = [a for a in report.artifacts if a.precision == "int8"]
+    (none,) = recommend([], report)
+    assert none.target is None and none.statement.startswith("local: no artifact to ship; not ")

@@ -8,11 +8,13 @@ every candidate — an fp32 twin shipped instead of its int8 target must fit the
 Per-device limits count on their own device only. Among the candidates that meet every budget the
 one with the lowest p50 latency is recommended. When none does, the closest failed limit is the one
 with the smallest excess relative to its limit (8% over a size limit is closer than 20% over a
-latency limit)."""
+latency limit). An int8 artifact notably worse than the float model that no accuracy budget
+limits (gate/notable.py) is never recommended, and the statement says it was left out."""
 
 from __future__ import annotations
 
 from edgeship.gate.budgets import Check, Outcome, checks, concerns
+from edgeship.gate.notable import notably_worse
 from edgeship.recipe import Budget
 from edgeship.report.schema import Artifact, ClosestBudget, Recommendation, Report
 
@@ -47,14 +49,20 @@ def _for_device(device: str, report: Report, every: list[Check]) -> Recommendati
                               statement=f"{device}: no artifact was measured on this device")
     failed = [c for c in every if not c.passed and c.device in (None, device)]
     failing_targets = {c.target for c in failed}
-    meeting = sorted((p50, a.target) for p50, a in measured if a.target not in failing_targets)
+    worse = notably_worse(report)
+    meeting = sorted((p50, a.target) for p50, a in measured if a.target not in failing_targets | set(worse))
+    left_out = "".join(f"; not {t}, {by} worse than the float model" for t, by in sorted(worse.items())
+                       if any(a.target == t for _, a in measured) and t not in failing_targets)
     if meeting:
         p50, target = meeting[0]
         return Recommendation(
             device=device, target=target, p50_ms=p50, candidates=len(measured), meeting=len(meeting),
             statement=f"{device}: ship {target} (p50 {p50:.3f} ms), the fastest of the "
-                      f"{len(meeting)} artifacts that meet every budget ({len(measured)} measured)")
+                      f"{len(meeting)} artifacts that meet every budget ({len(measured)} measured{left_out})")
     candidates = {a.target for _, a in measured}
+    if not any(c.target in candidates for c in failed):  # every one is notably worse, none over budget
+        return Recommendation(device=device, target=None, candidates=len(measured), meeting=0,
+                              statement=f"{device}: no artifact to ship{left_out}")
     best = min((c for c in failed if c.target in candidates), key=lambda c: c.excess)
     excess = "not measured" if best.excess == float("inf") else f"{best.excess:.1%} past its limit"
     return Recommendation(

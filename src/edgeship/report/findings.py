@@ -4,8 +4,7 @@ larger than its fp32 twin, or running mostly float; and the twin ratios the tabl
 
 from __future__ import annotations
 
-import math
-
+from edgeship.gate.notable import notably, notably_worse
 from edgeship.report.compare import latency_test
 from edgeship.report.schema import Artifact, Benchmark, Report
 from edgeship.targets import get_target
@@ -75,48 +74,16 @@ def int8_bigger(report: Report) -> list[str]:
     return out
 
 
-# int8 usually costs well under a point of top-1 and a few percent of other metrics: past these,
-# a kernel or a flow is more often at fault than rounding (a kernel bug once cost 88 points).
-NOTABLE_TOP1_DROP = 1.0  # points
-NOTABLE_WORSENING = 0.10  # of the float model's value, for metrics other than top1
-ACCURACY_LIMITS = ("max_accuracy_drop", "min_accuracy", "min_metric", "max_metric")
-
-
-def _accuracy_budgeted(report: Report, target: str) -> bool:
-    """A budget of the run limits the target's metric against a fixed figure."""
-    return any(any(b.get(limit) is not None for limit in ACCURACY_LIMITS)
-               and (b.get("targets") is None or target in b["targets"]) for b in report.budgets)
-
-
-def _notably(report: Report, value: float, worse: bool = True) -> str | None:
-    """How much worse (or better) than the float model `value` is, `12.50 points` or `30%`, when
-    that is past NOTABLE_TOP1_DROP points of top1 or NOTABLE_WORSENING of float's value; else None."""
-    metric, reference = report.metric, report.float.accuracy
-    change = metric.worsening(reference, value) * (1 if worse else -1)
-    if metric.name == "top1":  # rounded: 0.9457 - 0.9357 is 1.0000000000000009 points
-        return f"{change:.2f} points" if round(change, 9) > NOTABLE_TOP1_DROP else None
-    share = change / metric.drop_scale / abs(reference) if reference else math.inf
-    return f"{share:.0%}" if round(share, 9) > NOTABLE_WORSENING else None
-
-
 def int8_worse(report: Report) -> list[str]:
-    """One plain sentence per int8 artifact notably worse than the float model (more than
-    NOTABLE_TOP1_DROP points of top1; more than NOTABLE_WORSENING of float's value otherwise)
-    that no accuracy budget limits, so a run without one still says it:
-    `torchscript-fbgemm is 88.53 points worse than the float model (accuracy 0.0604 vs 0.9457); no budget …`."""
-    metric, out = report.metric, []
-    if report.float is None:
-        return out
-    reference = report.float.accuracy
-    for a in report.artifacts:
-        if a.precision != "int8" or a.accuracy is None or _accuracy_budgeted(report, a.target):
-            continue
-        by = _notably(report, a.accuracy)
-        if by is not None:
-            out.append(f"{a.target} is {by} worse than the float model ({metric.label} "
-                       f"{metric.format(a.accuracy)} vs {metric.format(reference)}); no budget limits it: "
-                       f"max_accuracy_drop would gate on it")
-    return out
+    """One plain sentence per int8 artifact notably worse than the float model that no accuracy
+    budget limits (gate/notable.py), so a run without one still says it; the recommendation
+    leaves it out: `torchscript-fbgemm is 88.53 points worse than the float model (accuracy
+    0.0604 vs 0.9457); no budget …`."""
+    metric = report.metric
+    return [f"{target} is {by} worse than the float model ({metric.label} "
+            f"{metric.format(report.artifact(target).accuracy)} vs {metric.format(report.float.accuracy)}); "
+            f"no budget limits it: max_accuracy_drop would gate on it"
+            for target, by in notably_worse(report).items()]
 
 
 def mostly_float(report: Report) -> list[str]:
@@ -150,7 +117,7 @@ def int8_better(report: Report) -> list[str]:
         fine_tuned = history.get("shipped") == "qat" and history.get("shipped_epoch", 0) >= 1
         if a.precision != "int8" or a.accuracy is None or not fine_tuned:
             continue
-        by = _notably(report, a.accuracy, worse=False)
+        by = notably(report, a.accuracy, worse=False)
         if by is not None:
             out.append(f"{a.target} is {by} better than the float model ({report.metric.label} "
                        f"{report.metric.format(a.accuracy)} vs {report.metric.format(report.float.accuracy)}): "
