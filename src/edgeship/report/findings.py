@@ -107,8 +107,9 @@ def mostly_float(report: Report) -> list[str]:
 
 def int8_better(report: Report) -> list[str]:
     """One line per int8 artifact fine-tuned by QAT that is notably better than the float model
-    (the same thresholds as int8_worse): QAT went on training an under-trained float model, so
-    the drop column says little about what int8 costs (a video net: 0.6962 float, 0.8310 int8)."""
+    (the same thresholds as int8_worse): QAT's fine-tune improved the model itself (an
+    under-trained one, or batch-norm statistics training left off), so the drop column says little
+    about what int8 costs (a video net: 0.6962 float, 0.8310 int8)."""
     if report.float is None:
         return []
     out = []
@@ -121,8 +122,8 @@ def int8_better(report: Report) -> list[str]:
         if by is not None:
             out.append(f"{a.target} is {by} better than the float model ({report.metric.label} "
                        f"{report.metric.format(a.accuracy)} vs {report.metric.format(report.float.accuracy)}): "
-                       f"QAT went on training it, so the float model is under-trained and the drop says little "
-                       f"about what int8 costs; train it longer (model.train.epochs)")
+                       f"QAT's fine-tune improved the model itself, so the drop says little about what int8 "
+                       f"costs; the float model may be under-trained (model.train)")
     return out
 
 
