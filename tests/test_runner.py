@@ -101,3 +101,25 @@ def test_bench_without_the_hosts_settings_is_refused(artifact):
                            "--warmup", "1"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "bench needs --min-iterations, --min-seconds, --max-seconds" in proc.stderr
+
+
+def test_an_executorch_profile_counts_the_measured_runs_alone(tmp_path):
+    """Writing an ETDump empties ExecuTorch's buffer: the profile's dump holds the measured runs
+    only, so the warm-up is not taken away from it. As many warm-up runs as measured ones once
+    made every call count 0 and the delegate's time the difference of two sums."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 1, 8, 8)
+    program = to_edge_transform_and_lower(torch.export.export(model, (x,)), partitioner=[XnnpackPartitioner()])
+    path = tmp_path / "conv.pte"
+    path.write_bytes(program.to_executorch().buffer)
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input_0=x.numpy())
+    result = _runner("profile", str(path), "--inputs", str(inputs),
+                     *bench_args(min_iterations=8, min_seconds=0.0, warmup_iterations=8))
+    assert result["runs"] == 8
+    (call,) = [op for op in result["ops"] if op["name"] == "DELEGATE_CALL"]
+    assert call["calls"] == 1.0 and call["ms"] > 0, result["ops"]
+    assert result["ms_per_run"] == pytest.approx(call["ms"])

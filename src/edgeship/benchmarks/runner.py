@@ -240,13 +240,18 @@ class ExecuTorchModel:
                 method.execute(inputs)
             program.write_etdump_result_to_file(os.path.join(tmp, "run.etdp"), os.path.join(tmp, "debug.bin"))
             inspector = Inspector(etdump_path=os.path.join(tmp, "run.etdp"))
-        return etdump_ops(inspector, warm)
+        return etdump_ops(inspector, warm, runs)
 
 
-def etdump_ops(inspector, warm) -> list[dict]:
+def etdump_ops(inspector, warm, runs: int) -> list[dict]:
     """Per event of the method's executions (a delegate call, an op inside a delegate, an operator
-    on the portable kernels): ms per execution, the warm-up's own dump (`warm`) taken away.
-    Ops inside a delegate are `nested`: their time is part of their DELEGATE_CALL's."""
+    on the portable kernels): ms per execution of the `runs` measured. Ops inside a delegate are
+    `nested`: their time is part of their DELEGATE_CALL's.
+
+    Writing a dump empties ExecuTorch's buffer (executorch 1.5.1: the second dump holds only the
+    runs after the first), so the warm-up's dump (`warm`) is taken away only from a dump that still
+    holds it. Taking it from one that did not made the times low, and the delegate call's negative
+    when the first call, which packs the weights, was slow: the profile then lost it."""
     def totals(source) -> tuple[dict, int]:
         out, executions = {}, 0
         for block in source.event_blocks:
@@ -261,6 +266,8 @@ def etdump_ops(inspector, warm) -> list[dict]:
         return out, executions
 
     (before, warm_runs), (after, all_runs) = totals(warm), totals(inspector)
+    if all_runs <= runs:  # the dump holds the measured runs alone
+        before, warm_runs = {}, 0
     runs = max(1, all_runs - warm_runs)
     ops = []
     for (name, nested, backend), (ms, calls) in after.items():
