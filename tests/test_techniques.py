@@ -71,6 +71,14 @@ def test_fallback_keeps_the_outlier_layers_float_until_the_target_is_met(outlier
     assert result["drop_points"] <= 1.0
 
 
+def test_sensitivity_gives_no_row_to_a_layer_the_recipe_keeps_float(outlier, data):
+    probe = _probe(outlier, data)
+    rows = sensitivity(probe, Flow.FX_FBGEMM, QuantSettings(float_layers=frozenset({"conv1"})),
+                       probe.float_accuracy())
+    assert "conv1" not in [r["layer"] for r in rows]
+    assert rows[0]["layer"] == "conv2" and rows[0]["only_this_quantized_drop_points"] > 5
+
+
 def test_fallback_is_not_used_where_ptq_already_meets_the_target(trained, data):
     probe = _probe(trained, data)
     float_accuracy = probe.float_accuracy()

@@ -23,9 +23,11 @@ from edgeship.targets import Flow
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def quantizable_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """(module name, type name) of every conv and linear layer, in model order."""
-    return [(name, type(m).__name__) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+def quantizable_layers(model: nn.Module, float_layers: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """(module name, type name) of every conv and linear layer, in model order, but those in or
+    under `float_layers`: quantizing them is not on offer, so their row would measure nothing."""
+    return [(name, type(m).__name__) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)
+            and not any(name == kept or name.startswith(f"{kept}.") for kept in float_layers)]
 
 
 @dataclass
@@ -58,8 +60,8 @@ class PtqProbe:
 def sensitivity(probe: PtqProbe, flow: Flow, settings: QuantSettings, float_accuracy: float) -> list[dict]:
     """Per layer: the drop (in the metric's drop unit) with only that layer quantized, and with
     all but that layer quantized. Worst first, by the first: it finds the layers that cannot be
-    quantized at all."""
-    layers = quantizable_layers(probe.model)
+    quantized at all. A layer `settings` keeps float (the recipe's float_layers) gets no row."""
+    layers = quantizable_layers(probe.model, settings.float_layers)
     names = {name for name, _ in layers}
     rows = []
     for name, kind in layers:
