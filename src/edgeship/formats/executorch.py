@@ -15,7 +15,7 @@ from edgeship.formats.compute import measured_share
 from edgeship.formats.executorch_compute import compute_ops
 from edgeship.formats.spec import DynamicModel, FormatSpec
 from edgeship.quantize.dynamic import pt2e_xnnpack_dynamic
-from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools
+from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools, adaptive_max_pools_decomposed
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Format, Target
 
@@ -28,6 +28,7 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
     module = adaptive_max_pools_as_max_pools(module)  # not Core ATen: to_edge refuses them
     with captures_logged():
         program = torch.export.export(module, examples)  # already in eval mode: flows leave it so
+    program = adaptive_max_pools_decomposed(program)  # what the module swap could not reach
     lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     details = {"delegation": delegation(lowered.exported_program().graph_module),
                "int8_share": measured_share(compute_ops, lowered.exported_program())}
