@@ -10,6 +10,7 @@ from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.values import FloatModel, Loaded
 from edgeship.metrics import TaskMetric
 from edgeship.quantize.evaluate import logits
+from edgeship.quantize.parametrized import weights_baked
 from edgeship.quantize.prune import apply_masks, make_permanent, sparsity
 from edgeship.quantize.training import train
 from edgeship.report.schema import PruneResult
@@ -17,6 +18,9 @@ from edgeship.report.schema import PruneResult
 
 def evaluate_float(ctx: RunContext, loaded: Loaded) -> FloatModel:
     with ctx.log.stage("evaluate-float") as notes:
+        baked = weights_baked(loaded.model.eval())  # trained: every later stage needs only the weights
+        if baked:
+            notes.append(f"parametrized weights baked: {', '.join(baked)}")
         answers = logits(loaded.model, loaded.test)
         accuracy = ctx.metric.score(answers, loaded.test.labels)
         notes.append(f"{ctx.metric.said(accuracy)} on {len(loaded.test)} test samples")
