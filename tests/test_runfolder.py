@@ -47,6 +47,23 @@ def test_force_deletes_the_listed_files_inside_and_keeps_the_users(tmp_path):
     assert (run / "notes.txt").read_text() == "x"
 
 
+def test_another_recipes_run_that_wrote_nothing_does_not_block_the_folder(tmp_path):
+    """A recipe refused as bad input after the folder was claimed (a float_layers typo) leaves a
+    marker listing no files: the corrected recipe runs there without --force."""
+    run = _folder(tmp_path, [])
+    (run / "artifacts").mkdir()
+    assert RunFolder(run, force=False, recipe_sha256="new").resumed is False
+    assert json.loads((run / MARKER).read_text())["recipe_sha256"] == "new"
+
+
+def test_another_recipes_run_with_files_is_still_refused_without_force(tmp_path):
+    run = _folder(tmp_path, [])
+    (run / "report.md").write_text("a report the marker lost")
+    with pytest.raises(UserError, match="holds a run of another recipe"):
+        RunFolder(run, force=False, recipe_sha256="new")
+    assert (run / "report.md").exists()
+
+
 @pytest.mark.parametrize("marker", ["{not json", '{"files": "report.md"}', "[1, 2]"])
 def test_a_marker_that_is_not_edgeships_is_bad_input(tmp_path, marker):
     run = tmp_path / "run"

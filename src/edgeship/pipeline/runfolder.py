@@ -126,6 +126,8 @@ class RunFolder:
             self._refuse_unrecognised(files, writing)
             self.files = files
             return True
+        if not force and not files and not any(self._occupied_output_paths()):
+            return False  # another recipe's run that wrote nothing (refused as bad input): no loss
         if not force:
             raise UserError(f"{self.root}: holds a run of another recipe; use --force to replace "
                             f"it, or choose another --out")
