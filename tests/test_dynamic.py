@@ -48,6 +48,9 @@ def test_dynamic_int8_on_every_target_and_static_beside_it(tmp_path):
         artifact = report.artifact(target)
         assert (report.float.accuracy - artifact.accuracy) * 100 <= 1.0, target
     assert report.artifact("onnx-int8").parity.reference == "float model (quantized after export)"
+    # the PyTorch reference answers at the artifact's batch (1): activation ranges are the batch's
+    fbgemm = report.artifact("torchscript-fbgemm").parity
+    assert fbgemm.top1_agreement == 1.0 and fbgemm.max_abs_error < 1e-4, fbgemm
     assert report.artifact("onnx-int8").size_bytes <= 0.35 * report.artifact("onnx-fp32").size_bytes
 
 
@@ -69,3 +72,23 @@ def test_modes_must_name_int8_targets_of_the_recipe(tmp_path):
     with pytest.raises(UserError, match=r"quantization.modes: 'onnx-fp32' is not an int8 target of "
                                         r"this recipe; its int8 targets: torchscript-fbgemm"):
         parse_recipe(data, "dyn", tmp_path)
+
+
+def test_a_dynamic_modules_reference_answers_at_the_artifacts_batch():
+    import numpy as np
+    import torch
+
+    from edgeship.data import Arrays
+    from edgeship.quantize.dynamic import torch_ao_dynamic
+    from edgeship.quantize.evaluate import logits, reference_logits
+
+    torch.manual_seed(0)
+    model = torch_ao_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)),
+                             "fbgemm")
+    scales = np.linspace(0.1, 10, 64, dtype=np.float32)[:, None]
+    inputs = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32) * scales
+    arrays = Arrays(inputs=(inputs,), labels=np.zeros(64, dtype=np.int64))
+    alone = np.concatenate([logits(model, Arrays(inputs=(inputs[i:i + 1],), labels=arrays.labels[:1]))
+                            for i in range(64)])
+    assert np.array_equal(reference_logits(model, arrays, 1), alone)
+    assert not np.allclose(logits(model, arrays), alone, atol=1e-3)  # one range for the whole batch

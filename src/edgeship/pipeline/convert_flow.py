@@ -20,7 +20,7 @@ from torch import nn
 from edgeship.data import Arrays
 from edgeship.pipeline.post_training import Candidate, ConvertJob, against_post_training, candidate
 from edgeship.pipeline.values import Calibrated
-from edgeship.quantize.evaluate import logits
+from edgeship.quantize.evaluate import reference_logits
 from edgeship.quantize.flow import QuantFlow
 from edgeship.report.schema import QatHistory
 
@@ -39,7 +39,7 @@ def converted(job: ConvertJob, float_model: nn.Module, c: Calibrated, split: Cal
     if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
         shipped, history = against_post_training(job, float_model, c, shipped, split())
     with shipped.flow.engine():
-        reference = logits(shipped.module, job.test)
+        reference = reference_logits(shipped.module, job.test, job.examples[0].shape[0])
     return Conversion(shipped, history, reference)
 
 

@@ -30,7 +30,8 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
         reference = float_model.logits
     else:
         with spec.running(target):
-            reference = logits(made.module, loaded.test)
+            # at the artifact's batch: activation ranges come from the whole batch (evaluate.reference_logits)
+            reference = logits(made.module, loaded.test, loaded.examples[0].shape[0])
         notes.append(f"{target.name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch")
     per_channel = ctx.recipe.quantization.per_channel
     return Source(made.module, made.export, made.reference, reference,
