@@ -92,3 +92,16 @@ def test_a_dynamic_modules_reference_answers_at_the_artifacts_batch():
                             for i in range(64)])
     assert np.array_equal(reference_logits(model, arrays, 1), alone)
     assert not np.allclose(logits(model, arrays), alone, atol=1e-3)  # one range for the whole batch
+
+
+def test_onnx_runtimes_dynamic_quantizer_says_nothing_the_user_cannot_act_on(tmp_path, caplog):
+    import torch
+
+    from edgeship.formats.onnx import export_dynamic
+    from edgeship.targets import get_target
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with caplog.at_level("WARNING"):
+        made = export_dynamic(model.eval(), (torch.zeros(1, 1, 8, 8),), get_target("onnx-int8"), tmp_path)
+    assert made.path.exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -104,7 +104,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         path = workdir / f"{target.name}.onnx"
         reader = _Reader(program.model.graph.inputs, calibration, examples[0].shape[0],
                          options.calibration_samples)
-        with _root_log_errors_only():
+        with root_log_errors_only():
             quantize_static(str(scratch / "pre.onnx"), str(path), reader, quant_format=QuantFormat.QDQ,
                             activation_type=(QuantType.QInt8 if options.activations == "int8"
                                              else QuantType.QUInt8), weight_type=QuantType.QInt8,
@@ -144,14 +144,14 @@ def _recurrent_dynamic(path: Path, excluded: list[str]) -> None:
     if not any(n.op_type == "LSTM" and n.name not in excluded for n in graph.node):
         return
     mixed = path.with_name(f"mixed-{path.name}")
-    with _root_log_errors_only():  # its warning that the model looks quantized: it is, on purpose
+    with root_log_errors_only():  # its warning that the model looks quantized: it is, on purpose
         quantize_dynamic(path, mixed, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"],
                          nodes_to_exclude=excluded)
     os.replace(mixed, path)
 
 
 @contextmanager
-def _root_log_errors_only() -> Iterator[None]:
+def root_log_errors_only() -> Iterator[None]:
     """ONNX Runtime's quantizer warns on the root logger about what it rightly skips (a per-channel
     axis on a LayerNorm's 1-D weight, a model already quantized): nothing the user can act on."""
     root = logging.getLogger()
