@@ -30,7 +30,7 @@ def _recipe(tmp_path, **quantization) -> dict:
 @pytest.mark.slow
 def test_dynamic_int8_on_every_target_and_static_beside_it(tmp_path):
     data = _recipe(tmp_path, mode="dynamic", modes={"torchscript-qnnpack": "static"},
-                   calibration_batches=2, qat={"enabled": False})
+                   calibration_batches=2, qat={"enabled": False}, float_layers=["3"])
     report = edgeship.run(parse_recipe(data, "dyn", tmp_path), tmp_path / "run", quiet=True)
     assert report.exit_code == 0, (report.gate, [a.error for a in report.artifacts])
     modes = {a.target: a.details["quantization"]["mode"] for a in report.artifacts if a.precision == "int8"}
@@ -49,6 +49,13 @@ def test_dynamic_int8_on_every_target_and_static_beside_it(tmp_path):
         assert (report.float.accuracy - artifact.accuracy) * 100 <= 1.0, target
     assert report.artifact("onnx-int8").parity.reference == "float model (quantized after export)"
     # the PyTorch reference answers at the artifact's batch (1): activation ranges are the batch's
+    per_channel = {t: report.artifact(t).details["quantization"]["per_channel"] for t in modes}
+    assert per_channel == {"torchscript-fbgemm": False, "torchscript-qnnpack": True, "onnx-int8": False,
+                           "executorch-xnnpack": True}  # dynamic paths: their runtime's default
+    kept = {t: report.artifact(t).details["quantization"].get("float_layers_not_applied") for t in modes}
+    assert kept == {"torchscript-fbgemm": ["3"], "torchscript-qnnpack": None, "onnx-int8": ["3"],
+                    "executorch-xnnpack": ["3"]}  # said where dynamic quantization did not apply it
+    assert report.artifact("torchscript-qnnpack").details["quantization"]["float_layers_recipe"] == ["3"]
     fbgemm = report.artifact("torchscript-fbgemm").parity
     assert fbgemm.top1_agreement == 1.0 and fbgemm.max_abs_error < 1e-4, fbgemm
     assert report.artifact("onnx-int8").size_bytes <= 0.35 * report.artifact("onnx-fp32").size_bytes

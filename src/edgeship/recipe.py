@@ -270,7 +270,9 @@ class QuantizationSection(Section):
     observer: Literal["minmax", "moving_average_minmax", "histogram"] | None = Field(
         None, description="Activation observer for post-training calibration; default: each "
                           "flow's own (histogram).")
-    per_channel: bool = Field(True, description="Per-channel weight scales (else per tensor).")
+    per_channel: bool = Field(True, description="Per-channel weight scales (else per tensor), for "
+                                                "static quantization; dynamic paths keep their "
+                                                "runtime's default.")
     sensitivity: bool = Field(False, description="Measure each layer's accuracy cost, per flow.")
     fallback: Fallback | None = Field(None, description="Keep sensitive layers float until the "
                                                         "accuracy target is met.")

@@ -65,6 +65,7 @@ SPEC = FormatSpec(
     format=Format.EXECUTORCH, suffix=".pte", runtime_packages=("numpy", "torch", "executorch"),
     export=export, quantize_dynamic=quantize_dynamic,
     dynamic_layers="Linear, an LSTM's gates included (XNNPACK dynamic fully-connected)",
+    dynamic_per_channel=True,  # XNNPACK's dynamic config, as ExecuTorch documents it
     unsupported_layers={
         nn.Conv3d: _CONV_5D,
         nn.MaxPool3d: "aten.max_pool3d_with_indices: no ExecuTorch kernel, XNNPACK does not "

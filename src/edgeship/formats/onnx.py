@@ -51,4 +51,5 @@ SPEC = FormatSpec(
     format=Format.ONNX, suffix=".onnx", runtime_packages=("numpy", "onnxruntime"), export=export,
     quantize_dynamic=quantize_dynamic, quantize_static=onnx_static.quantize_static,
     dynamic_layers="MatMul/Gemm and the other op types of onnxruntime.quantization.quantize_dynamic",
+    dynamic_per_channel=False,  # quantize_dynamic's default
     unsupported_layers={})

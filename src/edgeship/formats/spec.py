@@ -47,6 +47,7 @@ class FormatSpec:
     export: Exporter  # a float or statically quantized PyTorch model to an artifact
     quantize_dynamic: Callable[[Target, nn.Module, tuple], DynamicModel]
     dynamic_layers: str  # what its dynamic quantization quantizes, for the report
+    dynamic_per_channel: bool  # whether its dynamic path scales weights per channel (its runtime's default)
     # {module type: why} for layers its runtime cannot run in any precision
     unsupported_layers: Mapping[type[nn.Module], str]
     # int8 weights are packed for one torch quantized engine: the runner must set it before load

@@ -34,4 +34,5 @@ SPEC = FormatSpec(
     format=Format.TORCHSCRIPT, suffix=".pt", runtime_packages=("numpy", "torch"), export=export,
     quantize_dynamic=quantize_dynamic,
     dynamic_layers="Linear (attention's projections included), LSTM, GRU (torch.ao quantize_dynamic)",
+    dynamic_per_channel=False,  # torch.ao's default_dynamic_qconfig
     unsupported_layers={}, packs_for_engine=True)

@@ -33,9 +33,9 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
             # at the artifact's batch: activation ranges come from the whole batch (evaluate.reference_logits)
             reference = logits(made.module, loaded.test, loaded.examples[0].shape[0])
         notes.append(f"{target.name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch")
-    per_channel = ctx.recipe.quantization.per_channel
+    ignored = ctx.recipe.quantization.float_layers or None
     return Source(made.module, made.export, made.reference, reference,
-                  digest("dynamic", float_model.key, target.name, per_channel, spec.dynamic_layers),
-                  QuantizationDetails(mode="dynamic", qat=False, per_channel=per_channel,
-                                      layers=spec.dynamic_layers),
+                  digest("dynamic", float_model.key, target.name, spec.dynamic_per_channel, spec.dynamic_layers),
+                  QuantizationDetails(mode="dynamic", qat=False, per_channel=spec.dynamic_per_channel,
+                                      layers=spec.dynamic_layers, float_layers_not_applied=ignored),
                   int8_reference=made.module is not float_model.module)

@@ -345,6 +345,8 @@ class QuantizationDetails(BaseModel):
     qat_history: QatHistory | None = None  # static with QAT: its scores, and which state shipped
     runtime_quantizer: dict | None = None  # static, made by the runtime's own quantizer: its settings
     layers: str | None = None  # dynamic: which layer types its path quantizes
+    # dynamic: the recipe's quantization.float_layers, which dynamic quantization does not apply
+    float_layers_not_applied: list[str] | None = None
 
 
 class DeviceFacts(DeviceProfile):
