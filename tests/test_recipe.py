@@ -39,6 +39,14 @@ def test_every_problem_is_listed_with_its_key_path(tmp_path):
             "onnx-fp32, onnx-int8, torchscript-fbgemm, torchscript-fp32, torchscript-qnnpack") in text
 
 
+def test_every_unknown_target_is_named_at_once(tmp_path):
+    path = write_recipe(tmp_path, demo_recipe(targets=["onnx-int8-dynamic", "onnx-int8", "tflite-int8"]))
+    with pytest.raises(UserError) as error:
+        load_recipe(path)
+    assert str(error.value).startswith(f"{path}: targets: unknown targets 'onnx-int8-dynamic', 'tflite-int8'; known: ")
+    assert str(error.value).endswith("(quantization.mode or modes makes a target dynamic)")
+
+
 def test_a_budget_needs_a_limit_and_known_targets(tmp_path):
     recipe = demo_recipe(budgets=[{"targets": ["onnx-int8"]}, {"targets": ["tflite"], "max_size_mb": 1}])
     with pytest.raises(UserError) as error:

@@ -476,9 +476,12 @@ class Recipe(Section):
     @field_validator("targets")
     @classmethod
     def _targets_known_and_unique(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if name not in TARGETS:
-                raise ValueError(f"unknown target {name!r}; known: {known_targets()}")
+        unknown = [name for name in names if name not in TARGETS]
+        if unknown:
+            said = ", ".join(repr(name) for name in unknown)
+            hint = (" (quantization.mode or modes makes a target dynamic)"
+                    if any("dynamic" in name for name in unknown) else "")
+            raise ValueError(f"unknown target{'s' * (len(unknown) > 1)} {said}; known: {known_targets()}{hint}")
         if len(set(names)) != len(names):
             raise ValueError(f"targets repeat a name: {names}")
         return names
