@@ -123,7 +123,8 @@ def int8_better(report: Report) -> list[str]:
             out.append(f"{a.target} is {by} better than the float model ({report.metric.label} "
                        f"{report.metric.format(a.accuracy)} vs {report.metric.format(report.float.accuracy)}): "
                        f"QAT's fine-tune improved the model itself, so the drop says little about what int8 "
-                       f"costs; the float model may be under-trained (model.train)")
+                       f"costs; the float model may be under-trained (model.train), or its batch-norm running "
+                       f"statistics out of step with its weights (training ended at a high learning rate)")
     return out
 
 
