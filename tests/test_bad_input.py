@@ -71,7 +71,8 @@ def test_example_inputs_that_do_not_fit_the_model(tmp_path):
     (tmp_path / "models.py").write_text(MODELS)
     recipe = demo_recipe()
     recipe["model"]["factory"] = "models.py:needs_three_channels"
-    _fails_with(tmp_path, recipe, "model.example_inputs [1, 1, 8, 8] do not fit the model",
+    _fails_with(tmp_path, recipe, "model.example_inputs [1, 1, 8, 8] float32, which fit data.factory's samples, do not "
+                "fit the model",
                 "expected input[1, 1, 8, 8] to have 3 channels")
 
 

@@ -47,8 +47,9 @@ def check_fit(model: nn.Module, examples: tuple[torch.Tensor, ...], splits: Spli
         with torch.no_grad():
             model(*examples)
     except Exception as e:  # noqa: BLE001
-        shapes = ", ".join(str(list(x.shape)) for x in examples)
-        raise UserError(f"model.example_inputs {shapes} do not fit the model: {_one_line(e)}") from None
+        shapes = ", ".join(f"{list(x.shape)} {str(x.dtype)[6:]}" for x in examples)
+        raise UserError(f"model.example_inputs {shapes}, which fit data.factory's samples, do not "
+                        f"fit the model: {_one_line(e)}") from None
 
 
 def _one_line(error: Exception) -> str:
