@@ -54,14 +54,6 @@ def test_a_name_given_twice(tmp_path):
     _fails_with(tmp_path, recipe, "quantization.float_layers", "'classifier' more than once")
 
 
-def test_float_layers_where_every_target_is_dynamic(tmp_path):
-    recipe = demo_recipe()
-    recipe["quantization"].update(mode="dynamic", float_layers=["classifier"])
-    recipe["quantization"]["qat"]["enabled"] = False
-    _fails_with(tmp_path, recipe, "float_layers applies to static quantization")
-
-
-
 def test_a_float_conv_with_batch_norm_in_onnx_runtime_qat():
     """torchao's QAT conv-bn fusion fails on the conv X86InductorQuantizer declines (IndexError)
     at the pinned versions; the ORT flow removes the empty annotation, so the conv stays float."""

@@ -278,9 +278,8 @@ class QuantizationSection(Section):
                                                         "accuracy target is met.")
     float_layers: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Module names (as model.named_modules() gives them, e.g. "
-                                          "'features.0' or 'classifier') every static flow keeps "
-                                          "float, with all they contain; dynamic quantization "
-                                          "ignores it.")
+                                          "'features.0' or 'classifier') every flow keeps float, "
+                                          "with all they contain, static and dynamic.")
     qat: QATSection = Field(default_factory=QATSection)
 
     @field_validator("float_layers")
@@ -290,13 +289,6 @@ class QuantizationSection(Section):
         if twice:
             raise ValueError(f"names {', '.join(map(repr, twice))} more than once")
         return names
-
-    @model_validator(mode="after")
-    def _float_layers_are_for_static(self) -> QuantizationSection:
-        if self.float_layers and self.mode == "dynamic" and "static" not in self.modes.values():
-            raise ValueError("float_layers applies to static quantization, and every target here is "
-                             "dynamic: dynamic quantization covers only Linear and recurrent layers")
-        return self
 
     @model_validator(mode="after")
     def _observer_is_for_ptq(self) -> QuantizationSection:

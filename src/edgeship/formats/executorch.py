@@ -51,8 +51,9 @@ def delegation(graph_module: torch.fx.GraphModule) -> dict:
     }
 
 
-def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
-    return DynamicModel(pt2e_xnnpack_dynamic(model, examples), export,
+def quantize_dynamic(target: Target, model: nn.Module, examples: tuple,
+                     float_layers: frozenset[str] = frozenset()) -> DynamicModel:
+    return DynamicModel(pt2e_xnnpack_dynamic(model, examples, float_layers), export,
                         "dynamically quantized PyTorch model")
 
 

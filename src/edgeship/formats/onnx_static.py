@@ -95,7 +95,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         program = onnx_program(module, examples)
-        excluded = _nodes_of_layers(program, settings.float_layers)
+        excluded = nodes_of_layers(program, settings.float_layers)
         layers = strip_debug_metadata(program)
         scratch = workdir / "float"
         scratch.mkdir()
@@ -176,7 +176,7 @@ class _Reader:
         return next(self._feeds, None)
 
 
-def _nodes_of_layers(program, layers: frozenset[str]) -> list[str]:
+def nodes_of_layers(program, layers: frozenset[str]) -> list[str]:
     """The ONNX nodes that compute `layers` (module names), found by the exporter's name scopes.
     A convolution with its batch norm folded in carries the batch norm's scope: it counts for the
     convolution that feeds that batch norm, which torch.export's graph tells."""

@@ -45,7 +45,8 @@ class FormatSpec:
     suffix: str  # the runner (benchmarks/runner.py, standalone) picks its loader by it
     runtime_packages: tuple[str, ...]  # what the runner imports on a device to run it
     export: Exporter  # a float or statically quantized PyTorch model to an artifact
-    quantize_dynamic: Callable[[Target, nn.Module, tuple], DynamicModel]
+    # (target, float model, example inputs, module names to keep float)
+    quantize_dynamic: Callable[[Target, nn.Module, tuple, frozenset[str]], DynamicModel]
     dynamic_layers: str  # what its dynamic quantization quantizes, for the report
     dynamic_per_channel: bool  # whether its dynamic path scales weights per channel (its runtime's default)
     # {module type: why} for layers its runtime cannot run in any precision

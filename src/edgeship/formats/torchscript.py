@@ -25,8 +25,9 @@ def export(module: nn.Module, examples: tuple, target: Target, workdir: Path) ->
     return ExportedArtifact(path, (path,), {"int8_share": share})
 
 
-def quantize_dynamic(target: Target, model: nn.Module, examples: tuple) -> DynamicModel:
-    return DynamicModel(torch_ao_dynamic(model, target.engine), export,
+def quantize_dynamic(target: Target, model: nn.Module, examples: tuple,
+                     float_layers: frozenset[str] = frozenset()) -> DynamicModel:
+    return DynamicModel(torch_ao_dynamic(model, target.engine, float_layers), export,
                         "dynamically quantized PyTorch model")
 
 

@@ -25,7 +25,8 @@ def quantize_dynamic(ctx: RunContext, loaded: Loaded, float_model: FloatModel) -
 def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Target,
             notes: StageNotes) -> Source:
     spec = spec_for(target.format)
-    made = spec.quantize_dynamic(target, float_model.module, loaded.examples)
+    kept = frozenset(ctx.recipe.quantization.float_layers)
+    made = spec.quantize_dynamic(target, float_model.module, loaded.examples, kept)
     if made.module is float_model.module:  # quantized after export: it answers as the float model
         reference = float_model.logits
     else:
@@ -33,9 +34,9 @@ def _source(ctx: RunContext, loaded: Loaded, float_model: FloatModel, target: Ta
             # at the artifact's batch: activation ranges come from the whole batch (evaluate.reference_logits)
             reference = logits(made.module, loaded.test, loaded.examples[0].shape[0])
         notes.append(f"{target.name} {ctx.metric.said(ctx.metric.score(reference, loaded.test.labels))} in PyTorch")
-    ignored = ctx.recipe.quantization.float_layers or None
     return Source(made.module, made.export, made.reference, reference,
-                  digest("dynamic", float_model.key, target.name, spec.dynamic_per_channel, spec.dynamic_layers),
+                  digest("dynamic", float_model.key, target.name, spec.dynamic_per_channel, spec.dynamic_layers,
+                         sorted(kept)),
                   QuantizationDetails(mode="dynamic", qat=False, per_channel=spec.dynamic_per_channel,
-                                      layers=spec.dynamic_layers, float_layers_not_applied=ignored),
+                                      layers=spec.dynamic_layers, float_layers_recipe=sorted(kept) or None),
                   int8_reference=made.module is not float_model.module)

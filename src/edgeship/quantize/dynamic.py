@@ -17,6 +17,7 @@ from torch import nn
 from edgeship.engines import quantized_engine
 from edgeship.errors import UserError
 from edgeship.quantize.attention import split_projections
+from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.fx import quiet_fx_deprecation
 from edgeship.quantize.pt2e import Pt2eXnnpackFlow
 from edgeship.targets import Target
@@ -32,16 +33,24 @@ def check_quantizable(model: nn.Module, targets: list[Target]) -> None:
                         f"layer to quantize dynamically; use mode = 'static'")
 
 
-def torch_ao_dynamic(model: nn.Module, engine: str) -> nn.Module:
+def torch_ao_dynamic(model: nn.Module, engine: str, float_layers: frozenset[str] = frozenset()) -> nn.Module:
     """Linear, LSTM and GRU with int8 weights packed for `engine` (fbgemm, qnnpack); attention's
-    projections too (attention.py)."""
-    from torch.ao.quantization import quantize_dynamic
+    projections too (attention.py); none in or under `float_layers`."""
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
     model = split_projections(copy.deepcopy(model).eval())
+    spec: dict = {kind: default_dynamic_qconfig for kind in DYNAMIC_TYPES}  # what the set form means
+    # a module's name outranks its type, but a child's type outranks its parent's name: name each
+    spec.update({name: None for name, _ in model.named_modules() if _inside(name, float_layers)})
     with quiet_fx_deprecation(), quantized_engine(engine):
-        return quantize_dynamic(model, DYNAMIC_TYPES)
+        return quantize_dynamic(model, spec)
 
 
-def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple) -> nn.Module:
-    """Linear layers with int8 weights, as XNNPACK's dynamically quantized fully-connected."""
-    return Pt2eXnnpackFlow().convert_dynamic(model, examples)
+def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple, float_layers: frozenset[str] = frozenset()) -> nn.Module:
+    """Linear layers with int8 weights, as XNNPACK's dynamically quantized fully-connected; none
+    in or under `float_layers`."""
+    return Pt2eXnnpackFlow(QuantSettings(float_layers=frozenset(float_layers))).convert_dynamic(model, examples)
+
+
+def _inside(name: str, layers: frozenset[str]) -> bool:
+    return any(name == layer or name.startswith(f"{layer}.") for layer in layers)

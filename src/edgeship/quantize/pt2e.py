@@ -117,6 +117,9 @@ class Pt2eXnnpackFlow(Pt2eFlow):
 
     def quantizer(self, *, qat: bool):
         quantizer = _xnnpack_quantizer(qat=qat).set_global(self.quantization_config(qat=qat))
+        return self._declining_float_layers(quantizer)
+
+    def _declining_float_layers(self, quantizer):
         if self.settings.float_layers:
             # set_module_name(name, None) is "not supported yet" in XNNPACKQuantizer: a filter
             # that declines every node inside a float layer does the same.
@@ -134,8 +137,8 @@ class Pt2eXnnpackFlow(Pt2eFlow):
         )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = XNNPACKQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=self.settings.per_channel, is_dynamic=True))
+        quantizer = self._declining_float_layers(XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=self.settings.per_channel, is_dynamic=True)))
         prepared = prepare_pt2e(self.capture(model, examples, qat=False), quantizer)
         prepared(*examples)  # dynamic observers are placeholders; one pass fixes their dtypes
         return convert_pt2e(prepared)

@@ -339,14 +339,12 @@ class QuantizationDetails(BaseModel):
     observer: str | None = None  # static: fake-quant (QAT) or the calibration observer
     float_layers: list[str] | None = None  # static: module names left float
     float_layers_required: dict[str, str] | None = None  # static: left float by the flow, and why
-    float_layers_recipe: list[str] | None = None  # static: named in the recipe's quantization.float_layers
+    float_layers_recipe: list[str] | None = None  # named in the recipe's quantization.float_layers
     dynamic_layers: dict[str, str] | None = None  # static: quantized dynamically inside it, and why
     qat_distributed: dict | None = None  # static with distributed QAT: how it ran
     qat_history: QatHistory | None = None  # static with QAT: its scores, and which state shipped
     runtime_quantizer: dict | None = None  # static, made by the runtime's own quantizer: its settings
     layers: str | None = None  # dynamic: which layer types its path quantizes
-    # dynamic: the recipe's quantization.float_layers, which dynamic quantization does not apply
-    float_layers_not_applied: list[str] | None = None
 
 
 class DeviceFacts(DeviceProfile):
