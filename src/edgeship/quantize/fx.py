@@ -43,6 +43,24 @@ class _FloatPReLU(nn.PReLU):
         return floated
 
 
+def _prepared_for_qat(prepare_qat_fx, model: nn.Module, mapping, example_inputs: tuple, backend_config) -> nn.Module:
+    """prepare_qat_fx traces the model in training mode. A forward whose training-only branch
+    FX cannot trace, such as stochastic depth drawing `torch.rand(x.shape[0], 1, 1, 1)` (a traced
+    size is no int: "rand() received an invalid combination of arguments"; torch's own FX QAT
+    fails so), is traced in eval mode instead and then trained: QAT fine-tunes without that
+    branch, as the artifact runs. Batch norm and dropout are modules, still trained as such."""
+    from torch.fx.proxy import TraceError
+
+    try:
+        return prepare_qat_fx(copy.deepcopy(model).train(), mapping, example_inputs, backend_config=backend_config)
+    except (TypeError, TraceError) as in_training:
+        try:
+            prepared = prepare_qat_fx(model.eval(), mapping, example_inputs, backend_config=backend_config)
+        except Exception:  # noqa: BLE001 - not a training-only branch: the first error is the one
+            raise in_training from None
+        return prepared.train()
+
+
 def _float_prelus(model: nn.Module, names: frozenset[str]) -> nn.Module:
     """`model`, changed in place: each nn.PReLU named in `names` becomes a _FloatPReLU holding
     the same weight."""
@@ -132,8 +150,7 @@ class FxFlow(QuantFlow):
         with quiet_fx_deprecation(), self.engine():
             mapping = self.qconfig_mapping(qat=qat)
             if qat:
-                return prepare_qat_fx(model.train(), mapping, example_inputs,
-                                      backend_config=self._backend_config())
+                return _prepared_for_qat(prepare_qat_fx, model, mapping, example_inputs, self._backend_config())
             return prepare_fx(model.eval(), mapping, example_inputs,
                               backend_config=self._backend_config())
 
