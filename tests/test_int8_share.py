@@ -185,6 +185,26 @@ def test_a_prelu_stays_float_on_the_fx_flows(tmp_path, name):
     assert error_share(made.path, target.engine, model, inputs[:8]) < 0.05
 
 
+@pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack"))
+def test_a_circularly_padded_conv_stays_float_on_the_fx_flows(tmp_path, name):
+    """torch.ao's quantized convolution refuses circular padding at conversion (in torch's own
+    flow too); a reflection-padded one is int8."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), nn.ReLU()).eval()
+    inputs = torch.randn(64, 1, 8, 8)
+    with pytest.raises(ValueError, match="'padding_mode' circular is not supported"):
+        convert_fx(prepare_fx(model, get_default_qconfig_mapping("fbgemm"), (inputs[:1],)))
+    target = get_target(name)
+    assert list(required_float_layers(model, target.flow)) == ["0"]
+    made = edgeship_export(name, model, inputs.numpy(), tmp_path)
+    assert 0.8 < made.details["int8_share"]["macs_fraction"] < 1.0  # the reflection-padded conv
+    assert error_share(made.path, target.engine, model, inputs[:8]) < 0.05
+
+
 @pytest.mark.parametrize("name", ("torchscript-fbgemm", "torchscript-qnnpack", "onnx-int8"))
 def test_a_static_lstm_is_dynamic_int8_inside_the_static_model(tmp_path, name):
     """No static int8 LSTM in torch.ao or ONNX Runtime's static quantizer: the LSTM is quantized

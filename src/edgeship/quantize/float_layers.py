@@ -37,6 +37,13 @@ def _ort_grouped_transposed(conv: nn.Module) -> str | None:
             "per-group scales against every output channel)") if conv.groups > 1 else None
 
 
+def _fx_padding_mode(conv: nn.Module) -> str | None:
+    return (f"torch.ao's quantized convolution pads with zeros or by reflection only ('padding_mode' "
+            f"{conv.padding_mode} is not supported by quantized convolution, at conversion, in torch's "
+            f"own FX flow too); ONNX Runtime and XNNPACK run it int8"
+            ) if conv.padding_mode not in ("zeros", "reflect") else None
+
+
 # Measured with torch's own default qconfig mapping as well: PReLU(0.25) on 0.2 gives 0.05.
 _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the slope too (0.2 at "
                     "slope 0.25 comes out 0.05), in torch's own default FX flow as well and on both "
@@ -44,6 +51,9 @@ _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the
 
 # A reason, or a function of the module giving one (None: not this module)
 FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str | None]] = {
+    # first: QNNPACK's Conv3d entry below replaces it (float whatever its padding)
+    **{(flow, conv): _fx_padding_mode for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
+       for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
     (Flow.FX_FBGEMM, nn.ConvTranspose2d): _fbgemm_transposed_2x2,
     (Flow.FX_FBGEMM, nn.PReLU): _QUANTIZED_PRELU,
     (Flow.FX_QNNPACK, nn.PReLU): _QUANTIZED_PRELU,
