@@ -176,8 +176,8 @@ class FxFlow(QuantFlow):
         with quiet_fx_deprecation(), self.engine():
             converted = convert_fx(copy.deepcopy(prepared).eval(), backend_config=self._backend_config())
             dynamic_linears_in_attention(converted, self.settings.float_layers)
-        if self.engine_name == "qnnpack":
-            _contiguous_before_clamps(converted)
+        qnnpack = self.engine_name == "qnnpack"
+        _contiguous_before(converted, lambda node, modules: _norm(node, modules) or qnnpack and _clamp(node, modules))
         return converted
 
 
@@ -186,18 +186,34 @@ _CLAMP_FUNCTIONS = {torch.relu, torch.clamp, torch.clip, nn.functional.relu, nn.
                     nn.functional.hardtanh}
 
 
-def _contiguous_before_clamps(graph_module: torch.fx.GraphModule) -> None:
+def _clamp(node: torch.fx.Node, modules: dict) -> bool:
     """qnnpack's quantized conv returns channels-last tensors, and in torch 2.13 its unfused
     quantized relu/relu6/hardtanh/clamp read a channels-last input as if it were NCHW: the channels
-    come out scrambled (a Conv-BN-ReLU6 lost all accuracy). A contiguous copy before each gives
-    them the layout they assume; on an NCHW tensor it costs nothing."""
+    come out scrambled (a Conv-BN-ReLU6 lost all accuracy)."""
+    return (node.op == "call_module" and isinstance(modules[node.target], _CLAMP_MODULES)) or \
+        (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS) or \
+        (node.op == "call_method" and node.target in ("relu", "clamp", "clip"))
+
+
+def _norm(node: torch.fx.Node, modules: dict) -> bool:
+    """torch 2.13's quantized InstanceNorm and GroupNorm, on both engines, answer wrong on a
+    channels-last input (what a quantized conv returns) from some batch size on: max error 11 on
+    outputs of 5 at batch 64 (instance norm) or 256 (group norm), right at batch 1. An artifact
+    traced at batch 1 then fails on a device feeding batches; the converted model failed
+    verification against its own artifact (top-1 agreement 0.13)."""
+    from torch.ao.nn import quantized as nnq
+
+    norms = (nnq.InstanceNorm1d, nnq.InstanceNorm2d, nnq.InstanceNorm3d, nnq.GroupNorm)
+    return node.op == "call_module" and isinstance(modules[node.target], norms)
+
+
+def _contiguous_before(graph_module: torch.fx.GraphModule, reads_nchw_only) -> None:
+    """A contiguous copy before each node `reads_nchw_only(node, modules)` picks, which gives it the
+    layout it assumes; on an NCHW tensor it costs nothing."""
     modules = dict(graph_module.named_modules())
     graph = graph_module.graph
     for node in list(graph.nodes):
-        clamps = (node.op == "call_module" and isinstance(modules[node.target], _CLAMP_MODULES)) or \
-                 (node.op == "call_function" and node.target in _CLAMP_FUNCTIONS) or \
-                 (node.op == "call_method" and node.target in ("relu", "clamp", "clip"))
-        if clamps and node.args and isinstance(node.args[0], torch.fx.Node):
+        if reads_nchw_only(node, modules) and node.args and isinstance(node.args[0], torch.fx.Node):
             with graph.inserting_before(node):
                 node.update_arg(0, graph.call_method("contiguous", (node.args[0],)))
     graph_module.recompile()
