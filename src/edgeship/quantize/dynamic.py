@@ -17,6 +17,7 @@ from torch import nn
 from edgeship.engines import quantized_engine
 from edgeship.errors import UserError
 from edgeship.quantize.attention import split_projections
+from edgeship.quantize.float_layers import within
 from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.fx import quiet_fx_deprecation
 from edgeship.quantize.pt2e import Pt2eXnnpackFlow
@@ -41,7 +42,7 @@ def torch_ao_dynamic(model: nn.Module, engine: str, float_layers: frozenset[str]
     model = split_projections(copy.deepcopy(model).eval())
     spec: dict = {kind: default_dynamic_qconfig for kind in DYNAMIC_TYPES}  # what the set form means
     # a module's name outranks its type, but a child's type outranks its parent's name: name each
-    spec.update({name: None for name, _ in model.named_modules() if _inside(name, float_layers)})
+    spec.update({name: None for name, _ in model.named_modules() if within(name, float_layers)})
     with quiet_fx_deprecation(), quantized_engine(engine):
         return quantize_dynamic(model, spec)
 
@@ -50,7 +51,3 @@ def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple, float_layers: frozen
     """Linear layers with int8 weights, as XNNPACK's dynamically quantized fully-connected; none
     in or under `float_layers`."""
     return Pt2eXnnpackFlow(QuantSettings(float_layers=frozenset(float_layers))).convert_dynamic(model, examples)
-
-
-def _inside(name: str, layers: frozenset[str]) -> bool:
-    return any(name == layer or name.startswith(f"{layer}.") for layer in layers)

@@ -107,6 +107,16 @@ LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str |
 }
 
 
+def within(name: str, layers) -> bool:
+    """`name` is one of the module names `layers`, or a module inside one (a block keeps all it
+    contains).
+
+    >>> within("features.0.conv", {"features.0"}), within("features.01", {"features.0"})
+    (True, False)
+    """
+    return any(name == layer or name.startswith(f"{layer}.") for layer in layers)
+
+
 def layers_of(table: dict, model: nn.Module, flow: Flow) -> dict[str, str]:
     """{module name: reason} for the modules of `model` that `table` lists for `flow`, outermost
     only (an encoder's layers are inside the encoder).

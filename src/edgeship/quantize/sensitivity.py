@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from edgeship.data import Arrays
 from edgeship.metrics import TaskMetric, builtin
 from edgeship.quantize.evaluate import logits
+from edgeship.quantize.float_layers import within
 from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.flows import flow_for
 from edgeship.quantize.calibrate import calibrate
@@ -27,7 +28,7 @@ def quantizable_layers(model: nn.Module, float_layers: frozenset[str] = frozense
     """(module name, type name) of every conv and linear layer, in model order, but those in or
     under `float_layers`: quantizing them is not on offer, so their row would measure nothing."""
     return [(name, type(m).__name__) for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)
-            and not any(name == kept or name.startswith(f"{kept}.") for kept in float_layers)]
+            and not within(name, float_layers)]
 
 
 @dataclass
