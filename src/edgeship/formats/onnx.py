@@ -34,7 +34,7 @@ def export_dynamic(module: nn.Module, examples: tuple, target: Target, workdir: 
     path = workdir / f"{target.name}{SPEC.suffix}"
     # its root-logger warning advises pre-processing, which only the static path runs: the
     # dynamic one quantizes the export as written, and the user can do nothing about the warning
-    with onnx_static.root_log_errors_only():
+    with onnx_static.ort_quantizer_quiet():
         quantize_dynamic(scratch / "float.onnx", path, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     for f in scratch.iterdir():
         f.unlink()

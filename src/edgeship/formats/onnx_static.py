@@ -24,6 +24,7 @@ import ast
 import itertools
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from torch import nn
 from edgeship.environment import int8_saturates
 from edgeship.formats.artifact import ExportedArtifact, Exporter
 from edgeship.formats.onnx_graph import artifact_of, conv_of_batch_norm, onnx_program, strip_debug_metadata
+from edgeship.formats.onnx_masks import mask_nodes
 from edgeship.quantize.flow import QuantSettings
 from edgeship.targets import Target
 
@@ -47,6 +49,9 @@ ACTIVATIONS_WHY = {
              "ARM64 kernels take them too (UDOT, UMMLA)",
     "int8": "every device is ARM64: S8S8 is ONNX Runtime's documented first choice, fused there onto "
             "its SDOT/SMMLA kernels (not measured on ARM hardware by edgeship)"}
+
+MASKS_WHY = ("an attention mask's huge values reach these nodes on their way to a Softmax: quantized, "
+             "the masked scores' scale would round every visible score to zero (formats/onnx_masks.py)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
     """An exporter that writes the float model's ONNX and quantizes it with ONNX Runtime, calibrated
     on `calibration` (the calibration split's inputs) and leaving `settings.float_layers` float."""
     def export_static(module: nn.Module, examples: tuple, target: Target, workdir: Path) -> ExportedArtifact:
+        import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         program = onnx_program(module, examples)
@@ -101,22 +107,26 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         scratch.mkdir()
         program.save(str(scratch / "float.onnx"))
         _pre_processed(scratch / "float.onnx", scratch / "pre.onnx")
+        masks = [n for n in mask_nodes(onnx.load(str(scratch / "pre.onnx"))) if n not in excluded]
         path = workdir / f"{target.name}.onnx"
         reader = _Reader(program.model.graph.inputs, calibration, examples[0].shape[0],
                          options.calibration_samples)
-        with root_log_errors_only():
+        with ort_quantizer_quiet():
             quantize_static(str(scratch / "pre.onnx"), str(path), reader, quant_format=QuantFormat.QDQ,
                             activation_type=(QuantType.QInt8 if options.activations == "int8"
                                              else QuantType.QUInt8), weight_type=QuantType.QInt8,
                             per_channel=options.per_channel, reduce_range=options.reduce_range,
                             calibrate_method=getattr(CalibrationMethod, options.calibrate_method),
-                            nodes_to_exclude=excluded,
+                            nodes_to_exclude=excluded + masks,
                             extra_options={"CalibMovingAverage": options.moving_average})
         _recurrent_dynamic(path, excluded)
         for f in scratch.iterdir():
             f.unlink()
         scratch.rmdir()
-        return artifact_of(path, workdir, layers)
+        made = artifact_of(path, workdir, layers)
+        if masks:
+            made.details["float_for_masks"] = {"nodes": masks, "why": MASKS_WHY}
+        return made
     return export_static
 
 
@@ -144,21 +154,25 @@ def _recurrent_dynamic(path: Path, excluded: list[str]) -> None:
     if not any(n.op_type == "LSTM" and n.name not in excluded for n in graph.node):
         return
     mixed = path.with_name(f"mixed-{path.name}")
-    with root_log_errors_only():  # its warning that the model looks quantized: it is, on purpose
+    with ort_quantizer_quiet():  # its warning that the model looks quantized: it is, on purpose
         quantize_dynamic(path, mixed, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"],
                          nodes_to_exclude=excluded)
     os.replace(mixed, path)
 
 
 @contextmanager
-def root_log_errors_only() -> Iterator[None]:
+def ort_quantizer_quiet() -> Iterator[None]:
     """ONNX Runtime's quantizer warns on the root logger about what it rightly skips (a per-channel
-    axis on a LayerNorm's 1-D weight, a model already quantized): nothing the user can act on."""
+    axis on a LayerNorm's 1-D weight, a model already quantized), and numpy warns when it computes
+    the scale of a masked tensor it will not quantize (an infinite range): nothing the user can
+    act on."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="onnxruntime.quantization")
+            yield
     finally:
         root.setLevel(level)
 

@@ -1,0 +1,75 @@
+"""Attention masks in onnx-int8: the nodes that carry a mask's huge values to a Softmax stay float,
+so ONNX Runtime's static quantizer does not round every visible attention score to zero."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeship.formats.onnx_static import quantize_static
+from edgeship.quantize.flow import QuantSettings
+from edgeship.targets import TARGETS
+
+TOKENS, VOCAB, WIDTH = 16, 24, 32
+
+
+class Attention(nn.Module):
+    """One causal attention head over embedded tokens; `mask` is how the scores are masked."""
+
+    def __init__(self, mask: str) -> None:
+        super().__init__()
+        self.mask = mask
+        self.embed = nn.Embedding(VOCAB, WIDTH)
+        self.qkv = nn.Linear(WIDTH, 3 * WIDTH)
+        self.out = nn.Linear(WIDTH, VOCAB)
+        self.register_buffer("tril", torch.tril(torch.ones(TOKENS, TOKENS)))
+
+    def forward(self, tokens):
+        # one head, as (batch, heads, tokens, width): the ONNX exporter takes 4-D attention only
+        q, k, v = self.qkv(self.embed(tokens)).unsqueeze(1).chunk(3, dim=-1)
+        if self.mask == "sdpa":
+            return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).squeeze(1))
+        scores = q @ k.transpose(-2, -1) / WIDTH ** 0.5
+        if self.mask == "masked_fill":  # nanoGPT's non-flash path
+            scores = scores.masked_fill(self.tril == 0, float("-inf"))
+        elif self.mask == "additive":  # BERT's extended attention mask
+            scores = scores + (1.0 - self.tril) * -10000.0
+        elif self.mask == "scaled":  # a large constant that never reaches a Softmax: no mask
+            scores = scores + (q * 1e5).mean() * 1e-5
+        return self.out((F.softmax(scores, dim=-1) @ v).squeeze(1))
+
+
+def _int8_against_float(mask: str, workdir) -> tuple[float, dict]:
+    """The onnx-int8 artifact's relative error against the float model on held-out tokens, and
+    its details."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = Attention(mask).eval()
+    tokens = torch.randint(0, VOCAB, (96, TOKENS))
+    exporter, _ = quantize_static((tokens[:64].numpy(),), QuantSettings(), 64)
+    made = exporter(model, (tokens[:1],), TARGETS["onnx-int8"], workdir)
+    session = ort.InferenceSession(str(made.path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    int8 = np.concatenate([session.run(None, {name: tokens[i:i + 1].numpy()})[0] for i in range(64, 96)])
+    with torch.no_grad():
+        expected = model(tokens[64:]).numpy()
+    return float(np.linalg.norm(int8 - expected) / np.linalg.norm(expected)), made.details
+
+
+@pytest.mark.parametrize("mask", ["sdpa", "masked_fill", "additive"])
+def test_masked_attention_keeps_its_scores(mask, tmp_path):
+    error, details = _int8_against_float(mask, tmp_path)
+    kept = details["float_for_masks"]["nodes"]
+    assert any("oftmax" in n for n in kept), kept
+    assert error < 0.05, (mask, error, kept)
+
+
+def test_unmasked_attention_and_large_constants_stay_quantized(tmp_path):
+    error, details = _int8_against_float("scaled", tmp_path)
+    assert "float_for_masks" not in details
+    assert details["onnx_ops"].get("QuantizeLinear", 0) > 4
+    assert error < 0.05, error
