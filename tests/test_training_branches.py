@@ -1,11 +1,14 @@
-"""A forward with a training-only branch FX cannot trace (stochastic depth drawing a random mask
-sized by the batch, as EfficientNet-style code writes it): torch.ao's FX QAT refuses it, so the
-TorchScript flows trace it in eval mode and fine-tune that graph (quantize/fx.py)."""
+"""A forward with a training-only branch (stochastic depth, functional dropout): graph capture
+freezes whichever branch it traced, so QAT captures the model in its deployment form, batch norm
+and dropout layers excepted (quantize/qat_capture.py). In training form the branch shipped: a
+random mask in the converted model and its artifacts; and FX cannot trace a mask sized by the batch
+at all, which torch.ao's FX QAT refuses."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgeship.quantize.flow import QuantSettings
@@ -36,16 +39,13 @@ def test_torchs_own_fx_qat_refuses_a_random_mask_sized_by_the_batch():
         prepare_qat_fx(_DropPathNet().train(), get_default_qat_qconfig_mapping("fbgemm"), (torch.randn(2, 1, 8, 8),))
 
 
-@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.FX_QNNPACK])
-def test_its_eval_graph_is_fine_tuned_and_converted(flow):
-    torch.manual_seed(0)
-    model, x = _DropPathNet().eval(), torch.randn(16, 1, 8, 8)
+def _fine_tuned_and_converted(model: nn.Module, flow: Flow, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Two QAT steps on `model` under `flow`, then its converted model's answers to `x`, twice."""
     qf = flow_for(flow, QuantSettings())
     prepared = qf.prepare(model, (x[:1],), qat=True)
     qf.set_train(prepared)
-    assert any(m.training for m in prepared.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
     optimizer = torch.optim.SGD(prepared.parameters(), lr=1e-3)
-    for _ in range(2):  # fake-quantized training steps run
+    for _ in range(2):  # fake-quantized training steps run; batch norm statistics move
         optimizer.zero_grad()
         prepared(x).square().mean().backward()
         optimizer.step()
@@ -53,6 +53,35 @@ def test_its_eval_graph_is_fine_tuned_and_converted(flow):
     with qf.engine():
         converted = qf.convert(prepared)
         with torch.no_grad():
-            error = (converted(x) - model(x)).abs().max() / model(x).abs().max()
+            return converted, converted(x), converted(x)
+
+
+@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.FX_QNNPACK])
+def test_its_eval_graph_is_fine_tuned_and_converted(flow):
+    torch.manual_seed(0)
+    model, x = _DropPathNet().eval(), torch.randn(16, 1, 8, 8)
+    converted, answers, _ = _fine_tuned_and_converted(model, flow, x)
+    with torch.no_grad():
+        error = (answers - model(x)).abs().max() / model(x).abs().max()
     assert any(".quantized." in type(m).__module__ for m in converted.modules())
     assert error < 0.2  # two small steps away from the float model, in int8
+
+
+class _TraceableBranches(_DropPathNet):
+    """Stochastic depth FX and torch.export can trace, and dropout written as a function."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.block(x)
+        if self.training:
+            y = y * (torch.rand_like(y[:, :1, :1, :1]) > 0.5).float() / 0.5
+        return self.head(F.dropout((x + y).mean((2, 3)), 0.5, self.training))
+
+
+@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.PT2E_XNNPACK, Flow.ORT_QDQ])
+def test_a_traced_training_branch_does_not_ship(flow):
+    torch.manual_seed(0)
+    converted, first, second = _fine_tuned_and_converted(_TraceableBranches().eval(), flow, torch.randn(16, 1, 8, 8))
+    assert torch.equal(first, second)
+    if flow is not Flow.ORT_QDQ:  # whose convert gives the float module, fine-tuned
+        assert not [n for n in converted.graph.nodes if "rand" in str(n.target)]

@@ -16,6 +16,7 @@ from edgeship.quantize.attention import dynamic_linears_in_attention
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.fx_scalars import shape_floats_folded
+from edgeship.quantize.qat_capture import capture_form, fx_switchable
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
 
@@ -41,24 +42,6 @@ class _FloatPReLU(nn.PReLU):
         floated = cls(prelu.num_parameters)
         floated.weight = prelu.weight
         return floated
-
-
-def _prepared_for_qat(prepare_qat_fx, model: nn.Module, mapping, example_inputs: tuple, backend_config) -> nn.Module:
-    """prepare_qat_fx traces the model in training mode. A forward whose training-only branch
-    FX cannot trace, such as stochastic depth drawing `torch.rand(x.shape[0], 1, 1, 1)` (a traced
-    size is no int: "rand() received an invalid combination of arguments"; torch's own FX QAT
-    fails so), is traced in eval mode instead and then trained: QAT fine-tunes without that
-    branch, as the artifact runs. Batch norm and dropout are modules, still trained as such."""
-    from torch.fx.proxy import TraceError
-
-    try:
-        return prepare_qat_fx(copy.deepcopy(model).train(), mapping, example_inputs, backend_config=backend_config)
-    except (TypeError, TraceError) as in_training:
-        try:
-            prepared = prepare_qat_fx(model.eval(), mapping, example_inputs, backend_config=backend_config)
-        except Exception:  # noqa: BLE001 - not a training-only branch: the first error is the one
-            raise in_training from None
-        return prepared.train()
 
 
 def _float_prelus(model: nn.Module, names: frozenset[str]) -> nn.Module:
@@ -148,11 +131,12 @@ class FxFlow(QuantFlow):
 
         model = _float_prelus(copy.deepcopy(model), self.settings.float_layers)
         with quiet_fx_deprecation(), self.engine():
-            mapping = self.qconfig_mapping(qat=qat)
+            mapping, backend = self.qconfig_mapping(qat=qat), self._backend_config()
             if qat:
-                return _prepared_for_qat(prepare_qat_fx, model, mapping, example_inputs, self._backend_config())
-            return prepare_fx(model.eval(), mapping, example_inputs,
-                              backend_config=self._backend_config())
+                prepared = prepare_qat_fx(capture_form(model, fx_switchable), mapping, example_inputs,
+                                          backend_config=backend)
+                return prepared.train()
+            return prepare_fx(model.eval(), mapping, example_inputs, backend_config=backend)
 
     def freeze_bn(self, prepared: nn.Module) -> None:
         from torch.ao.nn.intrinsic.qat import freeze_bn_stats

@@ -42,20 +42,24 @@ def _floats(graph: fx.GraphModule, batches: list[tuple]) -> list[dict[str, float
     return out
 
 
-def _traced(model: nn.Module) -> fx.GraphModule | None:
+def _traced(model: nn.Module, leaves: frozenset[str]) -> fx.GraphModule | None:
     from torch.ao.quantization.fx.tracer import QuantizationTracer
 
-    tracer = QuantizationTracer([], [])  # the leaves FX quantization's own trace keeps
+    # the leaves FX quantization's own trace keeps, and the modules it cannot trace
+    tracer = QuantizationTracer(sorted(leaves), [])
     try:
         return fx.GraphModule(model, tracer.trace(model))
     except Exception:  # noqa: BLE001 - untraceable: FX's prepare says why, in its own words
         return None
 
 
-def shape_floats_folded(model: nn.Module, example_inputs: tuple) -> nn.Module:
+def shape_floats_folded(model: nn.Module, example_inputs: tuple,
+                        leaves: frozenset[str] = frozenset()) -> nn.Module:
     """`model` as a GraphModule with its shape-derived float constants written in as literals;
-    `model` itself when it computes none (or cannot be traced or run at batch 2)."""
-    traced = _traced(model)
+    `model` itself when it computes none (or cannot be traced or run at batch 2). `leaves`: the
+    modules FX cannot trace (quantize/fx_untraceable.py). Traced in eval form, as QAT captures it
+    (quantize/qat_capture.py)."""
+    traced = _traced(copy.deepcopy(model).eval(), leaves)
     if traced is None:
         return model
     doubled = tuple(torch.cat([x, x]) for x in example_inputs)

@@ -15,6 +15,7 @@ from torch import nn
 from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools
+from edgeship.quantize.qat_capture import capture_form, pt2e_switchable
 from edgeship.quantize.recurrent import quantizable_lstms
 from edgeship.quantize.shared_conv_bn import shared_batch_norms_as_affine
 from edgeship.quantize.transposed_bn import transposed_bn_folded
@@ -35,7 +36,7 @@ class Pt2eFlow(QuantFlow):
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         model = transposed_bn_folded(model, grouped_only=True)  # torchao's own fold fails on those
-        model = copy.deepcopy(model).train() if qat else copy.deepcopy(model).eval()
+        model = capture_form(model, pt2e_switchable) if qat else copy.deepcopy(model).eval()
         # Export with a dynamic batch: a graph specialised to batch 1 makes QAT train one sample
         # at a time, which collapses batch norm (seen: 0.994 -> 0.75 accuracy).
         batch = torch.export.Dim("batch", min=1, max=4096)
