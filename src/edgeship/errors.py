@@ -46,3 +46,9 @@ class ExitCode:
     BAD_INPUT = 2
     DEVICE_FAILURE = 3
     INTERRUPTED = 130
+
+    @staticmethod
+    def beside_verdict(code: int) -> str:
+        """What to add after "exit code N" beside the gate's verdict: a gate that passed on what
+        was measured still exits 3 when a target or device failed, which must not read as a pass."""
+        return " (a target or device failed: its line says why)" if code == ExitCode.DEVICE_FAILURE else ""

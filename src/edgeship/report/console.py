@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeship.errors import ExitCode
 from edgeship.gate.budgets import Check, Outcome
 from edgeship.report.findings import said
 from edgeship.report.schema import Report
@@ -49,7 +50,7 @@ def print_verdict(report: Report, console: Console, summary: str | None = None) 
     if summary is not None:
         console.print(escape(summary), highlight=False, soft_wrap=True)
     word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
-    console.print(f"gate {word} · exit code {report.exit_code}")
+    console.print(f"gate {word} · exit code {report.exit_code}{ExitCode.beside_verdict(report.exit_code)}")
 
 
 # Under this many columns the one table (14 columns, about 160 wide) is printed as two: what

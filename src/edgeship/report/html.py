@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from edgeship.errors import ExitCode
 from edgeship.fileio import write_atomic
 from edgeship.gate.recommend import devices
 from edgeship.recipe import Budget
@@ -148,6 +149,7 @@ def _context(report: Report, budgets: list[Budget], baseline: Report | None) -> 
     accuracy, notes = plots.accuracy_vs_latency(report, budgets)
     return dict(
         report=report, csp=CSP, style=STYLE, warnings=_warnings(report), metric_label=report.metric.label,
+        exit_meaning=ExitCode.beside_verdict(report.exit_code),
         float_text=float_line(report) if report.float else "",
         results=_table(headers(report), rows(report), [s != "ok" for s in statuses]),
         baseline=_baseline(report, baseline), pareto=_pareto(report), plot_notes=notes,

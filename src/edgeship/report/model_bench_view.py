@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeship.errors import ExitCode
 from edgeship.report.markdown import md_text
 from edgeship.report.schema import ModelBenchReport
 from edgeship.report.writers import machines_of, profile_line
@@ -83,7 +84,7 @@ def print_model_bench(report: ModelBenchReport, console: Console) -> None:
         console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
     if report.limits:
         word = "[green]PASSED[/]" if report.gate.passed else "[red]FAILED[/]"
-        console.print(f"budgets {word} · exit code {report.exit_code}")
+        console.print(f"budgets {word} · exit code {report.exit_code}{ExitCode.beside_verdict(report.exit_code)}")
 
 
 def markdown(report: ModelBenchReport) -> str:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgeship.errors import ExitCode
 from edgeship.fileio import write_atomic
 from edgeship.report.analysis import analysis_markdown
 from edgeship.report.findings import latency_ratio, said, size_ratio, twin_benchmark, twin_of
@@ -171,7 +172,7 @@ def markdown(report: Report) -> str:
     gate = report.gate
     if gate is not None:
         verdict = "PASSED" if gate.passed else f"FAILED ({len(gate.violations)} budget violations)"
-        lines += [f"**Gate: {verdict}** · exit code {report.exit_code}", ""]
+        lines += [f"**Gate: {verdict}** · exit code {report.exit_code}{ExitCode.beside_verdict(report.exit_code)}", ""]
         lines += [f"- ❌ {md_text(v.message)}" for v in gate.violations]
         lines += [""] if gate.violations else []
     failed = [a for a in report.artifacts if a.status != "ok"]
