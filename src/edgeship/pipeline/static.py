@@ -98,14 +98,15 @@ def _calibrate(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keys: _
     """`task`: the Ray task calibrating this flow, if one does."""
     qf, examples = keys.flow, loaded.examples
     captured = qf.capture(float_model.module, examples, qat=ctx.plan.qat)
+    required = {**keys.required, **qf.untraceable}
     prepared = restored(qf, captured, examples, ctx.cache.load_state("quantize", keys.key), qat=ctx.plan.qat)
     if prepared is None:
         prepared = _calibrated(ctx, loaded, float_model, keys, captured, notes, task)
-        return Calibrated(qf, prepared, keys.key, True, keys.required)
+        return Calibrated(qf, prepared, keys.key, True, required)
     notes.append(f"{qf.flow.value} reused")
     qat = ctx.cache.load_json("qat", keys.key) if ctx.plan.qat else None
     history = QatHistory.model_validate(qat["history"]) if qat and qat["history"] else None
-    return Calibrated(qf, prepared, keys.key, False, keys.required, qat["distributed"] if qat else None, history)
+    return Calibrated(qf, prepared, keys.key, False, required, qat["distributed"] if qat else None, history)
 
 
 def _calibrated(ctx: RunContext, loaded: Loaded, float_model: FloatModel, keys: _Keys, captured: nn.Module,

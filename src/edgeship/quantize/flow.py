@@ -41,6 +41,9 @@ class QuantFlow(ABC):
 
     def __init__(self, settings: QuantSettings = QuantSettings()) -> None:
         self.settings = settings
+        # {module name: why} for the layers the last `capture` found it must leave float (FX: those
+        # it cannot trace); the recipe-independent ones are float_layers.FLOAT_REQUIRED
+        self.untraceable: dict[str, str] = {}
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         """The graph this flow quantizes; reusable by many prepare_captured calls."""

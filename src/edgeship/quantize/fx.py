@@ -16,6 +16,7 @@ from edgeship.quantize.attention import dynamic_linears_in_attention
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.fx_scalars import shape_floats_folded
+from edgeship.quantize.fx_untraceable import untraceable_layers
 from edgeship.quantize.qat_capture import capture_form, fx_switchable
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
@@ -124,19 +125,23 @@ class FxFlow(QuantFlow):
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         if qat:  # torch.ao FX QAT cannot fuse a transposed convolution with its batch norm
             model = transposed_bn_folded(model, grouped_only=False)
-        return shape_floats_folded(model, example_inputs)
+        self.untraceable = untraceable_layers(model)
+        return shape_floats_folded(model, example_inputs, frozenset(self.untraceable))
 
     def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
+        from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
         model = _float_prelus(copy.deepcopy(model), self.settings.float_layers)
+        leaves = PrepareCustomConfig().set_non_traceable_module_names(sorted(untraceable_layers(model)))
         with quiet_fx_deprecation(), self.engine():
             mapping, backend = self.qconfig_mapping(qat=qat), self._backend_config()
             if qat:
                 prepared = prepare_qat_fx(capture_form(model, fx_switchable), mapping, example_inputs,
-                                          backend_config=backend)
+                                          prepare_custom_config=leaves, backend_config=backend)
                 return prepared.train()
-            return prepare_fx(model.eval(), mapping, example_inputs, backend_config=backend)
+            return prepare_fx(model.eval(), mapping, example_inputs, prepare_custom_config=leaves,
+                              backend_config=backend)
 
     def freeze_bn(self, prepared: nn.Module) -> None:
         from torch.ao.nn.intrinsic.qat import freeze_bn_stats
