@@ -118,6 +118,7 @@ def test_the_run_ships_it_and_says_why_the_submodule_is_float(tmp_path):
     fbgemm = next(a for a in report.artifacts if a.target == "torchscript-fbgemm")
     why = fbgemm.details["quantization"]["float_layers_required"]["rnn"]
     assert "FX graph mode cannot trace" in why
+    assert report.float.batch_norms == 0  # counted for the findings (int8_better)
 
 
 @pytest.mark.slow

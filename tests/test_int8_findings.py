@@ -114,6 +114,17 @@ def test_int8_after_qat_far_above_an_under_trained_float_model_is_said(report):
     assert f"- ⚠️ {line}" in markdown(report).splitlines()
 
 
+@pytest.mark.parametrize(("batch_norms", "said"), [(3, True), (0, False), (None, True)])
+def test_stale_batch_norm_statistics_are_named_only_for_a_model_with_batch_norm(report, batch_norms, said):
+    report.float.accuracy, report.float.batch_norms = 0.6962, batch_norms
+    fine_tuned = report.artifact("onnx-int8")
+    fine_tuned.accuracy = 0.8310
+    fine_tuned.details["quantization"] = {"qat_history": _history(shipped_epoch=2)}
+    (line,) = int8_better(report)
+    assert ("batch-norm running statistics" in line) is said
+    assert line.endswith("under-trained (model.train)") is not said
+
+
 def test_the_recommendation_leaves_out_an_artifact_notably_worse_than_float(report):
     from edgeship.gate.recommend import recommend
 

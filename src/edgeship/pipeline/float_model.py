@@ -146,3 +146,9 @@ def _prune(ctx: RunContext, loaded: Loaded, unpruned: FloatModel) -> PruneResult
     return PruneResult(method=config.method, amount=config.amount, sparsity=sparsity(model, names),
                        accuracy_before=unpruned.accuracy, accuracy_pruned=pruned_accuracy,
                        accuracy_finetuned=ctx.metric.score(logits(model, test), test.labels))
+
+
+def batch_norms(module: torch.nn.Module) -> int:
+    """The batch-norm layers of `module`: whether stale running statistics can explain a
+    fine-tune that beats it (report/findings.py, int8_better)."""
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())

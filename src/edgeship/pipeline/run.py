@@ -29,7 +29,7 @@ from edgeship.pipeline.context import RunContext
 from edgeship.pipeline.dynamic import quantize_dynamic
 from edgeship.pipeline.emulated import check_emulated, prepare_environment
 from edgeship.pipeline.export import export
-from edgeship.pipeline.float_model import evaluate_float, prune
+from edgeship.pipeline.float_model import batch_norms, evaluate_float, prune
 from edgeship.pipeline.load import load
 from edgeship.pipeline.plan import make_plan
 from edgeship.pipeline.runfolder import RunFolder
@@ -88,7 +88,8 @@ def _run(recipe: Recipe, out: Path, force: bool, progress: Progress | None, base
                     environment=env,
                     devices=[assemble.device_facts(d, env["host"]) for d in ctx.plan.devices],
                     float=FloatResult(accuracy=float_model.accuracy, train_loss=loaded.train_loss,
-                                      warning=float_model.warning), metric=ctx.metric.info,
+                                      warning=float_model.warning, batch_norms=batch_norms(float_model.module)),
+                    metric=ctx.metric.info,
                     artifacts=list(records.values()), prune=float_model.prune,
                     sensitivity=float_layers.sensitivity, fallback=float_layers.fallback)
     return _gate_and_publish(ctx, report, baseline, started)

@@ -112,6 +112,9 @@ def int8_better(report: Report) -> list[str]:
     about what int8 costs (a video net: 0.6962 float, 0.8310 int8)."""
     if report.float is None:
         return []
+    # stale running statistics are a cause only for a model that has them (unknown: say it)
+    stale = ("; or its batch-norm running statistics out of step with its weights (training ended at a "
+             "high learning rate)") if report.float.batch_norms != 0 else ""
     out = []
     for a in report.artifacts:
         history = (a.details.get("quantization") or {}).get("qat_history") or {}
@@ -123,8 +126,7 @@ def int8_better(report: Report) -> list[str]:
             out.append(f"{a.target} is {by} better than the float model ({report.metric.label} "
                        f"{report.metric.format(a.accuracy)} vs {report.metric.format(report.float.accuracy)}): "
                        f"QAT's fine-tune improved the model itself, so the drop says little about what int8 "
-                       f"costs; the float model may be under-trained (model.train), or its batch-norm running "
-                       f"statistics out of step with its weights (training ended at a high learning rate)")
+                       f"costs; the float model may be under-trained (model.train){stale}")
     return out
 
 

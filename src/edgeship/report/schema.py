@@ -81,6 +81,7 @@ class FloatResult(BaseModel):
     accuracy: float
     train_loss: float | None = None
     warning: str | None = None  # the float model answers near chance: it has not learned the task
+    batch_norms: int | None = None  # its batch-norm layers (None: a report written before they were counted)
 
 
 class EmulatedCheck(BaseModel):
