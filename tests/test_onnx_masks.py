@@ -1,5 +1,6 @@
-"""Attention masks in onnx-int8: the nodes that carry a mask's huge values to a Softmax stay float,
-so ONNX Runtime's static quantizer does not round every visible attention score to zero."""
+"""Attention on the ONNX targets. Masks in onnx-int8: the nodes that carry a mask's huge values to
+a Softmax stay float, so ONNX Runtime's static quantizer does not round every visible attention
+score to zero. 3-D scaled_dot_product_attention, which the exporter refuses, is decomposed."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ class Attention(nn.Module):
         q, k, v = self.qkv(self.embed(tokens)).unsqueeze(1).chunk(3, dim=-1)
         if self.mask == "sdpa":
             return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).squeeze(1))
+        if self.mask == "sdpa_3d":  # (batch, tokens, width), which PyTorch takes too
+            q, k, v = q.squeeze(1), k.squeeze(1), v.squeeze(1)
+            return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
         scores = q @ k.transpose(-2, -1) / WIDTH ** 0.5
         if self.mask == "masked_fill":  # nanoGPT's non-flash path
             scores = scores.masked_fill(self.tril == 0, float("-inf"))
@@ -60,7 +64,7 @@ def _int8_against_float(mask: str, workdir) -> tuple[float, dict]:
     return float(np.linalg.norm(int8 - expected) / np.linalg.norm(expected)), made.details
 
 
-@pytest.mark.parametrize("mask", ["sdpa", "masked_fill", "additive"])
+@pytest.mark.parametrize("mask", ["sdpa", "sdpa_3d", "masked_fill", "additive"])
 def test_masked_attention_keeps_its_scores(mask, tmp_path):
     error, details = _int8_against_float(mask, tmp_path)
     kept = details["float_for_masks"]["nodes"]
@@ -73,3 +77,19 @@ def test_unmasked_attention_and_large_constants_stay_quantized(tmp_path):
     assert "float_for_masks" not in details
     assert details["onnx_ops"].get("QuantizeLinear", 0) > 4
     assert error < 0.05, error
+
+
+def test_3d_attention_exports_as_the_math_it_computes(tmp_path):
+    import onnxruntime as ort
+
+    from edgeship.formats.onnx_graph import onnx_program
+
+    torch.manual_seed(0)
+    model, tokens = Attention("sdpa_3d").eval(), torch.randint(0, VOCAB, (1, TOKENS))
+    with pytest.raises(Exception, match="only 4D query, key, and value"):  # the exporter alone
+        torch.onnx.export(model, (tokens,), dynamo=True, verbose=False)
+    onnx_program(model, (tokens,)).save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    answers = session.run(None, {session.get_inputs()[0].name: tokens.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(answers - model(tokens).numpy()).max() < 1e-4

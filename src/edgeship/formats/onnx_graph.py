@@ -15,18 +15,29 @@ from torch import nn
 from edgeship.engines import captures_logged
 from edgeship.formats.artifact import ExportedArtifact
 from edgeship.formats.compute import measured_share
+from edgeship.formats.onnx_attention import attention_decomposed
 from edgeship.formats.onnx_compute import compute_ops
 
 
 def onnx_program(module: nn.Module, examples: tuple):
-    """The dynamo exporter's ONNXProgram of `module`, quietly."""
+    """The dynamo exporter's ONNXProgram of `module`, quietly; attention it refuses is decomposed
+    (formats/onnx_attention.py)."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         # A PT2E-converted graph keeps training=True but has no train/eval behaviour left:
         # torch.export froze it in eval form, so this warning is wrong for it.
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
         with captures_logged():
-            return torch.onnx.export(module, examples, dynamo=True, verbose=False)
+            try:
+                return torch.onnx.export(module, examples, dynamo=True, verbose=False)
+            except Exception as refused:
+                decomposed = attention_decomposed(module, examples)
+                if decomposed is None:
+                    raise
+                try:
+                    return torch.onnx.export(decomposed, examples, dynamo=True, verbose=False)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    raise refused from None
 
 
 def strip_debug_metadata(program) -> dict[str, str]:
