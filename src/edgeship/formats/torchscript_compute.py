@@ -10,11 +10,13 @@ import torch
 
 from edgeship.formats.compute import ComputeOp
 
+# dynamic int8 recurrent layers and cells (one step for a cell: its output is [batch, hidden])
+_INT8_RECURRENT = {"aten::quantized_lstm", "aten::quantized_gru"} | {
+    f"quantized::quantized_{cell}_cell_dynamic" for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
 _INT8 = {f"quantized::{name}" for name in (
     "conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3d_relu", "conv_transpose1d",
     "conv_transpose2d", "conv_transpose3d", "linear", "linear_relu", "linear_dynamic",
-    "linear_relu_dynamic", "linear_tanh", "linear_leaky_relu")} | {"aten::quantized_lstm",
-                                                                     "aten::quantized_gru"}
+    "linear_relu_dynamic", "linear_tanh", "linear_leaky_relu")} | _INT8_RECURRENT
 _WEIGHTED = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::convolution",
              "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d",
              "aten::linear", "quantized::linear_dynamic_fp16"}
@@ -54,7 +56,7 @@ def _op(node, values: dict) -> ComputeOp:
     out = values[node.outputsAt(0)]
     weights = [w for w in _weights(node) if w.dim() >= 2]
     first = next((values[v] for v in node.inputs() if v in values), None)
-    if kind in _RECURRENT or kind in ("aten::quantized_lstm", "aten::quantized_gru"):
+    if kind in _RECURRENT or kind in _INT8_RECURRENT:
         steps = out.numel() // out.shape[-1]  # the output is [.., hidden x directions]
         macs = steps * sum(w.numel() for w in weights)
     elif kind in _ATTENTION:

@@ -77,6 +77,8 @@ FX_ATTENTION_LEAVES = (nn.TransformerEncoder, nn.TransformerDecoder, nn.Transfor
 
 _FX_RNN = ("no static int8 {0} in torch.ao: dynamically quantized inside the static model "
            "(int8 weights, activations quantized at run time: aten::quantized_{1})")
+_FX_CELL = ("no static int8 {0} in torch.ao: dynamically quantized inside the static model (int8 "
+            "weights, activations quantized at run time: quantized::quantized_{1}_cell_dynamic)")
 _FX_ATTENTION = ("torch.ao FX takes torch.nn's {0} as one leaf module it does not trace into, so it "
                  "has no static int8: its Linears, attention's projections included, are dynamically "
                  "quantized inside the static model (quantized::linear_dynamic); attention's two "
@@ -84,6 +86,8 @@ _FX_ATTENTION = ("torch.ao FX takes torch.nn's {0} as one leaf module it does no
 DYNAMIC_IN_STATIC: dict[tuple[Flow, type[nn.Module]], str] = {
     **{(flow, nn.LSTM): _FX_RNN.format("LSTM", "lstm") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
     **{(flow, nn.GRU): _FX_RNN.format("GRU", "gru") for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)},
+    **{(flow, cell): _FX_CELL.format(cell.__name__, name) for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
+       for cell, name in ((nn.GRUCell, "gru"), (nn.LSTMCell, "lstm"), (nn.RNNCell, "rnn_tanh or rnn_relu"))},
     **{(flow, layer): _FX_ATTENTION.format(layer.__name__)
        for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK) for layer in FX_ATTENTION_LEAVES},
     (Flow.ORT_QDQ, nn.LSTM):
