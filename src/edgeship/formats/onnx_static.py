@@ -21,7 +21,6 @@ host the two artifacts give the same answers. It is not measured on ARM hardware
 from __future__ import annotations
 
 import ast
-import itertools
 import logging
 import os
 import warnings
@@ -37,6 +36,7 @@ from edgeship.environment import int8_saturates
 from edgeship.formats.artifact import ExportedArtifact, Exporter
 from edgeship.formats.onnx_graph import artifact_of, conv_of_batch_norm, onnx_program, strip_debug_metadata
 from edgeship.formats.onnx_masks import mask_nodes
+from edgeship.quantize.float_layers import within
 from edgeship.quantize.flow import QuantSettings
 from edgeship.targets import Target
 
@@ -201,6 +201,6 @@ def nodes_of_layers(program, layers: frozenset[str]) -> list[str]:
     for node in program.model.graph.all_nodes():
         scopes = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
         scopes += [folded[s] for s in scopes if s in folded]
-        if any(s == layer or s.startswith(layer + ".") for s, layer in itertools.product(scopes, layers)):
+        if any(within(scope, layers) for scope in scopes):
             excluded.append(node.name)
     return excluded

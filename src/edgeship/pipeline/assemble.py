@@ -8,6 +8,7 @@ from edgeship.formats import spec_for
 from edgeship.pipeline.plan import Device, Plan
 from edgeship.pipeline.runfolder import RunFolder
 from edgeship.pipeline.values import Converted, Exported, FloatModel, Source, Verified
+from edgeship.quantize.float_layers import within
 from edgeship.report.compare import latency_test
 from edgeship.report.schema import Artifact, Benchmark, DeviceFacts, Int8Share, QuantizationDetails
 from edgeship.report.findings import twin_benchmark
@@ -60,8 +61,7 @@ def int8_share(measured: dict, quantization: QuantizationDetails | None) -> Int8
     otherwise = (f"dynamic quantization covers only {quantization.layers}"
                  if quantization.mode == "dynamic" else None)
     for op in share.float_ops:
-        op.why = next((why for layer, why in reasons.items()
-                       if op.name == layer or op.name.startswith(layer + ".")), otherwise)
+        op.why = next((why for layer, why in reasons.items() if within(op.name, (layer,))), otherwise)
     return share
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from edgeship.errors import UserError
 from edgeship.progress import Progress
+from edgeship.quantize.float_layers import within
 from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.qat_settings import choices, resolved
 from edgeship.quantize.training import LossFn, Shard, anchored, cross_entropy, distillation_loss, train
@@ -22,7 +23,7 @@ def _trainable_parameters(prepared: nn.Module, prefixes: list[str] | None) -> li
     named = list(prepared.named_parameters())
     if prefixes is None:
         return [p for _, p in named]
-    chosen = [p for name, p in named if any(name == pre or name.startswith(pre + ".") for pre in prefixes)]
+    chosen = [p for name, p in named if within(name, prefixes)]
     if not chosen:
         names = sorted({name.rsplit(".", 1)[0] for name, _ in named})
         raise UserError(f"quantization.qat.trainable {prefixes}: no parameters under these names; "
