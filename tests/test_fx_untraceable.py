@@ -96,6 +96,44 @@ def test_an_untraceable_submodule_stays_float(models, flow, qat):
     assert error < 0.1
 
 
+class _PositionBias(nn.Module):
+    """Adds a bias for each position, made for the sequence's length: FX cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) + torch.zeros(x.size(1), 8)
+
+
+class _Blocks(nn.Module):
+    """The untraceable block inside a ModuleList: its name is nested ("blocks.0")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList([_PositionBias()])
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks[0](torch.relu(self.embed(x))).mean(1))
+
+
+def test_a_nested_untraceable_module_ships_without_fake_quantization():
+    torch.manual_seed(0)
+    model, x = _Blocks().eval(), torch.randn(32, 6, 8)
+    qf = flow_for(Flow.FX_FBGEMM, QuantSettings())
+    prepared = qf.prepare(model, (x[:1],), qat=True)
+    assert list(qf.untraceable) == ["blocks.0"]
+    qf.set_eval(prepared)
+    with qf.engine():
+        converted = qf.convert(prepared)
+        scripted = torch.jit.freeze(torch.jit.trace(converted, (x[:1],)).eval())
+    assert type(converted.get_submodule("blocks.0.fc")) is nn.Linear
+    assert not [n for n in scripted.graph.nodes() if "fake_quant" in n.kind()]
+
+
 def test_an_untraceable_forward_of_the_model_itself_names_its_line(models):
     with pytest.raises(Untraceable, match=r"cannot trace RowsInline.forward \(models.py:\d+ "
                                           r"`h = torch.zeros\(x.size\(0\), 32\)`.*Move that code into a submodule"):

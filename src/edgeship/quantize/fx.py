@@ -133,9 +133,14 @@ class FxFlow(QuantFlow):
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
         model = _float_prelus(copy.deepcopy(model), self.settings.float_layers)
-        leaves = PrepareCustomConfig().set_non_traceable_module_names(sorted(untraceable_layers(model)))
+        untraceable = sorted(untraceable_layers(model))
+        leaves = PrepareCustomConfig().set_non_traceable_module_names(untraceable)
         with quiet_fx_deprecation(), self.engine():
             mapping, backend = self.qconfig_mapping(qat=qat), self._backend_config()
+            for name in untraceable:
+                # torch.ao matches non-traceable names against a child's own name only: a nested
+                # one ("blocks.0") would still get QAT's fake-quant layers, and ship them
+                mapping.set_module_name(name, None)
             if qat:
                 prepared = prepare_qat_fx(capture_form(model, fx_switchable), mapping, example_inputs,
                                           prepare_custom_config=leaves, backend_config=backend)
