@@ -45,8 +45,9 @@ def untraceable_layers(model: nn.Module) -> dict[str, str]:
                     f"{type(error).__name__}: {error}); torch.ao's FX flows trace with proxies, so "
                     f"a forward cannot use a tensor's size or value as a Python number. Move that "
                     f"code into a submodule (edgeship keeps a submodule FX cannot trace float on the "
-                    f"TorchScript targets), or leave the TorchScript targets out: torch.export, "
-                    f"which the ONNX and ExecuTorch targets use, traces it") from None
+                    f"TorchScript targets; a decision on a tensor's values needs torch.cond), or leave "
+                    f"the TorchScript targets out: torch.export, which the ONNX and ExecuTorch "
+                    f"targets use, traces sizes") from None
             found[name] = (f"FX graph mode cannot trace its forward ({where}: {type(error).__name__}: "
                            f"{error}): it stays a float module, torch.ao's non-traceable module")
 
