@@ -3,9 +3,10 @@
 The data: the first sentence of the docstring of each public function, class, method and property
 of a fixed list of modules of five libraries that every edgeship install has (numpy, torch,
 scikit-learn, matplotlib and Python's standard library); the label is the library. It is real
-writing by the developers of those projects, read from the installed packages with `inspect`:
-nothing is downloaded. The text therefore depends on the installed versions: the same pinned
-versions (constraints.txt) and Python give the same sentences, in the same order, on every machine.
+writing by the developers of those projects, read from the installed packages with `inspect` in a
+fresh interpreter: nothing is downloaded. The text therefore depends on the installed versions: the
+same pinned versions (constraints.txt) and Python give the same sentences, in the same order, on
+every machine.
 
 Names of the libraries themselves (numpy, torch, sklearn, ...) are dropped from the text, so the
 model has to learn each library's vocabulary and style ("tensor", "estimator", "axes", "socket").
@@ -24,7 +25,10 @@ import collections
 import functools
 import importlib
 import inspect
+import json
+import os
 import re
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -147,8 +151,22 @@ def _library_sentences(library: str) -> dict[str, str]:
     return sentences
 
 
+_READ = "import json, sys; from edgeship.examples import text; json.dump(text.read_corpus(), sys.stdout)"
+
+
 @functools.cache
 def corpus() -> tuple[tuple[str, str, str], ...]:
+    """`read_corpus()` of a fresh interpreter. Libraries replace each other's functions when they
+    are imported (ray swaps `inspect.isgenerator` for its own wrapper), so read in this process
+    the data would depend on what it had imported before."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", _READ], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"reading the docstring corpus failed: {done.stderr.strip()[-2000:]}")
+    return tuple(tuple(row) for row in json.loads(done.stdout))
+
+
+def read_corpus() -> list[tuple[str, str, str]]:
     """(library, qualified name, sentence), sorted; each sentence's words appear once in all."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices of the modules being read
@@ -164,7 +182,7 @@ def corpus() -> tuple[tuple[str, str, str], ...]:
             if len(owners[key]) == 1 and key not in kept:  # not ambiguous, not a repeat
                 kept.add(key)
                 rows.append((lib, qualname, text))
-    return tuple(rows)
+    return rows
 
 
 @dataclass(frozen=True)
