@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import numpy as np
 
-# A constant this large is a mask value, not a weight or an activation's scale
-MASK_MAGNITUDE = 1e4
+from edgeship.quantize.mask_paths import MASK_MAGNITUDE
+
 
 # Ops whose output carries a mask value that reaches one of their inputs (input indices; None: any)
 _CARRIERS = {"Add": None, "Sub": None, "Mul": None, "Where": None, "Max": None, "Min": None,

@@ -316,6 +316,7 @@ def _convert(ctx: RunContext, job: ConvertJob, float_model: FloatModel, c: Calib
         float_layers_required={**c.required_float_layers, **_unchosen(LEFT_FLOAT, float_model, c)},
         float_layers_recipe=sorted(q.float_layers) or None,
         dynamic_layers=_unchosen(DYNAMIC_IN_STATIC, float_model, c) or None,
+        float_for_masks=None if c.flow.quantizes_at_export else c.flow.float_for_masks or None,
         qat_distributed=c.qat_distributed if ctx.plan.qat else None, qat_history=history,
         runtime_quantizer=shipped.runtime_quantizer)
     what = "float with its weights" if shipped.export else "int8"

@@ -44,6 +44,9 @@ class QuantFlow(ABC):
         # {module name: why} for the layers the last `capture` found it must leave float (FX: those
         # it cannot trace); the recipe-independent ones are float_layers.FLOAT_REQUIRED
         self.untraceable: dict[str, str] = {}
+        # where the ops are that the last `prepare_captured` left float because an attention
+        # mask's huge values reach a softmax through them (mask_paths.py)
+        self.float_for_masks: list[str] = []
 
     def capture(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         """The graph this flow quantizes; reusable by many prepare_captured calls."""

@@ -17,6 +17,7 @@ from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVE
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.fx_scalars import shape_floats_folded
 from edgeship.quantize.fx_untraceable import untraceable_layers
+from edgeship.quantize.mask_paths import fx_float_masks
 from edgeship.quantize.qat_capture import capture_form, fx_switchable
 from edgeship.quantize.transposed_bn import transposed_bn_folded
 from edgeship.targets import Flow
@@ -135,17 +136,19 @@ class FxFlow(QuantFlow):
         model = _float_prelus(copy.deepcopy(model), self.settings.float_layers)
         untraceable = sorted(untraceable_layers(model))
         leaves = PrepareCustomConfig().set_non_traceable_module_names(untraceable)
+        model = capture_form(model, fx_switchable) if qat else model.eval()
         with quiet_fx_deprecation(), self.engine():
             mapping, backend = self.qconfig_mapping(qat=qat), self._backend_config()
             for name in untraceable:
                 # torch.ao matches non-traceable names against a child's own name only: a nested
                 # one ("blocks.0") would still get QAT's fake-quant layers, and ship them
                 mapping.set_module_name(name, None)
+            self.float_for_masks = fx_float_masks(model, untraceable, mapping)
             if qat:
-                prepared = prepare_qat_fx(capture_form(model, fx_switchable), mapping, example_inputs,
-                                          prepare_custom_config=leaves, backend_config=backend)
+                prepared = prepare_qat_fx(model, mapping, example_inputs, prepare_custom_config=leaves,
+                                          backend_config=backend)
                 return prepared.train()
-            return prepare_fx(model.eval(), mapping, example_inputs, prepare_custom_config=leaves,
+            return prepare_fx(model, mapping, example_inputs, prepare_custom_config=leaves,
                               backend_config=backend)
 
     def freeze_bn(self, prepared: nn.Module) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgeship.engines import captures_logged
 from edgeship.quantize.flow import QuantFlow
+from edgeship.quantize.mask_paths import mask_paths, module_path, where
 from edgeship.quantize.max_pool import adaptive_max_pools_as_max_pools
 from edgeship.quantize.qat_capture import capture_form, pt2e_switchable
 from edgeship.quantize.recurrent import quantizable_lstms
@@ -48,12 +49,16 @@ class Pt2eFlow(QuantFlow):
     def prepare_captured(self, captured: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-        graph, quantizer = copy.deepcopy(captured), self.quantizer(qat=qat)
+        graph = copy.deepcopy(captured)
+        masks = mask_paths(graph)
+        self.float_for_masks = [where(n, module_path(n)) for n in masks]
+        quantizer = self.quantizer(qat=qat, masks=frozenset(n.name for n in masks))
         return prepare_qat_pt2e(graph, quantizer) if qat else prepare_pt2e(graph, quantizer)
 
     @abstractmethod
-    def quantizer(self, *, qat: bool):
-        """The torchao quantizer, with the recipe's float layers left out."""
+    def quantizer(self, *, qat: bool, masks: frozenset[str] = frozenset()):
+        """The torchao quantizer, with the recipe's float layers and the nodes named in `masks`
+        (on an attention mask's path, mask_paths.py) left out."""
 
     def freeze_bn(self, prepared: nn.Module) -> None:
         # An exported graph has no module to flip: batch norm in eval form uses its running
@@ -116,18 +121,19 @@ class Pt2eXnnpackFlow(Pt2eFlow):
         # what ExecuTorch can load: an adaptive max pool is not Core ATen, the max pool it equals is
         return super().capture(quantizable_lstms(adaptive_max_pools_as_max_pools(model)), example_inputs, qat=qat)
 
-    def quantizer(self, *, qat: bool):
+    def quantizer(self, *, qat: bool, masks: frozenset[str] = frozenset()):
         quantizer = _xnnpack_quantizer(qat=qat).set_global(self.quantization_config(qat=qat))
-        return self._declining_float_layers(quantizer)
+        return self._declining_float_layers(quantizer, masks)
 
-    def _declining_float_layers(self, quantizer):
-        if self.settings.float_layers:
+    def _declining_float_layers(self, quantizer, masks: frozenset[str] = frozenset()):
+        if self.settings.float_layers or masks:
             # set_module_name(name, None) is "not supported yet" in XNNPACKQuantizer: a filter
             # that declines every node inside a float layer does the same.
             from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
             inside = [get_module_name_filter(name) for name in self.settings.float_layers]
-            quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
+            quantizer.set_filter_function(
+                lambda node: node.name not in masks and not any(f(node) for f in inside))
         return quantizer
 
     def convert_dynamic(self, model: nn.Module, examples: tuple) -> nn.Module:
@@ -240,7 +246,7 @@ class OrtQdqFlow(Pt2eFlow):
         self._float_model, self._fine_tuned = model, qat
         return one_partition_per_call(super().capture(model, example_inputs, qat=qat), self.settings.float_layers)
 
-    def quantizer(self, *, qat: bool):
+    def quantizer(self, *, qat: bool, masks: frozenset[str] = frozenset()):
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer,
             get_default_x86_inductor_quantization_config,

@@ -342,6 +342,9 @@ class QuantizationDetails(BaseModel):
     float_layers_required: dict[str, str] | None = None  # static: left float by the flow, and why
     float_layers_recipe: list[str] | None = None  # named in the recipe's quantization.float_layers
     dynamic_layers: dict[str, str] | None = None  # static: quantized dynamically inside it, and why
+    # static, quantized in PyTorch: ops an attention mask's huge values reach a softmax through,
+    # left float ("module: op"; quantize/mask_paths.py)
+    float_for_masks: list[str] | None = None
     qat_distributed: dict | None = None  # static with distributed QAT: how it ran
     qat_history: QatHistory | None = None  # static with QAT: its scores, and which state shipped
     runtime_quantizer: dict | None = None  # static, made by the runtime's own quantizer: its settings
