@@ -332,6 +332,18 @@ def test_a_mostly_float_int8_artifact_is_never_shown_as_int8(report):
     assert line in markdown(report)
 
 
+def test_a_reason_shared_by_float_ops_is_said_once(report):
+    why = "FX graph mode cannot trace its forward (models.py:12 `h = torch.zeros(x.size(0), 8)`)"
+    report.artifact("onnx-int8").int8_share = Int8Share(
+        macs_fraction=0.05, macs=1000, compute_ops=4, float_compute_ops=3, float_ops=[
+            {"name": "blocks.0.attn", "op": "aten.linear", "macs_fraction": 0.5, "why": why},
+            {"name": "blocks.0.mlp", "op": "aten.linear", "macs_fraction": 0.3, "why": why},
+            {"name": "head", "op": "aten.linear", "macs_fraction": 0.15, "why": None}])
+    (line,) = mostly_float(report)
+    assert line.endswith(f"float: blocks.0.attn aten.linear 50%, blocks.0.mlp aten.linear 30% ({why}); "
+                         f"head aten.linear 15%"), line
+
+
 def test_min_int8_fraction_gates_the_share_of_macs(report):
     _mostly_float(report, "onnx-int8")
     for a in report.artifacts:

@@ -98,8 +98,10 @@ def mostly_float(report: Report) -> list[str]:
         if share.error:
             out.append(f"{a.target}: its int8 share could not be read from the artifact: {share.error}")
         elif share.mostly_float:
-            floats = "; ".join(f"{op.name} {op.op} {op.macs_fraction:.0%}" + (f" ({op.why})" if op.why else "")
-                               for op in share.float_ops[:3])
+            by_why: dict[str | None, list[str]] = {}  # a reason said once for the ops it covers
+            for op in share.float_ops[:3]:
+                by_why.setdefault(op.why, []).append(f"{op.name} {op.op} {op.macs_fraction:.0%}")
+            floats = "; ".join(", ".join(ops) + (f" ({why})" if why else "") for why, ops in by_why.items())
             out.append(f"{a.target} runs only {share.macs_fraction:.0%} of its multiply-accumulates with "
                        f"int8 kernels; float: {floats}")
     return out
