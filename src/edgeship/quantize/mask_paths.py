@@ -113,7 +113,9 @@ def fx_float_masks(model: nn.Module, leaves: list[str], mapping) -> list[str]:
     by its module's name, its type and its place among that module's calls of the type. Returns
     where those ops are. Methods are left as they are: torch.ao quantizes none that carry a mask."""
     from torch.ao.quantization.fx.tracer import QuantizationTracer
+    from torch.ao.quantization.quantize_fx import _swap_ff_with_fxff
 
+    _swap_ff_with_fxff(model)  # as prepare_fx does first: FloatFunctional's ops become functions
     tracer = QuantizationTracer(leaves, [])
     graph = torch.fx.GraphModule(model, tracer.trace(model))
     on_path = set(mask_paths(graph))
