@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 from edgeship.formats import export_atomically, spec_for
 from edgeship.quantize.calibrate import calibrate
 from edgeship.quantize.flows import flow_for
-from edgeship.quantize.fx_scalars import shape_floats_folded
+from edgeship.quantize.fx_scalars import joined_shape, shape_values_fixed
 from edgeship.targets import get_target
 from peers import error_share
 
@@ -36,6 +36,25 @@ class Attention(nn.Module):
         return self.head((torch.softmax(scores, dim=-1) @ v).mean(1))
 
 
+class HeadSplit(nn.Module):
+    """Two heads of self-attention, split and merged as Hugging Face's attention writes it: a
+    shape joined to a tuple with `+`."""
+
+    def __init__(self, width: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.size = heads, width // heads
+        self.qkv, self.head = nn.Linear(width, 3 * width), nn.Linear(width, 4)
+
+    def split(self, x):
+        return x.view(x.size()[:-1] + (self.heads, self.size)).permute(0, 2, 1, 3)
+
+    def forward(self, x):  # x: (batch, 1, rows, width)
+        q, k, v = self.qkv(x.squeeze(1)).chunk(3, dim=-1)
+        q, k, v = self.split(q), self.split(k), self.split(v)
+        context = (torch.softmax(q @ k.transpose(-1, -2) * 0.5, dim=-1) @ v).permute(0, 2, 1, 3)
+        return self.head(context.reshape(context.size()[:-2] + (self.heads * self.size,)).mean(1))
+
+
 class BatchScaled(nn.Module):
     """Two floats from shapes: one depends on the batch size and must stay computed."""
 
@@ -45,6 +64,30 @@ class BatchScaled(nn.Module):
 
 def _powers(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
     return [n for n in graph.graph.nodes if n.target is operator.pow]
+
+
+def test_torchs_own_fx_flow_observes_a_joined_shape_as_a_tensor():
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    x = torch.randn(4, 1, 8, 8)
+    prepared = prepare_fx(HeadSplit().eval(), get_default_qconfig_mapping("fbgemm"), (x[:1],))
+    with pytest.raises(AttributeError, match="'torch.Size' object has no attribute 'detach'"):
+        prepared(x)
+
+
+def test_a_joined_shape_is_one_call_of_numbers_and_stays_so_when_traced_again():
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    model, x = HeadSplit().eval(), torch.randn(4, 1, 8, 8)
+    fixed = shape_values_fixed(model, (x[:1],))
+    joins = [n for n in fixed.graph.nodes if n.target is joined_shape]
+    assert [n.args[1:] for n in joins] == [(2, 4)] * 3 + [(8,)], fixed.code
+    again = QuantizationTracer([], []).trace(fixed)  # as prepare_fx traces the captured graph
+    assert sum(n.target is joined_shape for n in again.nodes) == 4
+    assert not any(n.target is operator.add for n in again.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x), model(x))
 
 
 def test_torchs_own_fx_flow_observes_the_scale_as_a_tensor():
@@ -59,22 +102,23 @@ def test_torchs_own_fx_flow_observes_the_scale_as_a_tensor():
 
 def test_a_batch_independent_float_becomes_a_literal_and_a_batch_dependent_one_stays():
     model, x = Attention().eval(), torch.randn(4, 1, 8, 8)
-    folded = shape_floats_folded(model, (x[:1],))
+    folded = shape_values_fixed(model, (x[:1],))
     assert not _powers(folded) and "0.35355" in folded.code, folded.code
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
-    scaled = shape_floats_folded(BatchScaled(), (x[:1],))
+    scaled = shape_values_fixed(BatchScaled(), (x[:1],))
     assert [n.args[1] for n in _powers(scaled)] == [0.5], scaled.code  # the batch's square root
     torch.testing.assert_close(scaled(x), x * 2.0 / 8 ** 0.5)
     plain = nn.Sequential(nn.Conv2d(1, 2, 3))
-    assert shape_floats_folded(plain, (x[:1],)) is plain  # nothing to fold: the model itself
+    assert shape_values_fixed(plain, (x[:1],)) is plain  # nothing to fold: the model itself
 
 
 @pytest.mark.parametrize("name,qat", [("torchscript-fbgemm", False), ("torchscript-qnnpack", False),
                                       ("torchscript-fbgemm", True)])
-def test_hand_written_attention_ships_int8_on_the_fx_flows(tmp_path, name, qat):
+@pytest.mark.parametrize("attention", [Attention, HeadSplit], ids=["scale-from-shape", "joined-shape"])
+def test_hand_written_attention_ships_int8_on_the_fx_flows(tmp_path, name, qat, attention):
     torch.manual_seed(0)
-    model, inputs = Attention().eval(), torch.randn(64, 1, 8, 8)
+    model, inputs = attention().eval(), torch.randn(64, 1, 8, 8)
     target = get_target(name)
     flow = flow_for(target.flow)
     data = TensorDataset(inputs, torch.zeros(len(inputs), dtype=torch.int64))

@@ -15,7 +15,7 @@ from edgeship.engines import quantized_engine
 from edgeship.quantize.attention import dynamic_linears_in_attention
 from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
-from edgeship.quantize.fx_scalars import shape_floats_folded
+from edgeship.quantize.fx_scalars import shape_values_fixed
 from edgeship.quantize.fx_untraceable import untraceable_layers
 from edgeship.quantize.mask_paths import fx_float_masks
 from edgeship.quantize.qat_capture import capture_form, fx_switchable
@@ -127,7 +127,7 @@ class FxFlow(QuantFlow):
         if qat:  # torch.ao FX QAT cannot fuse a transposed convolution with its batch norm
             model = transposed_bn_folded(model, grouped_only=False)
         self.untraceable = untraceable_layers(model)
-        return shape_floats_folded(model, example_inputs, frozenset(self.untraceable))
+        return shape_values_fixed(model, example_inputs, frozenset(self.untraceable))
 
     def prepare_captured(self, model: nn.Module, example_inputs: tuple, *, qat: bool) -> nn.Module:
         from torch.ao.quantization.fx.custom_config import PrepareCustomConfig

@@ -97,8 +97,9 @@ def _huge_tensor(value) -> bool:
 
 
 def where(node: torch.fx.Node, path: str) -> str:
-    """'path: op' for the report: the module an op runs in, and what it computes."""
-    return f"{path or '(model)'}: {op_name(node, {}) or node.target}"
+    """'path: op' for the report: the module an op runs in, and what it computes; the node's name
+    for an op of the model's own forward (or of a graph traced whole)."""
+    return f"{path}: {op_name(node, {}) or node.target}" if path else node.name
 
 
 def module_path(node: torch.fx.Node) -> str:
