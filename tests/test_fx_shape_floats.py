@@ -66,16 +66,6 @@ def _powers(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
     return [n for n in graph.graph.nodes if n.target is operator.pow]
 
 
-def test_torchs_own_fx_flow_observes_a_joined_shape_as_a_tensor():
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import prepare_fx
-
-    x = torch.randn(4, 1, 8, 8)
-    prepared = prepare_fx(HeadSplit().eval(), get_default_qconfig_mapping("fbgemm"), (x[:1],))
-    with pytest.raises(AttributeError, match="'torch.Size' object has no attribute 'detach'"):
-        prepared(x)
-
-
 def test_a_joined_shape_is_one_call_of_numbers_and_stays_so_when_traced_again():
     from torch.ao.quantization.fx.tracer import QuantizationTracer
 
@@ -90,13 +80,16 @@ def test_a_joined_shape_is_one_call_of_numbers_and_stays_so_when_traced_again():
         torch.testing.assert_close(fixed(x), model(x))
 
 
-def test_torchs_own_fx_flow_observes_the_scale_as_a_tensor():
+@pytest.mark.parametrize("model,error", [(Attention, "'float' object has no attribute 'numel'"),
+                                         (HeadSplit, "'torch.Size' object has no attribute 'detach'")],
+                         ids=["scale-from-shape", "joined-shape"])
+def test_torchs_own_fx_flow_observes_a_shape_value_as_a_tensor(model, error):
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
 
     x = torch.randn(4, 1, 8, 8)
-    prepared = prepare_fx(Attention().eval(), get_default_qconfig_mapping("fbgemm"), (x[:1],))
-    with pytest.raises(AttributeError, match="'float' object has no attribute 'numel'"):
+    prepared = prepare_fx(model().eval(), get_default_qconfig_mapping("fbgemm"), (x[:1],))
+    with pytest.raises(AttributeError, match=error):
         prepared(x)
 
 
