@@ -47,6 +47,8 @@ def splits(case="good"):
         data["test"][5][0][0, 2, 3] = float("nan")
     if case == "inf_validation":
         data["validation"][9][0][0, 0, 0] = float("inf")
+    if case == "flat_inputs":  # two inputs written beside the label, not as a tuple of their own
+        data["test"] = [(x, x, y) for x, y in data["test"]]
     return data
 '''
 
@@ -84,6 +86,9 @@ CASES = {
     "nan_test": (_recipe("nan_test"), "data split 'test', sample 5: input 0 holds NaN",
                  "inputs must be finite numbers"),
     "inf_validation": (_recipe("inf_validation"), "data split 'validation', sample 9: input 0 holds Inf"),
+    "flat_inputs": (_recipe("flat_inputs"), "data split 'test', sample 0: is a tuple of length 3; a sample "
+                    "must be (inputs, label), inputs a tensor or a tuple of tensors: a model of 2 inputs "
+                    "takes ((input_0, input_1), label)"),
     "output_not_batch_by_classes": (_recipe("good", kwargs={"output": "flat"}),
                                     "data split 'test', samples 0..7: the model's output for a batch "
                                     "of 8 is [80]; data.metric 'top1' needs [batch, classes]"),

@@ -111,6 +111,31 @@ def _lstm_share(name: str, folder: Path) -> Int8Share:
     return Int8Share.model_validate(edgeship_export(name, model, calibration, folder).details["int8_share"])
 
 
+class _Scores(nn.Module):
+    """Attention with a Linear for each of query, key and value and torch.matmul, as Hugging Face
+    writes it (torch.ao quantizes torch.matmul, not the `@` operator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):  # (batch, tokens, 8)
+        scores = torch.matmul(self.query(x), self.key(x).transpose(-1, -2))
+        return torch.matmul(torch.softmax(scores, dim=-1), self.value(x)).mean(1)
+
+
+def test_torchscript_counts_an_int8_matrix_product_of_activations(tmp_path):
+    """torch.ao makes both of attention's products quantized::matmul: counted as int8 compute, so
+    the int8 artifact has the MACs and ops of its fp32 twin (it had two ops fewer, and a Hugging
+    Face BERT's TorchScript share 11% fewer MACs than its ONNX one)."""
+    torch.manual_seed(0)
+    model, x = _Scores().eval(), np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32)
+    int8, fp32 = (edgeship_export(name, model, x, tmp_path / name).details["int8_share"]
+                  for name in ("torchscript-fbgemm", "torchscript-fp32"))
+    assert (int8["macs"], int8["compute_ops"]) == (fp32["macs"], fp32["compute_ops"]), (int8, fp32)
+    assert fp32["compute_ops"] == 5 and int8["macs_fraction"] == 1.0, int8
+
+
 def test_a_static_lstm_on_xnnpack_runs_its_matrix_products_int8(tmp_path):
     """The XNNPACK quantizer annotates no aten.lstm: the flow captures torch.ao's quantizable LSTM
     instead (the same weights as nn.Linear gates), whose unrolled linears XNNPACK runs int8."""

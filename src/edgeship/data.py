@@ -110,8 +110,11 @@ def read_sample(dataset: Dataset, index: int, split: str,
         raise UserError(f"{where}: reading it raised {type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0]}") from None
     if not isinstance(item, (tuple, list)) or len(item) != 2:
+        several = isinstance(item, (tuple, list)) and len(item) > 2  # inputs beside the label
+        hint = (f": a model of {len(item) - 1} inputs takes (("
+                + ", ".join(f"input_{k}" for k in range(len(item) - 1)) + "), label)") if several else ""
         raise UserError(f"{where}: is {_kind(item)}; a sample must be (inputs, label), inputs a "
-                        f"tensor or a tuple of tensors")
+                        f"tensor or a tuple of tensors{hint}")
     arrays = []
     for k, x in enumerate(as_inputs(item[0])):
         if not isinstance(x, torch.Tensor):

@@ -16,11 +16,12 @@ _INT8_RECURRENT = {"aten::quantized_lstm", "aten::quantized_gru"} | {
 _INT8 = {f"quantized::{name}" for name in (
     "conv1d", "conv2d", "conv3d", "conv1d_relu", "conv2d_relu", "conv3d_relu", "conv_transpose1d",
     "conv_transpose2d", "conv_transpose3d", "linear", "linear_relu", "linear_dynamic",
-    "linear_relu_dynamic", "linear_tanh", "linear_leaky_relu")} | _INT8_RECURRENT
+    "linear_relu_dynamic", "linear_tanh", "linear_leaky_relu", "matmul")} | _INT8_RECURRENT
 _WEIGHTED = {"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::convolution",
              "aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d",
              "aten::linear", "quantized::linear_dynamic_fp16"}
-_PRODUCTS = {"aten::matmul", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+# matrix products of two activations (torch.ao's int8 attention: quantized::matmul)
+_PRODUCTS = {"aten::matmul", "aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "quantized::matmul"}
 _RECURRENT = {"aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu"}
 _ATTENTION = {"aten::_transformer_encoder_layer_fwd", "aten::_native_multi_head_attention"}
 _SDPA = "aten::scaled_dot_product_attention"
