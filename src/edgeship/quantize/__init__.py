@@ -8,11 +8,12 @@
 - dynamic.py: int8 weights, activations quantized at run time;
 - prune.py: magnitude pruning before quantization;
 - sensitivity.py: per-layer accuracy cost;  fallback.py: accuracy-aware float layers;
-- float_layers.py: layers a flow cannot make int8 (they stay float);  attention.py and
+- float_layers.py: layers a flow cannot make int8 (they stay float);  mask_paths.py: the ops
+  that carry an attention mask to a softmax (they stay float);  attention.py and
   recurrent.py: torch.nn's attention (FX flows) and LSTM (XNNPACK flow) rebuilt (rebuild.py)
   so that their matrix products can be int8;
 - graph rewrites that mend a flow or a runtime on an exact equivalent: fx_scalars.py (floats
-  from shapes become literals, a shape joined to a tuple a concat), transposed_bn.py (batch norm
+  from shapes become literals, a shape joined to a tuple one call of numbers), transposed_bn.py (batch norm
   folded into a transposed conv), max_pool.py (adaptive max pooling as the max pool it equals,
   for ExecuTorch), shared_conv_bn.py (a batch norm PT2E must not fold, as a scale and a shift);
 - remake.py: a converted model made again in another process (a Ray task);
