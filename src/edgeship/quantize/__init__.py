@@ -13,9 +13,10 @@
   recurrent.py: torch.nn's attention (FX flows) and LSTM (XNNPACK flow) rebuilt (rebuild.py)
   so that their matrix products can be int8;
 - graph rewrites that mend a flow or a runtime on an exact equivalent: fx_scalars.py (floats
-  from shapes become literals, a shape joined to a tuple one call of numbers), transposed_bn.py (batch norm
-  folded into a transposed conv), max_pool.py (adaptive max pooling as the max pool it equals,
-  for ExecuTorch), shared_conv_bn.py (a batch norm PT2E must not fold, as a scale and a shift);
+  from shapes become literals, a shape joined to a tuple one call of numbers), transposed_bn.py
+  (batch norm folded into a transposed conv), max_pool.py (adaptive max pooling as the max pool
+  it equals, for ExecuTorch), shared_conv_bn.py (a batch norm PT2E must not fold, as a scale and
+  a shift);
 - remake.py: a converted model made again in another process (a Ray task);
 - training.py: the loop and distillation;  evaluate.py: logits in PyTorch (edgeship.metrics scores them).
 """

@@ -50,7 +50,8 @@ class _ShapeValues(fx.Interpreter):
         value = super().run_node(node)
         if type(value) is float:
             self.floats[node.name] = value
-        elif isinstance(value, tuple) and node.op == "call_function" and node.target in (operator.add, operator.iadd):
+        elif isinstance(value, tuple) and node.op == "call_function" \
+                and node.target in (operator.add, operator.iadd):
             self.joined.add(node.name)
         return value
 
