@@ -34,6 +34,7 @@ def quantize_dynamic(target: Target, model: nn.Module, examples: tuple,
 SPEC = FormatSpec(
     format=Format.TORCHSCRIPT, suffix=".pt", runtime_packages=("numpy", "torch"), export=export,
     quantize_dynamic=quantize_dynamic,
-    dynamic_layers="Linear (attention's projections included), LSTM, GRU (torch.ao quantize_dynamic)",
+    dynamic_layers="Linear (attention's projections included), LSTM, GRU; embedding tables weight-only, "
+                   "8-bit rows (torch.ao quantize_dynamic)",
     dynamic_per_channel=False,  # torch.ao's default_dynamic_qconfig
     unsupported_layers={}, packs_for_engine=True)

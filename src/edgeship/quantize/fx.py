@@ -103,16 +103,20 @@ class FxFlow(QuantFlow):
             weight = (observer.default_per_channel_weight_observer if settings.per_channel
                       else observer.default_weight_observer)
             mapping.set_global(QConfig(activation=activation, weight=weight))
-        return self._per_layer(mapping)
+        return self._per_layer(mapping, qat=qat)
 
-    def _per_layer(self, mapping):
+    def _per_layer(self, mapping, *, qat: bool):
         """The layer types and names that do not take the global qconfig."""
-        from torch.ao.quantization import default_dynamic_qconfig
+        from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+        from torch.ao.quantization.qconfig import default_embedding_qat_qconfig
 
-        # Embeddings take weight-only float-qparams quantization, not int8 activations; the global
-        # qconfig would make QAT refuse them ("Embedding weights requires a qscheme of
-        # torch.per_channel_affine_float_qparams"). They stay float, as in the PT2E flow.
-        mapping.set_object_type(nn.Embedding, None)
+        # A lookup has no int8 activations: torch.ao quantizes embedding tables weight-only, each
+        # row 8-bit with its own float scale and offset (quantized::embedding_byte, on fbgemm and
+        # QNNPACK); the global qconfig would be refused ("Embedding weights requires a qscheme of
+        # torch.per_channel_affine_float_qparams").
+        for table in (nn.Embedding, nn.EmbeddingBag):
+            mapping.set_object_type(table, default_embedding_qat_qconfig if qat
+                                    else float_qparams_weight_only_qconfig)
         for (flow, layer_type) in DYNAMIC_IN_STATIC:
             if flow is self.flow:  # static kernels it has none of, dynamic ones it has
                 # (attention leaves: none that FX converts, and observed whole QAT's convert fails;
