@@ -85,3 +85,41 @@ def test_a_traced_training_branch_does_not_ship(flow):
     assert torch.equal(first, second)
     if flow is not Flow.ORT_QDQ:  # whose convert gives the float module, fine-tuned
         assert not [n for n in converted.graph.nodes if "rand" in str(n.target)]
+
+
+class _DropPath(nn.Module):
+    """timm's drop_path (a mask sized by the batch) or a rand_like mask FX can trace."""
+
+    def __init__(self, timm: bool) -> None:
+        super().__init__()
+        self.timm = timm
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        if self.timm:
+            return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(0.5).div_(0.5)
+        return x * (torch.rand_like(x[:, :1, :1, :1]) < 0.5).to(x.dtype) * 2.0
+
+
+class _Block(nn.Module):
+    def __init__(self, timm: bool) -> None:
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), _DropPath(timm)
+
+    def forward(self, x):
+        return x + self.drop(self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize("flow", [Flow.FX_FBGEMM, Flow.PT2E_XNNPACK])
+@pytest.mark.parametrize("timm", [True, False], ids=["timm-drop-path", "rand-like"])
+def test_stochastic_depth_inside_a_torch_nn_container(flow, timm):
+    """Blocks held by nn.Sequential, as EfficientNet-style nets hold them: the container is a torch.nn
+    module, and `.train()` on it trained the blocks' stochastic depth too (FX failed on timm's
+    mask; a rand_like one shipped, two calls differing by 0.2)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Sequential(_Block(timm), _Block(timm)),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    converted, first, second = _fine_tuned_and_converted(model, flow, torch.randn(16, 1, 8, 8))
+    assert torch.equal(first, second)
+    assert not [n for n in converted.graph.nodes if "rand" in str(n.target) or "bernoulli" in str(n.target)]

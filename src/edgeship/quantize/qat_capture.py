@@ -37,9 +37,13 @@ def fx_switchable(module: nn.Module) -> bool:
 
 
 def capture_form(model: nn.Module, switchable: Callable[[nn.Module], bool]) -> nn.Module:
-    """A copy of `model` in eval mode except its `switchable` layers, in training mode."""
+    """A copy of `model` in eval mode except its `switchable` layers, in training mode.
+
+    Each layer's own flag, not `.train()`: that is recursive, and would put a user's stochastic
+    depth back in training mode under the torch.nn container that holds it (an nn.Sequential of
+    blocks; timm's drop_path then failed FX QAT, a rand_like mask shipped)."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         if switchable(module):
-            module.train()
+            module.training = True
     return model
