@@ -100,12 +100,14 @@ def test_the_report_shows_each_flows_trajectory_and_what_shipped(tmp_path):
         # Converted, the calibrated QAT state meets the post-training model; QAT ships only when
         # it wins beyond the split's noise
         assert 0.5 < qat <= 1 and 0.5 < post_training <= 1
-        wins = history["p_value"] < 0.05 and qat >= post_training
+        wins = (history["p_value"] < 0.05 and history["qat_loss"] < history["post_training_loss"]
+                and qat >= post_training)
         assert history["shipped"] == ("qat" if wins else "post-training")
         assert history["qat_loss"] > 0 and history["post_training_loss"] > 0
         lead = history["qat_only_right"] - history["post_training_only_right"]
         assert lead == round((qat - post_training) * len(digits.splits().calibration))
-        line = {"qat": calibrated,
+        line = {"qat": f"{artifact['flow']}: QAT fine-tuning did not beat calibration; QAT's calibrated state "
+                       f"(its fake-quant ranges) beat calibration alone after conversion and shipped",
                 "post-training": f"{artifact['flow']}: QAT did not beat calibration alone beyond the "
                                  f"split's noise after conversion, the post-training model shipped"}[history["shipped"]]
         assert line in md and f"calibration only {post_training:.4f}" in md
@@ -158,3 +160,25 @@ def test_a_validation_split_is_what_qat_is_scored_on(tmp_path):
     # A 1-epoch run freezes nothing (report.json leaves the None value out)
     assert history["settings"]["freeze_bn_after_epochs"] == {"source": "default"}
     assert "probe: 4 rates x" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_qat_with_the_higher_mean_loss_does_not_ship_however_many_samples_it_wins():
+    """Many small gains, a few large losses: the signed-rank test finds QAT's loss lower (it weighs
+    ranks), the mean says higher; the post-training model ships."""
+    import numpy as np
+
+    from edgeship.metrics import TaskLoss, builtin, cross_entropy
+    from edgeship.pipeline.post_training import compare, qat_ships
+
+    labels = np.zeros(200, dtype=np.int64)
+    post_training = np.tile([[2.0, 0.0]], (200, 1)).astype(np.float32)
+    qat = post_training.copy()
+    qat[:180, 0] += 0.1  # 180 samples a little more sure of the right class
+    qat[180:, 0] -= 1.5  # 20 much less sure, still right
+    verdict = compare(qat, post_training, labels, builtin("top1"), TaskLoss("cross_entropy", cross_entropy))
+    assert verdict["p_value"] < 0.05 and verdict["qat_loss"] > verdict["post_training_loss"], verdict
+    assert verdict["qat_accuracy"] == verdict["post_training_accuracy"] == 1.0
+    assert not qat_ships(verdict, builtin("top1"))
+    better = compare(post_training + [[0.1, 0.0]], post_training, labels, builtin("top1"),
+                     TaskLoss("cross_entropy", cross_entropy))
+    assert qat_ships(better, builtin("top1")), better

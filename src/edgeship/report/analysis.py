@@ -61,6 +61,10 @@ def qat_outcome(history: QatHistory, metric: MetricInfo = TOP1) -> str:
     if history.shipped == "post-training" and history.post_training_accuracy is not None:
         return (f"did not beat calibration alone beyond the split's noise after conversion, the "
                 f"post-training model shipped ({tried})")
+    if history.shipped_epoch == 0 and history.post_training_accuracy is not None:
+        # converted, QAT's own calibration (fake-quant ranges) beat the post-training observers'
+        return (f"fine-tuning did not beat calibration; QAT's calibrated state (its fake-quant "
+                f"ranges) beat calibration alone after conversion and shipped ({tried})")
     if history.shipped_epoch == 0:
         return f"fine-tuning did not beat calibration, the calibrated state shipped ({tried})"
     return f"epoch {history.shipped_epoch} of {history.epochs[-1].epoch} shipped ({tried})"

@@ -319,7 +319,7 @@ class QatHistory(BaseModel):
     shipped: Literal["qat", "post-training"] = "qat"
     # Both models' mean cross-entropy on the split, the samples only one of them answers right,
     # and the one-sided Wilcoxon signed-rank p that QAT's per-sample loss is the lower: QAT ships
-    # only when p < 0.05 and its top-1 is no lower (post_training.py)
+    # only when p < 0.05, its mean loss is lower and its top-1 no lower (post_training.py)
     qat_loss: float | None = None
     post_training_loss: float | None = None
     qat_only_right: int | None = None
