@@ -182,3 +182,70 @@ def test_qat_with_the_higher_mean_loss_does_not_ship_however_many_samples_it_win
     better = compare(post_training + [[0.1, 0.0]], post_training, labels, builtin("top1"),
                      TaskLoss("cross_entropy", cross_entropy))
     assert qat_ships(better, builtin("top1")), better
+
+
+def test_a_fine_tune_whose_loss_stops_being_finite_keeps_the_calibrated_state(tmp_path):
+    """The target is not lost: the calibrated state stays, the convert stage weighs it against
+    calibration alone, and the report says why fine-tuning stopped."""
+    recipe = demo_recipe(quantization__qat={"enabled": True, "epochs": 1, "lr": 1e12},
+                         targets=["torchscript-fbgemm", "executorch-xnnpack"], fp32_twins=False)
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr
+    report = result.report()
+    for artifact in report["artifacts"]:
+        assert artifact["status"] == "ok", artifact
+        history = artifact["details"]["quantization"]["qat_history"]
+        assert history["shipped_epoch"] == 0 and "the loss is" in history["diverged"], history
+        assert report["float"]["accuracy"] - artifact["accuracy"] < 0.02
+    assert "fine-tuning stopped: QAT" in (tmp_path / "run" / "report.md").read_text()
+
+
+_CHANNELS_FIRST_LAYER_NORM = '''
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """ConvNeXt's channels-first LayerNorm as it is written there."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels)), eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        return self.weight[:, None, None] * ((x - u) / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
+
+
+def net():
+    """A bias-free patchify stem on digits' black background: zero variance across channels there,
+    which fake quantization's `s + eps` rounds to 0 (0 / 0); the float model answers 0."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.norm, self.head = nn.Conv2d(1, 16, 2, stride=2, bias=False), LayerNorm2d(16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.norm(self.stem(x)).mean((2, 3)))
+    return Net()
+'''
+
+
+def test_a_fake_quant_model_that_answers_nan_ships_its_post_training_model(tmp_path):
+    """From calibration on, QAT's forward is NaN on all three PyTorch flows (a ConvNeXt's LayerNorm);
+    the post-training model is finite (this stem's int8 is poor anyway: the test is of what ships,
+    not how well). The target was lost (exit 3); now calibration alone ships."""
+    (tmp_path / "layer_norm_net.py").write_text(_CHANNELS_FIRST_LAYER_NORM)
+    recipe = demo_recipe(model__factory=str(tmp_path / "layer_norm_net.py") + ":net",
+                         model__train={"epochs": 1, "lr": 0.01}, quantization__qat={"enabled": True, "lr": 1e-4},
+                         targets=["torchscript-fbgemm"], fp32_twins=False, devices=[], budgets=[])
+    result = run_cli("run", str(write_recipe(tmp_path, recipe)), out=tmp_path / "run")
+    assert result.code == 0, result.stderr
+    (artifact,) = result.report()["artifacts"]
+    assert artifact["status"] == "ok", artifact
+    quantization = artifact["details"]["quantization"]
+    history = quantization["qat_history"]
+    assert history["shipped"] == "post-training" and "the loss is nan" in history["diverged"], history
+    assert quantization["observer"] == "histogram"  # the post-training observers' model shipped
+    assert "QAT's state cannot ship, the post-training model shipped" in (tmp_path / "run" / "report.md").read_text()

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from edgeship.data import Arrays
-from edgeship.pipeline.post_training import Candidate, ConvertJob, against_post_training, candidate
+from edgeship.pipeline.post_training import Candidate, ConvertJob, against_post_training, candidate, post_training
 from edgeship.pipeline.values import Calibrated
 from edgeship.quantize.evaluate import reference_logits
 from edgeship.quantize.flow import QuantFlow
@@ -35,12 +36,28 @@ class Conversion:
 def converted(job: ConvertJob, float_model: nn.Module, c: Calibrated, split: Callable[[], Arrays]) -> Conversion:
     """`c` converted; when QAT ran, against the post-training model on `split` (the held-out
     split QAT was scored on)."""
-    shipped, history = candidate(job, c.flow, c.prepared, c.key, float_model=float_model, qat=job.qat), c.qat_history
-    if history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
-        shipped, history = against_post_training(job, float_model, c, shipped, split())
+    history = c.qat_history
+    if history is not None and not _finite(c.prepared):
+        # its fake-quant ranges hold NaN (the fake-quant model answered NaN: a LayerNorm's
+        # variance rounding to zero): nothing of it converts
+        shipped = post_training(job, float_model, c)
+        history = history.model_copy(update={"shipped": "post-training", "diverged": history.diverged or NON_FINITE})
+    elif history is not None:  # QAT ran: it ships only if it beats calibration alone, converted
+        qat = candidate(job, c.flow, c.prepared, c.key, float_model=float_model, qat=job.qat)
+        shipped, history = against_post_training(job, float_model, c, qat, split())
+    else:
+        shipped = candidate(job, c.flow, c.prepared, c.key, float_model=float_model, qat=job.qat)
     with shipped.flow.engine():
         reference = reference_logits(shipped.module, job.test, job.examples[0].shape[0])
     return Conversion(shipped, history, reference)
+
+
+NON_FINITE = "QAT's fake-quant state holds NaN or Inf: its forward answered NaN from calibration on"
+
+
+def _finite(prepared: nn.Module) -> bool:
+    return all(torch.isfinite(v).all() for v in prepared.state_dict().values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def converted_task(shared: tuple[ConvertJob, nn.Module, Arrays | None], flow: QuantFlow, state: dict, key: str,

@@ -97,20 +97,25 @@ def against_post_training(job: ConvertJob, float_model: nn.Module, c: Calibrated
     """`qat` (the best QAT state, converted) when it beats the same flow's post-training model
     on `split` beyond noise, else the post-training model; the history says which shipped and
     why."""
-    q, recipe = job.recipe.quantization, job.recipe
     if qat.export is not None and c.qat_history.shipped_epoch == 0:
         # The calibrated state's weights are the float weights, and the runtime calibrates them
         # itself: the same artifact either way, nothing to score
         return qat, c.qat_history.model_copy(update={"shipped": "post-training"})
-    flow = flow_for(c.flow.flow, c.flow.settings)  # its own: a flow remembers what it captured
-    prepared = calibration.calibrate(flow, float_model, job.examples, job.calibration,
-                                     batches=q.calibration_batches, batch_size=recipe.data.batch_size,
-                                     qat=False)
-    ptq = candidate(job, flow, prepared, digest(c.key, "post-training"), float_model=float_model, qat=False)
+    ptq = post_training(job, float_model, c)
     outputs = {name: _outputs(job, cand, split) for name, cand in (("qat", qat), ("post-training", ptq))}
     verdict = compare(outputs["qat"], outputs["post-training"], split.labels, job.metric, job.loss)
     shipped = "qat" if qat_ships(verdict, job.metric) else "post-training"
     return (qat if shipped == "qat" else ptq), c.qat_history.model_copy(update={**verdict, "shipped": shipped})
+
+
+def post_training(job: ConvertJob, float_model: nn.Module, c: Calibrated) -> Candidate:
+    """The same flow's model from calibration alone, with its post-training observers."""
+    q = job.recipe.quantization
+    flow = flow_for(c.flow.flow, c.flow.settings)  # its own: a flow remembers what it captured
+    prepared = calibration.calibrate(flow, float_model, job.examples, job.calibration,
+                                     batches=q.calibration_batches, batch_size=job.recipe.data.batch_size,
+                                     qat=False)
+    return candidate(job, flow, prepared, digest(c.key, "post-training"), float_model=float_model, qat=False)
 
 
 def qat_ships(verdict: dict, metric: TaskMetric) -> bool:

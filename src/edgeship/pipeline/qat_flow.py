@@ -23,6 +23,7 @@ from edgeship.quantize.flow import QuantFlow
 from edgeship.quantize.qat import finetune as qat_finetune
 from edgeship.quantize.qat_probe import run_probe
 from edgeship.quantize.qat_settings import Chosen, choices, probe_needed, resolved
+from edgeship.quantize.training import TrainingDiverged
 from edgeship.recipe import QATSection, Recipe
 from edgeship.report.analysis import qat_outcome
 from edgeship.report.schema import QatEpoch, QatHistory, QatProbe
@@ -48,7 +49,7 @@ def fine_tune_flow(flow: QuantFlow, prepared: nn.Module, job: QatJob, progress: 
                    elsewhere: Elsewhere | None = None) -> tuple[QatHistory, dict | None]:
     """Trains `prepared` in place and leaves its best-scoring state in it; the history, and the
     distributed run's figures when `elsewhere` trained it."""
-    recipe, name, run = job.recipe, flow.flow.value, None
+    name, run = flow.flow.value, None
     # QAT's seconds: everything here but the probe's own (it leaves out the fine-tune's costs
     # it pays first: the epoch-0 score and the switch into training form)
     started = time.perf_counter()
@@ -57,23 +58,40 @@ def fine_tune_flow(flow: QuantFlow, prepared: nn.Module, job: QatJob, progress: 
     qat, chosen, probe = _settings(flow, prepared, job, scorer, calibrated[1], notes)
     tracker = BestState(flow, prepared, job.split[1], scorer)
     tracker.score(0, accuracy=calibrated[0])  # the probe restored the calibrated state
+    diverged = None
     if elsewhere is None:
-        loss = qat_finetune(flow, prepared, job.train, qat=qat, batch_size=recipe.data.batch_size,
-                            seed=recipe.seed, teacher=job.teacher, progress=progress,
-                            on_epoch_end=tracker.score, task_loss=job.loss)
-        notes.append(f"{name} loss {loss:.4f}")
+        diverged = _fine_tune_here(flow, prepared, job, qat, tracker, progress, notes)
     else:  # the workers train; this process scores what they give back against calibration
         run = elsewhere(qat)
         tracker.score(qat.epochs, run["loss"])
         ranks = f"{run['processes']} Ray workers" if qat.distributed.engine == "ray" else f"{run['processes']} processes"
         notes.append(f"{name} loss {run['loss']:.4f} on {ranks} ({run['backend']})")
-    seconds, shipped = time.perf_counter() - started - (probe.seconds if probe else 0.0), tracker.restore()
-    history = QatHistory(split=job.split[0], shipped_epoch=shipped.epoch,
+    seconds = time.perf_counter() - started - (probe.seconds if probe else 0.0)
+    shipped = tracker.restore(moved=diverged is not None)
+    history = QatHistory(split=job.split[0], shipped_epoch=shipped.epoch, diverged=diverged,
                          epochs=[QatEpoch(**dataclasses.asdict(s)) for s in tracker.history],
                          settings={k: dataclasses.asdict(v) for k, v in chosen.items()},
                          probe=probe, train_seconds=round(seconds, 2))
     notes.append(f"{name} {qat_outcome(history, job.metric.info)}")
     return history, run
+
+
+def _fine_tune_here(flow: QuantFlow, prepared: nn.Module, job: QatJob, qat: QATSection, tracker: BestState,
+                    progress: Progress, notes: list[str]) -> str | None:
+    """The fine-tune in this process; None, or why it stopped when its loss stopped being finite:
+    QAT cannot make things worse, so the best state scored before it (at least the calibrated
+    one) stays, and the convert stage weighs it against calibration alone, which then ships where
+    the fake-quant model itself answers NaN (a LayerNorm's variance rounding to zero)."""
+    recipe, name = job.recipe, flow.flow.value
+    try:
+        loss = qat_finetune(flow, prepared, job.train, qat=qat, batch_size=recipe.data.batch_size,
+                            seed=recipe.seed, teacher=job.teacher, progress=progress,
+                            on_epoch_end=tracker.score, task_loss=job.loss)
+    except TrainingDiverged as e:
+        notes.append(f"{name} {e}; the best state before it stays")
+        return str(e)
+    notes.append(f"{name} loss {loss:.4f}")
+    return None
 
 
 def _settings(flow: QuantFlow, prepared: nn.Module, job: QatJob, scorer: Scorer, calibrated_loss: float,

@@ -89,9 +89,10 @@ class BestState:
         """The first of the highest-scoring states."""
         return max(self.history, key=lambda s: (self.scorer.metric.sort_key(s.accuracy), -s.epoch))
 
-    def restore(self) -> Scored:
-        """Loads the best state into `prepared` (in eval form) and returns its score."""
-        if self.history[-1] is not self.best:
+    def restore(self, *, moved: bool = False) -> Scored:
+        """Loads the best state into `prepared` (in eval form) and returns its score. `moved`:
+        `prepared` changed after its last score (training stopped mid-epoch)."""
+        if moved or self.history[-1] is not self.best:
             self.prepared.load_state_dict(self._best)
         self.flow.set_eval(self.prepared)
         return self.best

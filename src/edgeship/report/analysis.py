@@ -58,6 +58,10 @@ def qat_outcome(history: QatHistory, metric: MetricInfo = TOP1) -> str:
         if history.qat_only_right is not None:
             tried += (f"; right only with QAT {history.qat_only_right}, only without "
                       f"{history.post_training_only_right}")
+    if history.diverged:
+        tried += f"; fine-tuning stopped: {history.diverged}"
+    if history.shipped == "post-training" and history.diverged and history.post_training_accuracy is None:
+        return f"fine-tuning stopped and QAT's state cannot ship, the post-training model shipped ({tried})"
     if history.shipped == "post-training" and history.post_training_accuracy is not None:
         return (f"did not beat calibration alone beyond the split's noise after conversion, the "
                 f"post-training model shipped ({tried})")

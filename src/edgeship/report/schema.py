@@ -287,7 +287,7 @@ class QatSetting(BaseModel):
 class QatTrial(BaseModel):
     optimizer: str
     lr: float
-    loss: float | None  # task loss on the scoring split after the probe's steps; None: diverged
+    loss: float | None = None  # task loss on the scoring split after the probe's steps; None: diverged
     accuracy: float | None = None  # the task metric there; None: diverged
     moved: float | None = None  # |w - w0| / |w0|: how far its steps moved the weights
     p_worse: float | None = None  # one-sided Wilcoxon p that its loss is above the lowest trial's
@@ -312,6 +312,7 @@ class QatHistory(BaseModel):
     split: Literal["validation", "calibration"]
     epochs: list[QatEpoch]
     shipped_epoch: int  # 0: fine-tuning did not beat calibration, the calibrated state shipped
+    diverged: str | None = None  # why fine-tuning stopped early: its loss stopped being finite
     # After conversion, on the same split: the best QAT state against the same flow's
     # post-training (calibration only) model
     qat_accuracy: float | None = None
