@@ -37,7 +37,7 @@ def converted(job: ConvertJob, float_model: nn.Module, c: Calibrated, split: Cal
     """`c` converted; when QAT ran, against the post-training model on `split` (the held-out
     split QAT was scored on)."""
     history = c.qat_history
-    if history is not None and not _finite(c.prepared):
+    if history is not None and _holds_nan(c.prepared):
         # its fake-quant ranges hold NaN (the fake-quant model answered NaN: a LayerNorm's
         # variance rounding to zero): nothing of it converts
         shipped = post_training(job, float_model, c)
@@ -52,11 +52,12 @@ def converted(job: ConvertJob, float_model: nn.Module, c: Calibrated, split: Cal
     return Conversion(shipped, history, reference)
 
 
-NON_FINITE = "QAT's fake-quant state holds NaN or Inf: its forward answered NaN from calibration on"
+NON_FINITE = "QAT's fake-quant state holds NaN: its forward answered NaN from calibration on"
 
 
-def _finite(prepared: nn.Module) -> bool:
-    return all(torch.isfinite(v).all() for v in prepared.state_dict().values()
+def _holds_nan(prepared: nn.Module) -> bool:
+    """NaN, not Inf: an observer's min and max start at +-Inf, and stay there where it sees nothing."""
+    return any(torch.isnan(v).any() for v in prepared.state_dict().values()
                if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
