@@ -17,14 +17,13 @@ from torch import nn
 from edgeship.engines import quantized_engine
 from edgeship.errors import UserError
 from edgeship.quantize.attention import split_projections
-from edgeship.quantize.float_layers import required_float_layers, within
+from edgeship.quantize.float_layers import EMBEDDING_TABLES, required_float_layers, within
 from edgeship.quantize.flow import QuantSettings
 from edgeship.quantize.fx import quiet_fx_deprecation
 from edgeship.quantize.pt2e import Pt2eXnnpackFlow
 from edgeship.targets import Flow, Target
 
 DYNAMIC_TYPES = {nn.Linear, nn.LSTM, nn.GRU}
-EMBEDDING_TYPES = {nn.Embedding, nn.EmbeddingBag}
 
 
 def check_quantizable(model: nn.Module, targets: list[Target]) -> None:
@@ -44,7 +43,7 @@ def torch_ao_dynamic(model: nn.Module, engine: str, float_layers: frozenset[str]
 
     model = split_projections(copy.deepcopy(model).eval())
     spec: dict = {kind: default_dynamic_qconfig for kind in DYNAMIC_TYPES}  # what the set form means
-    spec.update({table: float_qparams_weight_only_qconfig for table in EMBEDDING_TYPES})
+    spec.update({table: float_qparams_weight_only_qconfig for table in EMBEDDING_TABLES})
     kept = set(float_layers) | _tables_kept_float(model)
     # a module's name outranks its type, but a child's type outranks its parent's name: name each
     spec.update({name: None for name, _ in model.named_modules() if within(name, kept)})
@@ -55,7 +54,7 @@ def torch_ao_dynamic(model: nn.Module, engine: str, float_layers: frozenset[str]
 def _tables_kept_float(model: nn.Module) -> set[str]:
     """The embedding tables the static flow leaves float too (the rule is both engines')."""
     return {name for name in required_float_layers(model, Flow.FX_FBGEMM)
-            if isinstance(model.get_submodule(name), tuple(EMBEDDING_TYPES))}
+            if isinstance(model.get_submodule(name), EMBEDDING_TABLES)}
 
 
 def pt2e_xnnpack_dynamic(model: nn.Module, examples: tuple, float_layers: frozenset[str] = frozenset()) -> nn.Module:

@@ -49,6 +49,9 @@ _QUANTIZED_PRELU = ("torch 2.13's quantized::prelu scales positive inputs by the
                     "slope 0.25 comes out 0.05), in torch's own default FX flow as well and on both "
                     "fbgemm and QNNPACK; ONNX Runtime and XNNPACK run it int8")
 
+EMBEDDING_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
 def _fx_max_norm(embedding: nn.Module) -> str | None:
     return ("torch.ao's int8 embedding table does not renormalize the rows it looks up "
             "(max_norm): the rows calibration never saw would ship unnormalized"
@@ -60,8 +63,7 @@ FLOAT_REQUIRED: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], s
     # first: QNNPACK's Conv3d entry below replaces it (float whatever its padding)
     **{(flow, conv): _fx_padding_mode for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
        for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
-    **{(flow, table): _fx_max_norm for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK)
-       for table in (nn.Embedding, nn.EmbeddingBag)},
+    **{(flow, table): _fx_max_norm for flow in (Flow.FX_FBGEMM, Flow.FX_QNNPACK) for table in EMBEDDING_TABLES},
     (Flow.FX_FBGEMM, nn.ConvTranspose2d): _fbgemm_transposed_2x2,
     (Flow.FX_FBGEMM, nn.PReLU): _QUANTIZED_PRELU,
     (Flow.FX_QNNPACK, nn.PReLU): _QUANTIZED_PRELU,
@@ -119,7 +121,7 @@ LEFT_FLOAT: dict[tuple[Flow, type[nn.Module]], str | Callable[[nn.Module], str |
     **{(Flow.PT2E_XNNPACK, table): "the XNNPACK quantizer annotates no embedding lookup and XNNPACK has "
                                    "no lookup kernel: the table stays fp32 (ExecuTorch's 8-bit "
                                    "embedding_byte is in its quantized kernels library, which an app "
-                                   "links besides XNNPACK)" for table in (nn.Embedding, nn.EmbeddingBag)},
+                                   "links besides XNNPACK)" for table in EMBEDDING_TABLES},
 }
 
 

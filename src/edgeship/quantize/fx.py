@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeship.engines import quantized_engine
 from edgeship.quantize.attention import dynamic_linears_in_attention
-from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, FX_ATTENTION_LEAVES
+from edgeship.quantize.float_layers import DYNAMIC_IN_STATIC, EMBEDDING_TABLES, FX_ATTENTION_LEAVES
 from edgeship.quantize.flow import QuantFlow, QuantSettings
 from edgeship.quantize.fx_scalars import shape_values_fixed
 from edgeship.quantize.fx_untraceable import untraceable_layers
@@ -114,7 +114,7 @@ class FxFlow(QuantFlow):
         # row 8-bit with its own float scale and offset (quantized::embedding_byte, on fbgemm and
         # QNNPACK); the global qconfig would be refused ("Embedding weights requires a qscheme of
         # torch.per_channel_affine_float_qparams").
-        for table in (nn.Embedding, nn.EmbeddingBag):
+        for table in EMBEDDING_TABLES:
             mapping.set_object_type(table, default_embedding_qat_qconfig if qat
                                     else float_qparams_weight_only_qconfig)
         for (flow, layer_type) in DYNAMIC_IN_STATIC:
