@@ -108,8 +108,10 @@ def static_exporter(calibration: tuple[np.ndarray, ...], settings: QuantSettings
         scratch.mkdir()
         program.save(str(scratch / "float.onnx"))
         _pre_processed(scratch / "float.onnx", scratch / "pre.onnx")
-        _shared_initializers_renamed(scratch / "pre.onnx")
-        masks = [n for n in mask_nodes(onnx.load(str(scratch / "pre.onnx"))) if n not in excluded]
+        pre = onnx.load(str(scratch / "pre.onnx"))
+        if _shared_initializers_renamed(pre):
+            onnx.save(pre, str(scratch / "pre.onnx"))
+        masks = [n for n in mask_nodes(pre) if n not in excluded]
         path = workdir / f"{target.name}.onnx"
         reader = _Reader(program.model.graph.inputs, calibration, examples[0].shape[0],
                          options.calibration_samples)
@@ -146,8 +148,9 @@ def _pre_processed(float_onnx: Path, out: Path) -> None:
         quant_pre_process(str(float_onnx), str(out), skip_symbolic_shape=True)
 
 
-def _shared_initializers_renamed(path: Path) -> None:
-    """Renames each initializer more than one node reads to `<name>__shared`. ONNX Runtime's QDQ
+def _shared_initializers_renamed(model) -> bool:
+    """Renames, in `model`, each initializer more than one node reads to `<name>__shared`; whether
+    it renamed any. ONNX Runtime's QDQ
     quantizer gives each reader its own copy named `<name><i>`, checked against initializer names
     only: the exporter shares one InstanceNormalization bias ('val_12') between a TCN's six
     GroupNorms, and its copy 'val_122' was a Reshape's output, which ORT then took for a weight
@@ -155,20 +158,17 @@ def _shared_initializers_renamed(path: Path) -> None:
     flow too, onnxruntime 1.32)."""
     import onnx
 
-    model = onnx.load(str(path))
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return  # a subgraph may read an initializer by name from the outer scope: left as it is
+        return False  # a subgraph may read an initializer by name from the outer scope: left as it is
     readers = Counter(name for node in graph.node for name in node.input)
     named = {v.name for v in (*graph.input, *graph.output)}
     renamed = {i.name: f"{i.name}__shared" for i in graph.initializer if readers[i.name] > 1 and i.name not in named}
-    if not renamed:
-        return
     for initializer in graph.initializer:
         initializer.name = renamed.get(initializer.name, initializer.name)
     for node in graph.node:
         node.input[:] = [renamed.get(name, name) for name in node.input]
-    onnx.save(model, str(path))
+    return bool(renamed)
 
 
 def _recurrent_dynamic(path: Path, excluded: list[str]) -> None:
